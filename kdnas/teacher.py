@@ -1,0 +1,87 @@
+"""The teacher: trained on first use and cached by content, or loaded from a checkpoint."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+
+from kdnas.artifacts import ArtifactStore, load_state_dict
+from kdnas.config import StudyConfig
+from kdnas.data import DataSplit
+from kdnas.errors import KdnasError, TrialFailure
+from kdnas.models import KDNet, build, digest
+from kdnas.train import accuracy, fit
+
+log = logging.getLogger("kdnas")
+
+CACHE_FORMAT = 1  # bump when training code changes in a way that makes cached teachers stale
+
+
+def teacher_key(cfg: StudyConfig, split: DataSplit) -> str:
+    """Hash of everything that determines the trained teacher: spec, data split, recipe, seed, format."""
+    assert cfg.teacher_spec is not None
+    return digest(
+        {
+            "format": CACHE_FORMAT,
+            "spec": cfg.teacher_spec.to_dict(),
+            "data": split.fingerprint,
+            "recipe": cfg.teacher.train.to_dict(),
+            "seed": cfg.teacher.seed,
+        }
+    )
+
+
+def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device: torch.device) -> tuple[KDNet, dict]:
+    """Return the teacher in eval mode on ``device`` and a JSON-able description of it.
+
+    The description holds its spec, identity (cache key or checkpoint path), val/test accuracy and how long
+    it took to obtain.
+    """
+    assert cfg.teacher_spec is not None
+    t0 = time.perf_counter()
+    model = build(cfg.teacher_spec, split.input_shape, split.num_classes)
+    if cfg.teacher.checkpoint is not None:
+        path = cfg.resolve(cfg.teacher.checkpoint)
+        state = load_state_dict(path)
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise KdnasError(
+                f"{cfg.path}: teacher.checkpoint: {path} does not match teacher.arch "
+                f"{cfg.teacher_spec.label()} for input {split.input_shape} and {split.num_classes} classes ({first})"
+            ) from None
+        source = {"checkpoint": str(path)}
+        trained = False
+    else:
+        key = teacher_key(cfg, split)
+        source = {"cache_key": key}
+        if store.has("teachers", key):
+            model.load_state_dict(store.get_state_dict("teachers", key))
+            trained = False
+        else:
+            log.info("training teacher %s (%d epochs) ...", cfg.teacher_spec.label(), cfg.teacher.train.epochs)
+            torch.manual_seed(cfg.teacher.seed)
+            model.to(device)
+            try:
+                fit(model, split.train_x, split.train_y, cfg.teacher.train,
+                    lambda logits, idx, y: F.cross_entropy(logits, y), cfg.teacher.seed)
+            except TrialFailure as err:
+                raise KdnasError(f"{cfg.path}: teacher.train: teacher training failed: {err.reason}") from None
+            store.put_state_dict("teachers", key, model.state_dict())
+            trained = True
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    info = {
+        "spec": cfg.teacher_spec.to_dict(),
+        **source,
+        "trained_now": trained,
+        "val_accuracy": accuracy(model, split.val_x, split.val_y),
+        "test_accuracy": accuracy(model, split.test_x, split.test_y),
+        "seconds": time.perf_counter() - t0,
+    }
+    return model, info

@@ -1,0 +1,130 @@
+"""The brief-training loop and evaluation, on in-memory tensors."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable, Literal
+
+import torch
+from torch import nn
+
+from kdnas.errors import TrialFailure
+
+
+@dataclass(frozen=True)
+class TrainRecipe:
+    """How one network is trained. Also a config section (``teacher.train``, ``student.train``)."""
+
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: Literal["sgd", "adamw"] = "sgd"
+    lr: float = 0.05
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "constant"] = "cosine"
+    warmup: float = 0.0  # fraction of the run with a linear warm-up, so brief and full runs share the recipe
+
+    def check(self, report) -> None:
+        if self.epochs < 1:
+            report("epochs", f"`epochs >= 1` must hold, but got epochs={self.epochs}")
+        if self.batch_size < 1:
+            report("batch_size", f"`batch_size >= 1` must hold, but got batch_size={self.batch_size}")
+        if not self.lr > 0:
+            report("lr", f"`lr > 0` must hold, but got lr={self.lr}")
+        if not 0 <= self.momentum < 1:
+            report("momentum", f"`0 <= momentum < 1` must hold, but got momentum={self.momentum}")
+        if self.weight_decay < 0:
+            report("weight_decay", f"`weight_decay >= 0` must hold, but got weight_decay={self.weight_decay}")
+        if not 0 <= self.warmup < 1:
+            report("warmup", f"`0 <= warmup < 1` must hold, but got warmup={self.warmup}")
+
+    def to_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def lr_factor(recipe: TrainRecipe, progress: float) -> float:
+    """Learning-rate multiplier at ``progress`` in [0, 1): a pure function of progress."""
+    if progress < recipe.warmup:
+        return (progress + 1e-3) / recipe.warmup
+    if recipe.schedule == "constant":
+        return 1.0
+    p = (progress - recipe.warmup) / (1.0 - recipe.warmup)
+    return 0.5 * (1.0 + math.cos(math.pi * p))
+
+
+def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimizer:
+    # No weight decay on BatchNorm and bias parameters: the usual practice for small CNNs.
+    decay = [p for p in model.parameters() if p.ndim > 1]
+    no_decay = [p for p in model.parameters() if p.ndim <= 1]
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if recipe.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.momentum > 0)
+    return torch.optim.AdamW(groups, lr=recipe.lr)
+
+
+# loss_fn(logits, batch_indices, labels) -> scalar loss; batch_indices index the training split so that
+# cached teacher outputs can be looked up.
+LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def fit(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    recipe: TrainRecipe,
+    loss_fn: LossFn,
+    seed: int,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> list[float]:
+    """Train ``model`` in place on in-memory tensors; return the mean loss of each epoch.
+
+    Raises :class:`TrialFailure` when the loss stops being finite. The check runs once per epoch on the
+    summed loss, so it costs no device synchronisation per step.
+    """
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    opt = make_optimizer(model, recipe)
+    n = len(y)
+    steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
+    total = recipe.epochs * steps_per_epoch
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    history: list[float] = []
+    model.train()
+    step = 0
+    for epoch in range(recipe.epochs):
+        order = torch.randperm(n, generator=gen).to(x.device)
+        loss_sum = torch.zeros((), device=x.device)
+        for s in range(steps_per_epoch):
+            idx = order[s * recipe.batch_size : (s + 1) * recipe.batch_size]
+            if len(idx) < 2 and n >= 2:  # a batch of one breaks BatchNorm; fold it away
+                continue
+            factor = lr_factor(recipe, step / total)
+            for g, base in zip(opt.param_groups, base_lrs):
+                g["lr"] = base * factor
+            loss = loss_fn(model(x[idx]), idx, y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach()
+            step += 1
+        mean = float(loss_sum) / steps_per_epoch
+        if not math.isfinite(mean):
+            raise TrialFailure(f"training loss became {mean} in epoch {epoch + 1}/{recipe.epochs}")
+        history.append(mean)
+        if on_epoch is not None:
+            on_epoch(epoch, mean)
+    return history
+
+
+@torch.inference_mode()
+def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
+    """Logits of ``model`` in eval mode for all of ``x``."""
+    was_training = model.training
+    model.eval()
+    out = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    model.train(was_training)
+    return out
+
+
+def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    return float((predict(model, x).argmax(1) == y).float().mean())
