@@ -177,14 +177,14 @@ def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
 def search(cfg: StudyConfig, progress: Callable[[str], None] = print) -> optuna.Study:
     """Run ``cfg.search.trials`` more trials (or until the timeout) and return the study."""
     t0 = time.perf_counter()
-    cfg.run_dir.mkdir(parents=True, exist_ok=True)
+    # The teacher comes first: a checkpoint that does not load must stop us before a study is created.
+    rt = prepare(cfg)
     study = open_study(cfg, create=True)
     n_before = len(study.trials)
     if n_before:
         progress(f"resuming study {cfg.name!r}: {n_before} trials stored in {mask_url(cfg.storage_url())}")
     else:
         progress(f"new study {cfg.name!r} in {mask_url(cfg.storage_url())}")
-    rt = prepare(cfg)
     ti = rt.teacher_info
     progress(
         f"teacher {cfg.teacher_spec.label()}: {ti['params']:,} params, val acc {ti['val_accuracy']:.1%}, "

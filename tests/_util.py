@@ -1,0 +1,41 @@
+"""Helpers shared by the tests: tiny real study files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY_SPACE = """\
+students:
+  resnet_cifar:
+    depth: 8
+    width: {type: categorical, choices: [0.25, 0.5]}
+methods:
+  hinton:
+    temperature: {type: float, low: 1.0, high: 4.0}
+    alpha: {type: float, low: 0.5, high: 0.9}
+"""
+
+TINY_STUDY = """\
+name: tiny
+seed: 0
+threads: 1
+data: {{dataset: digits, val_fraction: 0.2, test_fraction: 0.2, seed: 0}}
+teacher:
+  arch: {{family: resnet_cifar, depth: 8, width: {teacher_width}}}
+  train: {{epochs: {teacher_epochs}, lr: 0.1}}
+student:
+  train: {{epochs: 1, lr: 0.1}}
+search:
+  space: space.yaml
+  trials: 3
+objectives: [accuracy, params, latency]
+"""
+
+
+def write_tiny_study(folder: Path, teacher_width: float = 0.5, teacher_epochs: int = 2, extra: str = "") -> Path:
+    (folder / "space.yaml").write_text(TINY_SPACE)
+    study = folder / "study.yaml"
+    study.write_text(TINY_STUDY.format(teacher_width=teacher_width, teacher_epochs=teacher_epochs) + extra)
+    return study

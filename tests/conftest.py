@@ -1,0 +1,22 @@
+"""Shared fixtures: tiny real studies on the bundled digits data, run in a temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests._util import write_tiny_study
+
+# Tests run on 2 cores next to other work: one thread each keeps timings predictable.
+torch.set_num_threads(1)
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture
+def tiny_study(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A 3-trial digits study in an empty working folder (runs/ and reports/ land there)."""
+    monkeypatch.chdir(tmp_path)
+    return write_tiny_study(tmp_path)
