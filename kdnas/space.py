@@ -180,71 +180,60 @@ def _choose(trial: optuna.Trial, name: str, options: list[str]) -> str:
     return options[0] if len(options) == 1 else trial.suggest_categorical(name, options)
 
 
-def _parse_families(raw: Any, problems: Collector) -> dict[str, dict[str, Domain]]:
+def _check_student_value(name: str, param: str, value: Any, report) -> None:
+    check_spec({"family": name, param: value}, report)  # every edge value of a domain must build
+
+
+def _check_method_value(name: str, param: str, value: Any, report) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        report(param, f"expected a number, got {value!r}")
+    else:
+        check_hyperparameters(name, {param: value}, report)
+
+
+def _parse_group(raw: Any, section: str, what: str, registry, valid_params, required_params, check_value,
+                 problems: Collector) -> dict[str, dict[str, Domain]]:
+    """Parse ``section`` (``students`` or ``methods``): registered names -> {parameter: domain}."""
     out: dict[str, dict[str, Domain]] = {}
     if not isinstance(raw, dict) or not raw:
-        problems.add("students", f"expected a non-empty mapping of model family -> parameter domains, got {raw!r}")
+        problems.add(section, f"expected a non-empty mapping of {what} -> parameter domains, got {raw!r}")
         return out
-    for fam, params in raw.items():
-        key = f"students.{fam}"
-        if fam not in FAMILIES:
-            problems.add(key, f"unknown model family {fam!r}; valid names: {', '.join(FAMILIES.names())}")
+    for name, params in raw.items():
+        key = f"{section}.{name}"
+        if name not in registry:
+            problems.add(key, f"unknown {what} {name!r}; valid names: {', '.join(registry.names())}")
             continue
         params = params or {}
         if not isinstance(params, dict):
             problems.add(key, f"expected a mapping of parameter -> domain, got {params!r}")
             continue
-        valid = set(vars(FAMILIES.get(fam).Params()))
+        valid = valid_params(name)
+        for p in required_params(name):
+            if p not in params:
+                problems.add(f"{key}.{p}", "required parameter is missing")
         domains: dict[str, Domain] = {}
         for p, raw_dom in params.items():
             if p not in valid:
-                problems.add(f"{key}.{p}", f"unknown parameter of {fam}; valid: {', '.join(sorted(valid))}")
-                continue
-            dom = parse_domain(raw_dom, problems.under(f"{key}.{p}"))
-            if dom is None:
-                continue
-            for v in dom.extremes():  # every value a domain can produce at its edges must build
-                check_spec({"family": fam, p: v}, problems.under(key))
-            domains[p] = dom
-        out[fam] = domains
-    return out
-
-
-def _parse_methods(raw: Any, problems: Collector) -> dict[str, dict[str, Domain]]:
-    out: dict[str, dict[str, Domain]] = {}
-    if not isinstance(raw, dict) or not raw:
-        problems.add("methods", f"expected a non-empty mapping of method -> hyperparameter domains, got {raw!r}")
-        return out
-    for name, params in raw.items():
-        key = f"methods.{name}"
-        if name not in METHODS:
-            problems.add(key, f"unknown distillation method {name!r}; valid names: {', '.join(METHODS.names())}")
-            continue
-        params = params or {}
-        if not isinstance(params, dict):
-            problems.add(key, f"expected a mapping of hyperparameter -> domain, got {params!r}")
-            continue
-        method = METHODS.get(name)
-        domains: dict[str, Domain] = {}
-        for p in method.hyperparameters:
-            if p not in params:
-                problems.add(f"{key}.{p}", "required hyperparameter is missing")
-        for p, raw_dom in params.items():
-            if p not in method.hyperparameters:
-                valid = ", ".join(sorted(method.hyperparameters)) or "none"
-                problems.add(f"{key}.{p}", f"unknown hyperparameter of {name}; valid: {valid}")
+                problems.add(f"{key}.{p}", f"unknown parameter of {name}; valid: {', '.join(sorted(valid)) or 'none'}")
                 continue
             dom = parse_domain(raw_dom, problems.under(f"{key}.{p}"))
             if dom is None:
                 continue
             for v in dom.extremes():
-                if not isinstance(v, (int, float)) or isinstance(v, bool):
-                    problems.add(f"{key}.{p}", f"expected a number, got {v!r}")
-                else:
-                    check_hyperparameters(name, {p: v}, problems.under(key))
+                check_value(name, p, v, problems.under(key))
             domains[p] = dom
         out[name] = domains
     return out
+
+
+def _parse_families(raw: Any, problems: Collector) -> dict[str, dict[str, Domain]]:
+    return _parse_group(raw, "students", "model family", FAMILIES, lambda n: set(vars(FAMILIES.get(n).Params())),
+                        lambda n: (), _check_student_value, problems)
+
+
+def _parse_methods(raw: Any, problems: Collector) -> dict[str, dict[str, Domain]]:
+    return _parse_group(raw, "methods", "distillation method", METHODS, lambda n: set(METHODS.get(n).hyperparameters),
+                        lambda n: METHODS.get(n).hyperparameters, _check_method_value, problems)
 
 
 _SPACE_KEYS = ("methods", "students")

@@ -83,7 +83,7 @@ def test_space_problems_name_the_space_file(tmp_path: Path) -> None:
     assert "students.resnet_cifar.colour: unknown parameter of resnet_cifar" in text
     assert "students.vgg: unknown model family 'vgg'; valid names: " in text
     assert "methods.hinton.temperature: `temperature > 0` must hold, but got temperature=-1.0" in text
-    assert "methods.hinton.alpha: required hyperparameter is missing" in text
+    assert "methods.hinton.alpha: required parameter is missing" in text
 
 
 def test_malformed_yaml_names_the_line(tmp_path: Path) -> None:
