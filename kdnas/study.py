@@ -174,7 +174,11 @@ def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [t for t, m in zip(done, mask) if m]
 
 
-def search(cfg: StudyConfig, progress: Callable[[str], None] = print) -> optuna.Study:
+def _print(line: str) -> None:
+    print(line, flush=True)  # progress must show up live even when stdout is a file or a pipe
+
+
+def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna.Study:
     """Run ``cfg.search.trials`` more trials (or until the timeout) and return the study."""
     t0 = time.perf_counter()
     # The teacher comes first: a checkpoint that does not load must stop us before a study is created.

@@ -42,6 +42,7 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
     """
     assert cfg.teacher_spec is not None
     t0 = time.perf_counter()
+    torch.manual_seed(cfg.teacher.seed)  # before build: the initial weights are part of what the seed fixes
     model = build(cfg.teacher_spec, split.input_shape, split.num_classes)
     if cfg.teacher.checkpoint is not None:
         path = cfg.resolve(cfg.teacher.checkpoint)
@@ -64,7 +65,6 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
             trained = False
         else:
             log.info("training teacher %s (%d epochs) ...", cfg.teacher_spec.label(), cfg.teacher.train.epochs)
-            torch.manual_seed(cfg.teacher.seed)
             model.to(device)
             try:
                 fit(model, split.train_x, split.train_y, cfg.teacher.train,

@@ -7,12 +7,16 @@ from typing import Any, Mapping
 from kdnas._schema import Collector, parse_section, is_missing
 from kdnas.models._base import KDNet, ModelFamily
 from kdnas.models._spec import ArchSpec, canonical_json, digest
+from kdnas.models.mobilenetv2 import MobileNetV2Family
+from kdnas.models.plain_cnn import PlainCNNFamily
 from kdnas.models.resnet_cifar import ResNetCifarFamily
 from kdnas.registry import Registry
 
 FAMILIES: Registry[ModelFamily] = Registry("model family")
 # The one place where families are registered.
 FAMILIES.register(ResNetCifarFamily.name, ResNetCifarFamily())
+FAMILIES.register(PlainCNNFamily.name, PlainCNNFamily())
+FAMILIES.register(MobileNetV2Family.name, MobileNetV2Family())
 
 
 def check_spec(raw: Any, report) -> ArchSpec | None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnas.models._base import KDNet, ModelFamily
+from kdnas.models._base import KDNet, ModelFamily, StagedNet
 
 BASE_WIDTHS = (16, 32, 64)  # He et al. 2016, CIFAR-10 experiments
 
@@ -39,37 +39,13 @@ class BasicBlock(nn.Module):
         return F.relu(out + self.shortcut(x))
 
 
-class ResNetCifar(KDNet):
-    def __init__(self, in_channels: int, num_classes: int, blocks: tuple[int, ...], widths: tuple[int, ...]):
-        super().__init__()
-        self.stem = nn.Sequential(
-            nn.Conv2d(in_channels, widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU()
-        )
-        stages = []
-        c_in = widths[0]
-        for i, (n, c_out) in enumerate(zip(blocks, widths)):
-            stride = 1 if i == 0 else 2
-            layers = [BasicBlock(c_in if j == 0 else c_out, c_out, stride if j == 0 else 1) for j in range(n)]
-            stages.append(nn.Sequential(*layers))
-            c_in = c_out
-        self.stages = nn.ModuleList(stages)
-        self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.fc = nn.Linear(c_in, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return self.fc(self.pool(x))
-
-    def feature_modules(self) -> dict[str, nn.Module]:
-        names = {"stem": self.stem}
-        names.update({f"stage{i + 1}": s for i, s in enumerate(self.stages)})
-        names["pool"] = self.pool
-        return names
+def resnet_stages(c_in: int, blocks: tuple[int, ...], widths: tuple[int, ...]) -> list[nn.Module]:
+    stages = []
+    for i, (n, c_out) in enumerate(zip(blocks, widths)):
+        stride = 1 if i == 0 else 2
+        stages.append(nn.Sequential(*[BasicBlock(c_in if j == 0 else c_out, c_out, stride if j == 0 else 1) for j in range(n)]))
+        c_in = c_out
+    return stages
 
 
 @dataclass(frozen=True)
@@ -91,4 +67,5 @@ class ResNetCifarFamily(ModelFamily):
     def build(self, params: ResNetCifarParams, input_shape, num_classes) -> KDNet:
         n = (params.depth - 2) // 6
         widths = tuple(max(1, round(w * params.width)) for w in BASE_WIDTHS)
-        return ResNetCifar(input_shape[0], num_classes, (n, n, n), widths)
+        stem = nn.Sequential(nn.Conv2d(input_shape[0], widths[0], 3, 1, 1, bias=False), nn.BatchNorm2d(widths[0]), nn.ReLU())
+        return StagedNet(stem, resnet_stages(widths[0], (n, n, n), widths), nn.Linear(widths[-1], num_classes))

@@ -1,0 +1,36 @@
+"""The teacher: trained once per content key, reproducibly, whatever ran before it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from kdnas.artifacts import ArtifactStore
+from kdnas.config import load_study
+from kdnas.data import load_split
+from kdnas.teacher import get_teacher, teacher_key
+
+
+def test_teacher_is_reproducible_regardless_of_global_rng(tiny_study: Path, tmp_path: Path) -> None:
+    cfg = load_study(tiny_study)
+    split = load_split("digits", 0.2, 0.2, 0)
+    torch.manual_seed(123)
+    a, info_a = get_teacher(cfg, split, ArtifactStore(tmp_path / "a"), torch.device("cpu"))
+    torch.rand(1000)  # disturb the global generator: the teacher must not depend on it
+    b, info_b = get_teacher(cfg, split, ArtifactStore(tmp_path / "b"), torch.device("cpu"))
+    assert info_a["trained_now"] and info_b["trained_now"]
+    for (k, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(va, vb, msg=k)
+    assert info_a["val_accuracy"] == info_b["val_accuracy"]
+    assert all(not p.requires_grad for p in a.parameters()) and not a.training
+
+
+def test_teacher_key_covers_what_determines_it(tiny_study: Path) -> None:
+    split = load_split("digits", 0.2, 0.2, 0)
+    base = teacher_key(load_study(tiny_study), split)
+    assert teacher_key(load_study(tiny_study, {"seed": 5}), split) == base  # the search seed is not the teacher's
+    assert teacher_key(load_study(tiny_study), load_split("digits", 0.2, 0.2, 1)) != base
+    changed = load_study(tiny_study, {"teacher": {"arch": {"family": "resnet_cifar", "depth": 8, "width": 0.5},
+                                                  "seed": 1}})
+    assert teacher_key(changed, split) != base
