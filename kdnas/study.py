@@ -96,8 +96,8 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     hp = cand.method.hyperparameters
     tl = rt.teacher_train_logits
 
-    def loss_fn(logits, idx, y):
-        return method.loss(logits, tl[idx] if method.uses_teacher else None, y, **hp)
+    def loss_fn(logits, batch):
+        return method.loss(logits, tl[batch.idx] if method.uses_teacher else None, batch.y, **hp)
 
     t_train = time.perf_counter()
     history = fit(model, split.train_x, split.train_y, cfg.student.train, loss_fn, seed)

@@ -68,7 +68,7 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
             model.to(device)
             try:
                 fit(model, split.train_x, split.train_y, cfg.teacher.train,
-                    lambda logits, idx, y: F.cross_entropy(logits, y), cfg.teacher.seed)
+                    lambda logits, batch: F.cross_entropy(logits, batch.y), cfg.teacher.seed)
             except TrialFailure as err:
                 raise KdnasError(f"{cfg.path}: teacher.train: teacher training failed: {err.reason}") from None
             store.put_state_dict("teachers", key, model.state_dict())

@@ -63,9 +63,23 @@ def make_optimizer(model: nn.Module, recipe: TrainRecipe) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=recipe.lr)
 
 
-# loss_fn(logits, batch_indices, labels) -> scalar loss; batch_indices index the training split so that
-# cached teacher outputs can be looked up.
-LossFn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+@dataclass(frozen=True)
+class Batch:
+    """One training batch, as a loss sees it.
+
+    ``idx`` indexes the training split, so that outputs cached per sample (a teacher's logits on inputs
+    without random augmentation) can be looked up; ``progress`` in [0, 1) is the position in the run, for
+    losses with schedules of their own (a warm-up as a fraction of the run, not a fixed epoch count).
+    """
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor
+    progress: float
+
+
+# loss_fn(student_logits, batch) -> scalar loss
+LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
 
 
 def fit(
@@ -76,20 +90,26 @@ def fit(
     loss_fn: LossFn,
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
+    extra: nn.Module | None = None,
 ) -> list[float]:
     """Train ``model`` in place on in-memory tensors; return the mean loss of each epoch.
+
+    ``extra`` holds trainable modules that are not part of the model but train with it (a distillation
+    method's adapters); the optimizer updates them too.
 
     Raises :class:`TrialFailure` when the loss stops being finite. The check runs once per epoch on the
     summed loss, so it costs no device synchronisation per step.
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
-    opt = make_optimizer(model, recipe)
+    opt = make_optimizer(model if extra is None else nn.ModuleList([model, extra]), recipe)
     n = len(y)
     steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
     total = recipe.epochs * steps_per_epoch
     base_lrs = [g["lr"] for g in opt.param_groups]
     history: list[float] = []
     model.train()
+    if extra is not None:
+        extra.train()
     step = 0
     for epoch in range(recipe.epochs):
         order = torch.randperm(n, generator=gen).to(x.device)
@@ -101,7 +121,8 @@ def fit(
             factor = lr_factor(recipe, step / total)
             for g, base in zip(opt.param_groups, base_lrs):
                 g["lr"] = base * factor
-            loss = loss_fn(model(x[idx]), idx, y[idx])
+            xb = x[idx]
+            loss = loss_fn(model(xb), Batch(xb, y[idx], idx, step / total))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

@@ -19,8 +19,8 @@ def digits():
     return load_split("digits", 0.2, 0.2, 0)
 
 
-def ce(logits, idx, y):
-    return F.cross_entropy(logits, y)
+def ce(logits, batch):
+    return F.cross_entropy(logits, batch.y)
 
 
 def test_two_seeded_runs_are_identical(digits) -> None:
@@ -46,7 +46,7 @@ def test_brief_training_learns_digits(digits) -> None:
 def test_nan_loss_is_a_trial_failure(digits) -> None:
     m = build(SPEC, digits.input_shape, 10)
     with pytest.raises(TrialFailure, match=r"training loss became nan in epoch 1/2"):
-        fit(m, digits.train_x[:64], digits.train_y[:64], TrainRecipe(epochs=2), lambda o, i, y: ce(o, i, y) * float("nan"), 0)
+        fit(m, digits.train_x[:64], digits.train_y[:64], TrainRecipe(epochs=2), lambda o, b: ce(o, b) * float("nan"), 0)
 
 
 def test_schedule_is_a_pure_function_of_progress() -> None:
@@ -63,3 +63,27 @@ def test_schedule_is_a_pure_function_of_progress() -> None:
 def test_lone_last_sample_does_not_break_batchnorm(digits) -> None:
     m = build(SPEC, digits.input_shape, 10)
     fit(m, digits.train_x[:65], digits.train_y[:65], TrainRecipe(epochs=1, batch_size=64), ce, 0)
+
+
+def test_extra_modules_train_with_the_model(digits) -> None:
+    torch.manual_seed(0)
+    m = build(SPEC, digits.input_shape, 10)
+    adapter = torch.nn.Linear(10, 10)
+    before = adapter.weight.detach().clone()
+    fit(m, digits.train_x[:128], digits.train_y[:128], TrainRecipe(epochs=1),
+        lambda o, b: F.cross_entropy(adapter(o), b.y), 0, extra=adapter)
+    assert not torch.equal(before, adapter.weight)
+
+
+def test_loss_sees_progress_and_indices(digits) -> None:
+    seen = []
+
+    def loss(o, b):
+        seen.append((b.progress, b.idx.clone()))
+        torch.testing.assert_close(b.x, digits.train_x[b.idx])
+        return F.cross_entropy(o, b.y)
+
+    fit(build(SPEC, digits.input_shape, 10), digits.train_x[:128], digits.train_y[:128], TrainRecipe(epochs=2, batch_size=32), loss, 0)
+    progress = [p for p, _ in seen]
+    assert progress[0] == 0.0 and progress == sorted(progress) and progress[-1] < 1.0
+    assert sorted(torch.cat([i for _, i in seen[:4]]).tolist()) == list(range(128))  # one epoch covers each sample once
