@@ -73,6 +73,10 @@ class ArtifactStore:
     def has(self, kind: str, key: str, ext: str = "pt") -> bool:
         return self.path(kind, key, ext).is_file()
 
+    def has_pair(self, kind: str, key: str) -> bool:
+        """Weights and their JSON description both present (the description is written last)."""
+        return self.has(kind, key) and self.has(kind, key, "json")
+
     def put_state_dict(self, kind: str, key: str, state_dict: dict[str, torch.Tensor]) -> Path:
         path = self.path(kind, key)
         save_state_dict(path, state_dict)

@@ -55,6 +55,44 @@ class StudentConfig:
 
 
 @dataclass(frozen=True)
+class AssistantConfig:
+    """How teacher assistants are trained. Fixed for the study (not searched), so that an assistant trained
+    for one trial is the same network every later trial needs, and is trained once."""
+
+    train: TrainRecipe = field(default_factory=lambda: TrainRecipe(epochs=10))
+    # Hinton KD with a high weight on the soft targets: an assistant's job is to pass the teacher on.
+    method: dict[str, Any] = field(default_factory=lambda: {"name": "hinton", "temperature": 4.0, "alpha": 0.9})
+    drop_rate: float = 0.5  # DGKD: per batch, each guide is dropped with this probability (one always stays)
+    seed: int = 0
+
+    def check(self, report) -> None:
+        if not 0 <= self.drop_rate < 1:
+            report("drop_rate", f"`0 <= drop_rate < 1` must hold, but got drop_rate={self.drop_rate}")
+        check_method(self.method, report)
+
+
+def check_method(raw: dict[str, Any], report) -> None:
+    """A fixed method: ``{name: NAME, <hyperparameter>: value, ...}`` with every hyperparameter given."""
+    from kdnas.distill import METHODS, check_hyperparameters
+
+    name = raw.get("name")
+    if name not in METHODS:
+        report("method.name", f"unknown distillation method {name!r}; valid names: {', '.join(METHODS.names())}")
+        return
+    wanted = set(METHODS.get(name).hyperparameters)
+    given = {k: v for k, v in raw.items() if k != "name"}
+    for k in sorted(wanted - set(given)):
+        report(f"method.{k}", "required hyperparameter is missing")
+    for k in sorted(set(given) - wanted):
+        report(f"method.{k}", f"unknown hyperparameter of {name}; valid: {', '.join(sorted(wanted)) or 'none'}")
+    for k, v in given.items():
+        if k in wanted and (not isinstance(v, (int, float)) or isinstance(v, bool)):
+            report(f"method.{k}", f"expected a number, got {v!r}")
+    numeric = {k: v for k, v in given.items() if k in wanted and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    check_hyperparameters(name, numeric, lambda key, msg: report(f"method.{key}", msg))
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     space: str  # path of the search space file, relative to the study file
     trials: int = 20  # trials added by each `kdnas search` run
@@ -84,6 +122,7 @@ class StudyConfig:
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "params", "latency"])
     data: DataConfig = field(default_factory=DataConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
+    assistants: AssistantConfig = field(default_factory=AssistantConfig)
     latency: LatencySetting = field(default_factory=LatencySetting)
     # Filled in by load_study, not read from the file:
     path: Path = field(default=Path("."), init=False, compare=False)

@@ -25,7 +25,7 @@ def _trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
         raise KdnasError(f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1})")
     t = trials[number]
     if t.state != optuna.trial.TrialState.COMPLETE:
-        reason = t.user_attrs.get("fail_reason")
+        reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason")
         raise KdnasError(f"trial {number} is {t.state.name}{f' ({reason})' if reason else ''}; only completed trials can be exported")
     return t
 
@@ -51,7 +51,10 @@ def export_trial(cfg: StudyConfig, study: optuna.Study, number: int, out: Path, 
         "trial": number,
         "teacher": {"spec": teacher.get("spec"), "cache_key": teacher.get("cache_key"),
                     "checkpoint": teacher.get("checkpoint"), "val_accuracy": teacher.get("val_accuracy")},
-        "assistants": [],
+        # The chain, largest assistant first; each entry's key names its weights in the run folder's store.
+        "chain": {"mode": ua["candidate"].get("chain", {}).get("mode", "takd"), "assistants": ua.get("assistants", [])},
+        "assistant_train": {"train": cfg.assistants.train.to_dict(), "method": cfg.assistants.method,
+                            "drop_rate": cfg.assistants.drop_rate, "seed": cfg.assistants.seed},
         "method": ua["candidate"]["method"],
         "student_train": cfg.student.train.to_dict(),
         "data": {k: data.get(k) for k in ("dataset", "fingerprint", "train", "val", "test")} |

@@ -13,7 +13,8 @@ from kdnas.score import pareto_mask
 
 COLUMNS = [
     "number", "state", "val_accuracy", "test_accuracy", "params", "macs", "latency_ms", "latency_iqr_ms",
-    "student", "method", "duration_s", "seed", "pareto", "fail_reason", "architecture", "method_params",
+    "student", "method", "chain", "chain_length", "duration_s", "seed", "pareto", "reason", "architecture",
+    "method_params", "chain_spec",
 ]
 
 
@@ -34,12 +35,15 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "latency_iqr_ms": ua.get("latency_iqr_ms"),
             "student": ua.get("student"),
             "method": ua.get("method"),
+            "chain": ua.get("chain"),
+            "chain_length": ua.get("chain_length"),
             "duration_s": t.duration.total_seconds() if t.duration else None,
             "seed": ua.get("seed"),
             "pareto": False,
-            "fail_reason": ua.get("fail_reason"),
+            "reason": ua.get("fail_reason") or ua.get("prune_reason"),
             "architecture": json.dumps(cand.get("student")) if cand else None,
             "method_params": json.dumps(cand.get("method")) if cand else None,
+            "chain_spec": json.dumps(cand.get("chain")) if cand else None,
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
     done = df["state"] == "COMPLETE"
@@ -110,17 +114,18 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame) -> str:
                      f"val {teacher.get('val_accuracy', float('nan')):.1%}, test {teacher.get('test_accuracy', float('nan')):.1%}.")
     lines += ["", f"## Pareto-optimal trials ({', '.join(study.metric_names or [])})", ""]
     front = df[df["pareto"]].sort_values("params")
-    lines.append("| trial | val acc | test acc | params | MACs | latency (ms) | student | method |")
-    lines.append("|---:|---:|---:|---:|---:|---:|---|---|")
+    lines.append("| trial | val acc | test acc | params | MACs | latency (ms) | student | method | chain |")
+    lines.append("|---:|---:|---:|---:|---:|---:|---|---|---|")
     for _, r in front.iterrows():
         lines.append(f"| {int(r['number'])} | {r['val_accuracy']:.1%} | {r['test_accuracy']:.1%} | {_fmt_int(r['params'])} | "
-                     f"{_fmt_int(r['macs'])} | {r['latency_ms']:.3f} | `{r['student']}` | `{r['method']}` |")
+                     f"{_fmt_int(r['macs'])} | {r['latency_ms']:.3f} | `{r['student']}` | `{r['method']}` | `{r['chain']}` |")
     if not len(front):
-        lines.append("| – | no completed trial yet | | | | | | |")
-    failed = df[df["state"] == "FAIL"]
-    if len(failed):
-        lines += ["", "## Failed trials", ""]
-        lines += [f"- trial {int(r['number'])}: {r['fail_reason'] or 'no reason recorded (interrupted?)'}" for _, r in failed.iterrows()]
+        lines.append("| – | no completed trial yet | | | | | | | |")
+    for state, title in (("FAIL", "Failed trials"), ("PRUNED", "Pruned or rejected trials")):
+        rows = df[df["state"] == state]
+        if len(rows):
+            lines += ["", f"## {title}", ""]
+            lines += [f"- trial {int(r['number'])}: {r['reason'] or 'no reason recorded (interrupted?)'}" for _, r in rows.iterrows()]
     lines += ["", "Files: `trials.csv` (every trial), `pareto.png` (accuracy vs parameters and vs latency)."]
     return "\n".join(lines) + "\n"
 

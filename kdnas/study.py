@@ -6,7 +6,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass, field
 from typing import Callable
 
 import optuna
@@ -14,13 +14,13 @@ import torch
 
 from kdnas.artifacts import ArtifactStore
 from kdnas.config import StudyConfig
-from kdnas.costs import LatencyCache, count
+from kdnas.costs import Counts, LatencyCache, count
 from kdnas.data import DataSplit, load_split
-from kdnas.distill import METHODS
+from kdnas.distill.chain import AssistantPool, Guide, guided_loss
 from kdnas.errors import KdnasError, TrialFailure
-from kdnas.models import KDNet, build, digest
+from kdnas.models import ArchSpec, build, digest
 from kdnas.score import pareto_mask
-from kdnas.space import Candidate
+from kdnas.space import MethodSpec, screen
 from kdnas.storage import mask_url, open_storage
 from kdnas.teacher import get_teacher
 from kdnas.train import accuracy, fit, predict
@@ -49,9 +49,15 @@ class Runtime:
     device: torch.device
     store: ArtifactStore
     latency: LatencyCache
-    teacher: KDNet
+    teacher: Guide  # with its outputs on the training split, computed once
     teacher_info: dict
-    teacher_train_logits: torch.Tensor  # teacher outputs on the training split, computed once
+    assistants: AssistantPool
+    _counts: dict = field(default_factory=dict)
+
+    def counts(self, spec: ArchSpec) -> Counts:
+        if spec not in self._counts:
+            self._counts[spec] = count(spec, self.split.input_shape, self.split.num_classes)
+        return self._counts[spec]
 
 
 def prepare(cfg: StudyConfig) -> Runtime:
@@ -69,8 +75,11 @@ def prepare(cfg: StudyConfig) -> Runtime:
                                        split.input_shape, split.num_classes, cfg.latency))
     # The training split is used without random augmentation, so the teacher's outputs on it are fixed:
     # computing them once replaces a teacher forward pass in every step of every trial.
-    logits = predict(teacher, split.train_x)
-    return Runtime(cfg, split, device, store, latency, teacher, info, logits)
+    identity = info.get("cache_key") or info["checkpoint_sha256"]
+    guide = Guide("teacher", identity, teacher, predict(teacher, split.train_x), info)
+    a = cfg.assistants
+    pool = AssistantPool(split, store, device, a.train, MethodSpec.from_dict(a.method), a.drop_rate, a.seed)
+    return Runtime(cfg, split, device, store, latency, guide, info, pool)
 
 
 def trial_seed(study_seed: int, number: int) -> int:
@@ -80,24 +89,31 @@ def trial_seed(study_seed: int, number: int) -> int:
 def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     cfg, split = rt.cfg, rt.split
     t0 = time.perf_counter()
-    cand: Candidate = cfg.space.sample(trial)
+    screened = screen(cfg.space.sample(trial), cfg.space.limits, lambda s: astuple(rt.counts(s)),
+                      rt.teacher_info["params"])
+    for key, value in screened.constraints.items():
+        trial.set_constraint(key, value)
+    cand = screened.candidate
+    counts = rt.counts(cand.student)
     trial.set_user_attr("candidate", cand.to_dict())
     trial.set_user_attr("student", cand.student.label())
     trial.set_user_attr("method", cand.method.label())
-    counts = count(cand.student, split.input_shape, split.num_classes)
+    trial.set_user_attr("chain", cand.chain.label())
+    trial.set_user_attr("chain_length", len(cand.chain.assistants))
     trial.set_user_attr("params", counts.params)
     trial.set_user_attr("macs", counts.macs)
+    if not screened.ok:  # rejected in milliseconds, before any training
+        trial.set_user_attr("prune_reason", screened.reason)
+        raise optuna.TrialPruned(screened.reason)
 
     seed = trial_seed(cfg.seed, trial.number)
     trial.set_user_attr("seed", seed)
+    trial.set_user_attr("teacher", rt.teacher.key)
+    guides, records = rt.assistants.chain(rt.teacher, cand.chain, trial.number)
+    trial.set_user_attr("assistants", records)
     torch.manual_seed(seed)
     model = build(cand.student, split.input_shape, split.num_classes).to(rt.device)
-    method = METHODS.get(cand.method.name)
-    hp = cand.method.hyperparameters
-    tl = rt.teacher_train_logits
-
-    def loss_fn(logits, batch):
-        return method.loss(logits, tl[batch.idx] if method.uses_teacher else None, batch.y, **hp)
+    loss_fn = guided_loss(cand.method, guides, cfg.assistants.drop_rate, seed)
 
     t_train = time.perf_counter()
     history = fit(model, split.train_x, split.train_y, cfg.student.train, loss_fn, seed)
@@ -106,7 +122,6 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     test_acc = accuracy(model, split.test_x, split.test_y)
     weights = rt.store.put_content("students", model.state_dict())
     lat = rt.latency.get_or_measure(cand.student, model, split.input_shape, split.num_classes, cfg.latency)
-    trial.set_user_attr("teacher", rt.teacher_info.get("cache_key") or rt.teacher_info.get("checkpoint"))
     trial.set_user_attr("weights", weights)
     trial.set_user_attr("val_accuracy", val_acc)
     trial.set_user_attr("test_accuracy", test_acc)
@@ -211,7 +226,8 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
             progress(f"{head} val {ua['val_accuracy']:6.1%}  {ua['params']:>9,} params  {ua['latency_ms']:7.3f} ms  "
                      f"{ua['student']} {ua['method']}  ({ua['trial_seconds']:.1f}s) | front {len(front)}, best val {best:.1%}")
         else:
-            progress(f"{head} {trial.state.name}: {trial.user_attrs.get('fail_reason', '')}")
+            reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason", "")
+            progress(f"{head} {trial.state.name}: {reason}")
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's per-trial logs
     study.optimize(make_objective(rt), n_trials=n_new, timeout=cfg.search.timeout,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 
@@ -55,7 +56,7 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
                 f"{cfg.path}: teacher.checkpoint: {path} does not match teacher.arch "
                 f"{cfg.teacher_spec.label()} for input {split.input_shape} and {split.num_classes} classes ({first})"
             ) from None
-        source = {"checkpoint": str(path)}
+        source = {"checkpoint": str(path), "checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
         trained = False
     else:
         key = teacher_key(cfg, split)

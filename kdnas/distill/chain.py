@@ -1,0 +1,149 @@
+"""Teacher-assistant chains: TAKD (Mirzadeh et al. 2020) and DGKD (Son et al. 2021).
+
+A chain is teacher > assistant_1 > ... > assistant_k > student, ordered by capacity. In ``takd`` mode each
+learner distils from the network just above it; in ``dgkd`` mode from all networks above it, and in every
+batch each of those guides is dropped with probability ``drop_rate`` (at least one is kept), the stochastic
+variant Son et al. use against overfitting to any one guide. With several guides the distillation term is the
+mean of the per-guide terms, so the method's weighting convention (see :mod:`kdnas.distill.losses`) holds
+for any number of guides.
+
+Assistants are trained once and stored by content: their key hashes their spec, the keys of the guides
+they learnt from (so the key of an assistant covers its whole chain prefix), the assistant recipe, the data
+split and the seed. Every later trial and every worker sharing the run folder loads them instead. A file
+lock makes concurrent workers that need the same assistant train it once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from kdnas.artifacts import ArtifactStore
+from kdnas.data import DataSplit
+from kdnas.distill.losses import METHODS
+from kdnas.models import ArchSpec, KDNet, build, digest
+from kdnas.space import Chain, MethodSpec
+from kdnas.train import Batch, LossFn, TrainRecipe, accuracy, fit, predict
+
+log = logging.getLogger("kdnas")
+
+ASSISTANT_FORMAT = 1  # bump when assistant training changes in a way that makes stored assistants stale
+
+
+@dataclass
+class Guide:
+    """A trained, frozen network that teaches: the teacher or an assistant."""
+
+    name: str
+    key: str  # content identity, used in the keys of the assistants that learn from it
+    model: KDNet
+    train_logits: torch.Tensor  # its outputs on the training split (inputs are deterministic)
+    info: dict[str, Any]
+
+
+def guided_loss(method: MethodSpec, guides: list[Guide], drop_rate: float, seed: int) -> LossFn:
+    """The loss of a learner taught by ``guides`` with ``method`` (several guides: DGKD's mean, with drops)."""
+    m = METHODS.get(method.name)
+    hp = method.hyperparameters
+    gen = torch.Generator().manual_seed(seed)
+
+    def loss_fn(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+        if not m.uses_teacher:
+            return m.loss(logits, None, batch.y, **hp)
+        kept = guides
+        if len(guides) > 1 and drop_rate > 0:
+            keep = torch.rand(len(guides), generator=gen) >= drop_rate
+            if not keep.any():
+                keep[torch.randint(len(guides), (1,), generator=gen)] = True
+            kept = [g for g, k in zip(guides, keep.tolist()) if k]
+        losses = [m.loss(logits, g.train_logits[batch.idx], batch.y, **hp) for g in kept]
+        return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+
+    return loss_fn
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no cross-process lock, at worst an assistant trains twice
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class AssistantPool:
+    """Gets each assistant of a chain: from memory, from the store, or by training it (once)."""
+
+    def __init__(self, split: DataSplit, store: ArtifactStore, device: torch.device, recipe: TrainRecipe,
+                 method: MethodSpec, drop_rate: float, seed: int):
+        self.split, self.store, self.device = split, store, device
+        self.recipe, self.method, self.drop_rate, self.seed = recipe, method, drop_rate, seed
+        self._guides: dict[str, Guide] = {}
+
+    def key(self, spec: ArchSpec, parents: list[Guide]) -> str:
+        return digest({
+            "format": ASSISTANT_FORMAT,
+            "spec": spec.to_dict(),
+            "guides": [g.key for g in parents],
+            "recipe": self.recipe.to_dict(),
+            "method": self.method.to_dict(),
+            "drop_rate": self.drop_rate if len(parents) > 1 else None,  # irrelevant with one guide
+            "data": self.split.fingerprint,
+            "seed": self.seed,
+        })
+
+    def chain(self, teacher: Guide, chain: Chain, trial_number: int | None = None) -> tuple[list[Guide], list[dict]]:
+        """Guides of the student for ``chain`` (ordered largest first) and one record per assistant."""
+        above = [teacher]
+        records = []
+        for spec in chain.assistants:
+            parents = above if chain.mode == "dgkd" else [above[-1]]
+            guide, trained_now = self.get(spec, parents, trial_number)
+            records.append({"spec": spec.to_dict(), "key": guide.key, "trained_now": trained_now,
+                            "guides": [g.key for g in parents], **{k: guide.info[k] for k in ("val_accuracy", "seconds")}})
+            above.append(guide)
+        return (above if chain.mode == "dgkd" else [above[-1]]), records
+
+    def get(self, spec: ArchSpec, parents: list[Guide], trial_number: int | None = None) -> tuple[Guide, bool]:
+        key = self.key(spec, parents)
+        if key in self._guides:
+            return self._guides[key], False
+        trained_now = False
+        with _file_lock(self.store.root / "locks" / f"{key}.lock"):
+            torch.manual_seed(self.seed)  # before build: the initial weights are part of what the seed fixes
+            model = build(spec, self.split.input_shape, self.split.num_classes).to(self.device)
+            if self.store.has_pair("assistants", key):
+                model.load_state_dict(self.store.get_state_dict("assistants", key))
+                info = self.store.get_json("assistants", key)
+            else:
+                t0 = time.perf_counter()
+                log.info("training assistant %s from %s ...", spec.label(), ", ".join(g.name for g in parents))
+                fit(model, self.split.train_x, self.split.train_y, self.recipe,
+                    guided_loss(self.method, parents, self.drop_rate, self.seed), self.seed)
+                info = {"spec": spec.to_dict(), "key": key, "guides": [g.key for g in parents],
+                        "val_accuracy": accuracy(model, self.split.val_x, self.split.val_y),
+                        "seconds": time.perf_counter() - t0, "trained_in_trial": trial_number, "pid": os.getpid()}
+                # Weights first, description last: the description's presence means the pair is complete.
+                self.store.put_state_dict("assistants", key, model.state_dict())
+                self.store.put_json("assistants", key, info)
+                trained_now = True
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        guide = Guide(spec.label(), key, model, predict(model, self.split.train_x), info)
+        self._guides[key] = guide
+        return guide, trained_now
