@@ -87,6 +87,49 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        c, h, w = (int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected C,H,W (three integers), got {text!r}") from None
+    if min(c, h, w) < 1:
+        raise argparse.ArgumentTypeError(f"every dimension must be >= 1, got {text!r}")
+    return c, h, w
+
+
+def cmd_space(args: argparse.Namespace) -> int:
+    import json
+
+    from kdnas.explore import open_space, sample_candidates, size_range
+
+    space, target = open_space(args.file, args.input, args.classes)
+    where = f"input {','.join(map(str, target.input_shape))}, {target.num_classes} classes"
+    if args.action == "show":
+        sizes = size_range(space, target)
+        if args.json:
+            print(json.dumps({"parameters": dict(space.describe()), "limits": vars(space.limits), "sizes": sizes}, indent=2))
+            return 0
+        print(f"search space {space.path} ({where})")
+        for name, domain in space.describe():
+            print(f"  {name:<40} {domain}")
+        lim = {k: v for k, v in vars(space.limits).items() if v is not None}
+        print(f"limits: {', '.join(f'{k}={v:,}' for k, v in lim.items()) or 'none'}")
+        for family, r in sizes.items():
+            if r["params"]:
+                print(f"{family}: {r['params'][0]:,} .. {r['params'][1]:,} params, {r['macs'][0]:,} .. {r['macs'][1]:,} MACs "
+                      f"over {r['corners']} domain corners ({r['corners_over_limits']} over the limits)")
+        return 0
+    rows = sample_candidates(space, target, args.n, args.seed)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{len(rows)} candidates from {space.path} ({where}, seed {args.seed})")
+    for i, r in enumerate(rows):
+        chain = " > ".join(f"{a['params']:,}" for a in r["chain"]["assistants"])
+        print(f"{i:>3}  {r['params']:>10,} params {r['macs']:>13,} MACs  {r['label']}" + (f"  (assistants: {chain})" if chain else ""))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kdnas", description="Search small, fast students by knowledge distillation.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -112,6 +155,16 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="replace a non-empty --out")
     sp.add_argument("--storage", help="Optuna storage URL")
     add("validate", cmd_validate, "check a study file and its search space; run nothing")
+    sp = sub.add_parser("space", help="inspect a search space before spending compute",
+                        description="inspect a search space (or a study file's space) before spending compute")
+    sp.add_argument("action", choices=["show", "sample"], help="show: domains and size range; sample: candidates")
+    sp.add_argument("file", help="search space file, or a study file (then its dataset and teacher are used)")
+    sp.add_argument("-n", type=int, default=10, help="sample: how many candidates (default 10)")
+    sp.add_argument("--seed", type=int, default=0, help="sample: random seed (default 0)")
+    sp.add_argument("--input", type=_shape, help="input shape C,H,W (default: the study's, else 3,32,32)")
+    sp.add_argument("--classes", type=int, help="class count (default: the study's, else 10)")
+    sp.add_argument("--json", action="store_true", help="print JSON")
+    sp.set_defaults(func=cmd_space)
     return p
 
 
