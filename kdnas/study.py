@@ -224,7 +224,7 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
             front = front_trials(study)
             best = max(t.user_attrs["val_accuracy"] for t in front)
             progress(f"{head} val {ua['val_accuracy']:6.1%}  {ua['params']:>9,} params  {ua['latency_ms']:7.3f} ms  "
-                     f"{ua['student']} {ua['method']}  ({ua['trial_seconds']:.1f}s) | front {len(front)}, best val {best:.1%}")
+                     f"{ua['student']} {ua['method']} {ua['chain']}  ({ua['trial_seconds']:.1f}s) | front {len(front)}, best val {best:.1%}")
         else:
             reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason", "")
             progress(f"{head} {trial.state.name}: {reason}")
