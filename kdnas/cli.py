@@ -78,12 +78,13 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    from kdnas.export import export_trial
+    from kdnas.export import export_trial, pick_trial
     from kdnas.study import open_study
 
     study = open_study(cfg, create=False)
-    out = export_trial(cfg, study, args.trial, Path(args.out), force=args.force)
-    print(f"exported trial {args.trial} of {cfg.name!r} to {out}")
+    number = args.trial if args.trial is not None else pick_trial(study, args.pick).number
+    out = export_trial(cfg, study, number, Path(args.out), force=args.force, formats=tuple(args.format or ()))
+    print(f"exported trial {number} of {cfg.name!r} to {out}")
     return 0
 
 
@@ -150,7 +151,12 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--storage", help="Optuna storage URL")
     sp.add_argument("--out", help="output folder (default: reports/<name>/)")
     sp = add("export", cmd_export, "write a trial's student (spec, weights, recipe) as a bundle")
-    sp.add_argument("--trial", type=int, required=True, help="trial number")
+    which = sp.add_mutually_exclusive_group(required=True)
+    which.add_argument("--trial", type=int, help="trial number")
+    which.add_argument("--pick", help="the most accurate Pareto trial within a budget, e.g. 'params<50000' or "
+                                      "'latency_ms<0.5, macs<1e6'")
+    sp.add_argument("--format", action="append", choices=["pt2", "onnx"],
+                    help="also write a deployment file: pt2 (torch.export) or onnx; repeatable")
     sp.add_argument("--out", required=True, help="bundle folder to create")
     sp.add_argument("--force", action="store_true", help="replace a non-empty --out")
     sp.add_argument("--storage", help="Optuna storage URL")
