@@ -88,6 +88,18 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    from kdnas.dashboard import serve
+    from kdnas.study import open_study
+
+    try:
+        serve(cfg, open_study(cfg, create=False), args.host, args.port)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def _shape(text: str) -> tuple[int, int, int]:
     try:
         c, h, w = (int(v) for v in text.split(","))
@@ -161,6 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="replace a non-empty --out")
     sp.add_argument("--storage", help="Optuna storage URL")
     add("validate", cmd_validate, "check a study file and its search space; run nothing")
+    sp = add("dashboard", cmd_dashboard, "open optuna-dashboard on the study's storage")
+    sp.add_argument("--storage", help="Optuna storage URL")
+    sp.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    sp.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     sp = sub.add_parser("space", help="inspect a search space before spending compute",
                         description="inspect a search space (or a study file's space) before spending compute")
     sp.add_argument("action", choices=["show", "sample"], help="show: domains and size range; sample: candidates")
