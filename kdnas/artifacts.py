@@ -19,10 +19,15 @@ import torch
 from kdnas.errors import KdnasError
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes files private; these are ordinary outputs
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -65,13 +65,20 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    from kdnas.report import write_report
+    from kdnas.config import load_study
+    from kdnas.report import compare, write_report
     from kdnas.study import open_study
 
-    study = open_study(cfg, create=False)
-    out = Path(args.out) if args.out else cfg.report_dir
-    for p in write_report(study, out):
+    overrides = _overrides(args)
+    configs = [load_study(path, overrides) for path in [args.study, *args.more]]
+    studies = [open_study(cfg, create=False) for cfg in configs]
+    if len(studies) == 1:
+        paths = write_report(studies[0], Path(args.out) if args.out else configs[0].report_dir)
+    else:
+        if not args.out:
+            raise KdnasError("comparing several studies needs --out DIR")
+        paths = compare(studies, Path(args.out))
+    for p in paths:
         print(p)
     return 0
 
@@ -159,7 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--storage", help="Optuna storage URL (default: sqlite in runs/<name>/)")
     sp.add_argument("--seed", type=int, help="sampler and training seed (default: the study's seed)")
     sp.add_argument("--device", help="training device: cpu, cuda, cuda:N")
-    sp = add("report", cmd_report, "write trials.csv, pareto.png and summary.md for a study")
+    sp = add("report", cmd_report, "write a study's report (trials.csv, summary.md, report.html, plots); "
+                                   "with several studies, overlay their fronts")
+    sp.add_argument("more", nargs="*", metavar="STUDY", help="more study files to compare (needs --out)")
     sp.add_argument("--storage", help="Optuna storage URL")
     sp.add_argument("--out", help="output folder (default: reports/<name>/)")
     sp = add("export", cmd_export, "write a trial's student (spec, weights, recipe) as a bundle")

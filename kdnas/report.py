@@ -8,7 +8,9 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
+from kdnas import plots
 from kdnas.artifacts import atomic_write_bytes
+from kdnas.report_html import write_html
 from kdnas.score import pareto_mask
 
 COLUMNS = [
@@ -53,48 +55,6 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
     return df
 
 
-def _front_2d(df: pd.DataFrame, cost: str) -> pd.DataFrame:
-    mask = pareto_mask(df[["val_accuracy", cost]].to_numpy(float), ["maximize", "minimize"])
-    return df[mask].sort_values(cost)
-
-
-def plot_pareto(df: pd.DataFrame, teacher: dict | None, path: Path, title: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    done = df[df["state"] == "COMPLETE"]
-    panels = [("params", "parameters (count, log scale)"), ("latency_ms", "latency (ms / batch, log scale)")]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
-    for ax, (cost, label) in zip(axes, panels):
-        ax.scatter(done[cost], 100 * done["val_accuracy"], s=22, color="0.65", alpha=0.6, label="trials")
-        if len(done):
-            front = _front_2d(done, cost)
-            ax.step(front[cost], 100 * front["val_accuracy"], where="post", color="C0", lw=1.2, alpha=0.8)
-            ax.scatter(front[cost], 100 * front["val_accuracy"], s=42, color="C0", zorder=3, label="Pareto front")
-            # One label per point: trials with identical costs and accuracy share it.
-            for (x, acc), group in front.groupby([cost, "val_accuracy"], sort=False):
-                label = ",".join(f"#{int(n)}" for n in sorted(group["number"]))
-                ax.annotate(label, (x, 100 * acc), textcoords="offset points", xytext=(4, -10), fontsize=7, color="C0")
-        if teacher and teacher.get(cost) is not None:
-            ax.scatter([teacher[cost]], [100 * teacher["val_accuracy"]], marker="*", s=220, color="C3",
-                       zorder=4, label="teacher")
-            ax.annotate("teacher", (teacher[cost], 100 * teacher["val_accuracy"]), textcoords="offset points",
-                        xytext=(-12, -16), fontsize=8, color="C3", ha="right")
-        ax.set_xscale("log")
-        ax.set_xlabel(label)
-        ax.set_ylabel("validation accuracy (%)")
-        ax.grid(True, which="both", alpha=0.25)
-        ax.legend(loc="lower right", fontsize=8)
-    fig.suptitle(title)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-
-
 def _fmt_int(v) -> str:
     return "" if pd.isna(v) else f"{int(v):,}"
 
@@ -126,19 +86,60 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame) -> str:
         if len(rows):
             lines += ["", f"## {title}", ""]
             lines += [f"- trial {int(r['number'])}: {r['reason'] or 'no reason recorded (interrupted?)'}" for _, r in rows.iterrows()]
-    lines += ["", "Files: `trials.csv` (every trial), `pareto.png` (accuracy vs parameters and vs latency)."]
+    lines += ["", "Files: `trials.csv` (every trial), `report.html` (everything in one page), `pareto.png` "
+              "(accuracy vs parameters, MACs and latency), `effects.png` (gain over labels-only by method and chain "
+              "length), `importances.png`."]
     return "\n".join(lines) + "\n"
 
 
+def importances(study: optuna.Study) -> dict[str, float]:
+    """Parameter importances for validation accuracy (Optuna's default evaluator); {} when too few trials."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    if len(done) < 4:
+        return {}
+    try:
+        # PED-ANOVA ranks what leads to LOW target values, hence the minus sign.
+        return optuna.importance.get_param_importances(study, target=lambda t: -t.values[0])
+    except (RuntimeError, ValueError, ZeroDivisionError):  # e.g. every trial sampled the same values
+        return {}
+
+
 def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
-    """Write ``trials.csv``, ``pareto.png`` and ``summary.md`` into ``out_dir``; return their paths."""
+    """Write the report files into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df = trials_frame(study)
+    name = study.study_name
     csv = out_dir / "trials.csv"
     atomic_write_bytes(csv, df.to_csv(index=False).encode())
-    png = out_dir / "pareto.png"
-    plot_pareto(df, study.user_attrs.get("teacher"), png, f"{study.study_name}: validation accuracy vs cost")
+    teacher = study.user_attrs.get("teacher")
+    figures = [
+        ("Validation accuracy against each cost", plots.plot_pareto([(name, df, teacher)], out_dir / "pareto.png",
+                                                                     f"{name}: validation accuracy vs cost")),
+        ("Did distillation and assistants help?", plots.plot_effects(df, out_dir / "effects.png", f"{name}: effects")),
+        ("Parameter importances", plots.plot_importances(importances(study), out_dir / "importances.png",
+                                                         f"{name}: what matters for validation accuracy")),
+    ]
+    summary = summary_markdown(study, df)
     md = out_dir / "summary.md"
-    atomic_write_bytes(md, summary_markdown(study, df).encode())
-    return [csv, png, md]
+    atomic_write_bytes(md, summary.encode())
+    intro = [line.replace("**", "").replace("`", "") for line in summary.splitlines()[1:6] if line and not line.startswith("#")]
+    page = write_html(out_dir / "report.html", f"kdnas study {name}", intro, df, figures)
+    return [csv, md, page, *(path for _, path in figures)]
+
+
+def compare(studies: list[optuna.Study], out_dir: Path) -> list[Path]:
+    """Several studies' fronts overlaid in one set of plots, and their trials in one CSV."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    frames = [(s.study_name, trials_frame(s), s.user_attrs.get("teacher")) for s in studies]
+    names = ", ".join(n for n, _, _ in frames)
+    png = plots.plot_pareto(frames, out_dir / "pareto.png", f"{names}: validation accuracy vs cost")
+    both = pd.concat([df.assign(study=n) for n, df, _ in frames], ignore_index=True)
+    csv = out_dir / "trials.csv"
+    atomic_write_bytes(csv, both.to_csv(index=False).encode())
+    intro = [f"{n}: {int((df['state'] == 'COMPLETE').sum())} completed trials, {int(df['pareto'].sum())} Pareto-optimal"
+             for n, df, _ in frames]
+    page = write_html(out_dir / "report.html", f"kdnas comparison: {names}", intro,
+                      both.assign(student=both["study"] + ": " + both["student"].fillna("")), [("Fronts", png)])
+    return [csv, page, png]

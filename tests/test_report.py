@@ -1,0 +1,56 @@
+"""The report: every file, a self-contained HTML page, effects against a same-architecture baseline,
+and several studies overlaid."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from kdnas.cli import main
+from kdnas.plots import baseline_gains, front_2d
+
+
+def test_front_2d_by_hand() -> None:
+    df = pd.DataFrame({"number": [0, 1, 2, 3], "val_accuracy": [0.9, 0.95, 0.85, 0.97], "params": [10, 20, 15, 40]})
+    assert list(front_2d(df, "params")["number"]) == [0, 1, 3]
+
+
+def test_baseline_gains_compare_the_same_architecture() -> None:
+    df = pd.DataFrame({
+        "state": ["COMPLETE"] * 5 + ["FAIL"],
+        "student": ["A", "A", "A", "B", "C", "A"],
+        "method": ["none()", "none()", "hinton(x)", "hinton(x)", "none()", "hinton(x)"],
+        "val_accuracy": [0.80, 0.90, 0.91, 0.99, 0.5, None],
+        "chain_length": [0, 0, 1, 0, 0, 0],
+    })
+    gains = baseline_gains(df)
+    assert list(gains["student"]) == ["A"]  # B has no baseline; failed trials never count
+    assert abs(gains["gain"].iloc[0] - 0.06) < 1e-9 and gains["method_name"].iloc[0] == "hinton"
+
+
+def test_report_files_and_self_contained_html(tiny_study: Path, tmp_path: Path, capsys) -> None:
+    space = (tmp_path / "space.yaml").read_text().replace("methods:\n", "methods:\n  none: {}\n")
+    (tmp_path / "space.yaml").write_text(space)
+    assert main(["search", str(tiny_study), "--trials", "5"]) == 0
+    out = tmp_path / "reports/tiny"
+    for name in ("trials.csv", "summary.md", "report.html", "pareto.png", "effects.png", "importances.png"):
+        assert (out / name).stat().st_size > 0, name
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 3
+    assert "<script" not in page and not re.search(r"""(src|href)=["']?https?:""", page), "must open with no network"
+    assert "Pareto-optimal trials" in page and "All trials (5)" in page
+    df = pd.read_csv(out / "trials.csv")
+    assert {"chain", "chain_length", "reason", "macs"} <= set(df.columns)
+
+    # A second study, then both overlaid.
+    other = tmp_path / "other.yaml"
+    other.write_text(tiny_study.read_text().replace("name: tiny", "name: tiny2"))
+    assert main(["search", str(other), "--trials", "2"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(tiny_study), str(other), "--out", str(tmp_path / "both")]) == 0
+    assert set(capsys.readouterr().out.split()) == {str(tmp_path / "both" / f) for f in ("trials.csv", "report.html", "pareto.png")}
+    both = pd.read_csv(tmp_path / "both/trials.csv")
+    assert sorted(both["study"].unique()) == ["tiny", "tiny2"] and len(both) == 7
+    assert main(["report", str(tiny_study), str(other)]) == 2  # comparing needs --out
