@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import optuna
@@ -98,8 +99,11 @@ def importances(study: optuna.Study) -> dict[str, float]:
     if len(done) < 4:
         return {}
     try:
-        # PED-ANOVA ranks what leads to LOW target values, hence the minus sign.
-        return optuna.importance.get_param_importances(study, target=lambda t: -t.values[0])
+        with warnings.catch_warnings():
+            # PED-ANOVA ranks what leads to LOW target values, hence the minus sign; its reminder of that, and
+            # its note on sparsely sampled choices, would print on every report.
+            warnings.simplefilter("ignore", UserWarning)
+            return optuna.importance.get_param_importances(study, target=lambda t: -t.values[0])
     except (RuntimeError, ValueError, ZeroDivisionError):  # e.g. every trial sampled the same values
         return {}
 
