@@ -232,8 +232,9 @@ def _parse_families(raw: Any, problems: Collector) -> dict[str, dict[str, Domain
 
 
 def _parse_methods(raw: Any, problems: Collector) -> dict[str, dict[str, Domain]]:
+    # No hyperparameter is required: each has a default (kdnas.distill), used where the space leaves it out.
     return _parse_group(raw, "methods", "distillation method", METHODS, lambda n: set(METHODS.get(n).hyperparameters),
-                        lambda n: METHODS.get(n).hyperparameters, _check_method_value, problems)
+                        lambda n: (), _check_method_value, problems)
 
 
 _SPACE_KEYS = ("methods", "students")

@@ -16,7 +16,7 @@ from kdnas.artifacts import ArtifactStore
 from kdnas.config import StudyConfig
 from kdnas.costs import LatencyCache, count
 from kdnas.data import DataSplit, load_split
-from kdnas.distill import METHODS
+from kdnas.distill import make_loss, resolve_hyperparameters
 from kdnas.errors import KdnasError, TrialFailure
 from kdnas.models import KDNet, build, digest
 from kdnas.score import pareto_mask
@@ -92,15 +92,12 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     trial.set_user_attr("seed", seed)
     torch.manual_seed(seed)
     model = build(cand.student, split.input_shape, split.num_classes).to(rt.device)
-    method = METHODS.get(cand.method.name)
-    hp = cand.method.hyperparameters
-    tl = rt.teacher_train_logits
-
-    def loss_fn(logits, batch):
-        return method.loss(logits, tl[batch.idx] if method.uses_teacher else None, batch.y, **hp)
-
+    hp = resolve_hyperparameters(cand.method.name, cand.method.hyperparameters)
+    trial.set_user_attr("method_hyperparameters", hp)  # defaults included: the values the run used
     t_train = time.perf_counter()
-    history = fit(model, split.train_x, split.train_y, cfg.student.train, loss_fn, seed)
+    kd = make_loss(cand.method, model, rt.teacher, split.train_x, teacher_logits=rt.teacher_train_logits)
+    with kd as (loss_fn, adapters):
+        history = fit(model, split.train_x, split.train_y, cfg.student.train, loss_fn, seed, extra=adapters)
     train_s = time.perf_counter() - t_train
     val_acc = accuracy(model, split.val_x, split.val_y)
     test_acc = accuracy(model, split.test_x, split.test_y)
