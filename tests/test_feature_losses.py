@@ -12,8 +12,11 @@ import math
 import pytest
 import torch
 
+from kdnas.distill import METHODS, PairShape, Step
 from kdnas.distill._crd import contrast_scores, nce_term
-from kdnas.distill._feature import HintRegressor, at_term, hint_term, pkt_term, rkd_angle_term, rkd_distance_term, sp_term
+from kdnas.distill._feature import (
+    HintRegressor, at_term, hint_term, pkt_term, rkd_angle_term, rkd_distance_term, sp_term,
+)
 from tests._formulas import fd_grad, randn
 
 
@@ -210,3 +213,28 @@ def test_crd_nce_matches_hand_computation() -> None:
     r = torch.tensor(idx)
     check(lambda a, m: nce_term(contrast_scores(a, m, r, T, z), n), lambda a, m: hand_crd(a, m, idx, T, z, n),
           anchor, memory)
+
+
+def test_crd_bank_follows_the_embeddings_and_negatives_skip_the_positive() -> None:
+    m = METHODS.get("crd")
+    torch.manual_seed(0)
+    term = m.build(m.resolve({"negatives": 50, "feat_dim": 8, "momentum": 0.5}), [PairShape((6,), (10,))], 20)
+    idx = torch.tensor([3, 7, 11, 19])
+    rows = term.rows(idx)
+    assert rows.shape == (4, 51) and (rows[:, 0] == idx).all()
+    assert (rows[:, 1:] != idx.unsqueeze(1)).all() and rows.min() >= 0 and rows.max() < 20
+    fs, ft = torch.randn(4, 6), torch.randn(4, 10)
+    old_s, old_t = term.memory_s.clone(), term.memory_t.clone()
+    step = Step(torch.zeros(4, 3), None, torch.zeros(4, dtype=torch.long), idx, 0.0, (fs,), (ft,))
+    term(step)
+    z = term.z
+    with torch.no_grad():
+        want_s = torch.nn.functional.normalize(0.5 * old_s[idx] + 0.5 * term.embed_s(fs), dim=1)
+        want_t = torch.nn.functional.normalize(0.5 * old_t[idx] + 0.5 * term.embed_t(ft), dim=1)
+    torch.testing.assert_close(term.memory_s[idx], want_s)
+    torch.testing.assert_close(term.memory_t[idx], want_t)
+    untouched = torch.ones(20, dtype=torch.bool)
+    untouched[idx] = False
+    assert torch.equal(term.memory_s[untouched], old_s[untouched])
+    term(step)
+    assert term.z == z, "Z is estimated on the first batch, then fixed"

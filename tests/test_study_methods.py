@@ -9,13 +9,15 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import pytest
 
 from kdnas.cli import main
 from kdnas.config import load_study
 from kdnas.distill import METHODS
+from kdnas.errors import ConfigError
 from kdnas.report import method_table
 from kdnas.study import make_sampler, open_study
-from tests._util import REPO
+from tests._util import REPO, write_tiny_study
 
 
 def test_digits_methods_study_samples_every_method() -> None:
@@ -32,9 +34,31 @@ def test_digits_methods_study_samples_every_method() -> None:
     assert sorted(counts) == METHODS.names() and min(counts.values()) >= 2, counts
 
 
+def test_space_rules_for_method_hyperparameters(tmp_path: Path) -> None:
+    study = write_tiny_study(tmp_path)
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "students:\n  resnet_cifar: {depth: 8}\nmethods:\n"
+        "  crd: {negatives: {type: float, low: 100, high: 2000}, feat_dim: {type: int, low: 16, high: 256}}\n"
+        "  dkd: {warmup: {type: float, low: 0.0, high: 1.0}}\n"
+        "  rkd: {}\n"  # every hyperparameter left to its default
+    )
+    with pytest.raises(ConfigError) as info:
+        load_study(study)
+    assert [str(p).split(": ", 1)[1] for p in info.value.problems] == [
+        "methods.crd.negatives: `negatives >= 1` (an integer) must hold, but got negatives=100.0",
+        "methods.crd.negatives: `negatives >= 1` (an integer) must hold, but got negatives=2000.0",
+        "methods.dkd.warmup: `0 <= warmup < 1` must hold, but got warmup=1.0",
+    ]
+    fixed = space.read_text().replace("type: float, low: 100", "type: int, low: 100").replace("high: 1.0", "high: 0.5")
+    space.write_text(fixed)
+    assert sorted(load_study(study).space.methods) == ["crd", "dkd", "rkd"]
+
+
 def test_a_feature_method_runs_through_search_and_report(tiny_study: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "space.yaml").write_text(
-        "students:\n  resnet_cifar: {depth: 8, width: 0.25}\nmethods:\n  fitnet: {beta: {type: float, low: 1, high: 10}}\n"
+        "students:\n  resnet_cifar: {depth: 8, width: 0.25}\n"
+        "methods:\n  fitnet: {beta: {type: float, low: 1, high: 10}}\n"
     )
     assert main(["search", str(tiny_study), "--trials", "2"]) == 0
     study = open_study(load_study(tiny_study), create=False)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
+from abc import ABC
 from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Literal, Mapping
 
@@ -47,7 +47,9 @@ class Hyper:
         return f"`{text}`" + (" (an integer)" if self.integer else "")
 
     def ok(self, value: float) -> bool:
-        if not math.isfinite(value) or (self.integer and not float(value).is_integer()):
+        # An integer hyperparameter takes Python ints only, so that a float domain (whose sampled values would
+        # not be whole) is rejected when the space is validated, by its float end points.
+        if not math.isfinite(value) or (self.integer and not isinstance(value, int)):
             return False
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             return False
@@ -111,6 +113,8 @@ class Method(ABC):
     name: ClassVar[str]
     reads: ClassVar[Reads]
     hyperparameters: ClassVar[Mapping[str, Hyper]]
+    # The module computing D, built from the resolved hyperparameters by the default `build`.
+    term: ClassVar[Callable[[Mapping[str, float]], nn.Module]]
 
     @property
     def uses_teacher(self) -> bool:
@@ -136,6 +140,10 @@ class Method(ABC):
             raise KdnasError(f"distillation method {self.name!r}: " + "; ".join(problems))
         return {name: values.get(name, h.default) for name, h in self.hyperparameters.items()}
 
-    @abstractmethod
     def build(self, hp: Mapping[str, float], shapes: list[PairShape], num_train: int) -> nn.Module:
-        """The module computing ``D`` for one training run; ``shapes`` has one entry per feature pair read."""
+        """The module computing ``D`` for one training run; ``shapes`` has one entry per feature pair read.
+
+        The default is ``term(hp)``; a method whose module needs the feature shapes (for adapters) or the
+        size of the training split (for a memory bank) overrides it.
+        """
+        return type(self).term(hp)

@@ -40,8 +40,9 @@ def contrast_scores(anchor: torch.Tensor, memory: torch.Tensor, rows: torch.Tens
                     z: float) -> torch.Tensor:
     """``exp(<memory[rows[b, j]], anchor[b]> / T) / Z``: the positive (column 0) and negatives per anchor.
 
-    All N dot products, then a gather: gathering K+1 bank rows per anchor first moves b (K+1) d floats, and
-    with N about K (a small in-memory split) that measured 50x slower on a CPU.
+    All N dot products, then a gather: gathering K+1 bank rows per anchor first (the reference code's way)
+    moves b (K+1) d floats, and ``benchmarks/crd_scores.py`` measures it 45x (CIFAR-size bank) to 130x
+    (digits-size bank) slower on a CPU.
     """
     # The bank is a constant here: it is updated outside the graph, with momentum.
     return torch.exp((anchor @ memory.detach().t()).gather(1, rows) / temperature) / z
@@ -70,7 +71,7 @@ class _CRD(nn.Module):
         self.register_buffer("memory_s", torch.rand(num_train, d) * 2 * stdv - stdv)
         self.register_buffer("memory_t", torch.rand(num_train, d) * 2 * stdv - stdv)
         # Normalising constants Z (eq. 17), estimated on the first batch and then fixed, as in the reference.
-        self.register_buffer("z", torch.full((2,), -1.0))
+        self.z: tuple[float, float] | None = None
 
     def rows(self, idx: torch.Tensor) -> torch.Tensor:
         """Column 0: each sample's own row; then K rows drawn uniformly from the other samples."""
@@ -83,11 +84,11 @@ class _CRD(nn.Module):
         hp = self.hp
         vs, vt = self.embed_s(step.student_features[0]), self.embed_t(step.teacher_features[0])
         rows = self.rows(step.idx)
-        if self.z[0] < 0:
+        if self.z is None:
             with torch.no_grad():
-                for i, (anchor, memory) in enumerate(((vs, self.memory_t), (vt, self.memory_s))):
-                    self.z[i] = contrast_scores(anchor, memory, rows, hp["temperature"], 1.0).mean() * self.num_train
-        z_s, z_t = float(self.z[0]), float(self.z[1])
+                self.z = tuple(float(contrast_scores(a, m, rows, hp["temperature"], 1.0).mean()) * self.num_train
+                               for a, m in ((vs, self.memory_t), (vt, self.memory_s)))
+        z_s, z_t = self.z
         # Both directions (the paper's symmetric form): the student's embedding against the teacher's bank,
         # and the teacher's embedding (through its trainable head) against the student's bank.
         loss = (nce_term(contrast_scores(vs, self.memory_t, rows, hp["temperature"], z_s), self.num_train)

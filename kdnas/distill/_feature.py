@@ -229,9 +229,7 @@ class AttentionTransfer(Method):
         "beta": weight(10.0, "the paper's and RepDistiller's 1e3 is for 32x32 inputs; see the comment above"),
         "p": Hyper(2.0, "the paper's choice, and RepDistiller's", low=0, low_open=True),
     }
-
-    def build(self, hp, shapes: list[PairShape], num_train: int) -> nn.Module:
-        return _AT(hp)
+    term = _AT
 
 
 class SimilarityPreserving(Method):
@@ -244,9 +242,7 @@ class SimilarityPreserving(Method):
         "beta": weight(300.0, "the paper's gamma and RepDistiller's -b is 3000; in 5-epoch digits runs it cost "
                               "a MobileNetV2 student 9 points of accuracy, 300 did not (benchmarks/method_defaults.py)"),
     }
-
-    def build(self, hp, shapes: list[PairShape], num_train: int) -> nn.Module:
-        return _SP(hp)
+    term = _SP
 
 
 class RelationalKD(Method):
@@ -259,9 +255,7 @@ class RelationalKD(Method):
         "distance": weight(25.0, "the paper's lambda_D (RepDistiller's w_d)"),
         "angle": weight(50.0, "the paper's lambda_A (RepDistiller's w_a)"),
     }
-
-    def build(self, hp, shapes: list[PairShape], num_train: int) -> nn.Module:
-        return _RKD(hp)
+    term = _RKD
 
 
 class ProbabilisticKT(Method):
@@ -270,6 +264,4 @@ class ProbabilisticKT(Method):
     name = "pkt"
     reads = "embedding"
     hyperparameters = {"alpha": alpha(0.5, _ALPHA), "beta": weight(30000.0, "RepDistiller's -b for PKT")}
-
-    def build(self, hp, shapes: list[PairShape], num_train: int) -> nn.Module:
-        return _PKT(hp)
+    term = _PKT

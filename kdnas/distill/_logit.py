@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kdnas.distill._base import Hyper, Method, PairShape, Step, alpha, temperature, weight
+from kdnas.distill._base import Hyper, Method, Step, alpha, temperature, weight
 
 
 def hinton_kd_term(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -54,7 +54,10 @@ def dkd_terms(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels
 
 
 class _LabelsOnly(nn.Module):
-    def forward(self, step: Step) -> torch.Tensor:  # never called: make_loss uses the CE alone
+    def __init__(self, hp: Mapping[str, float]):
+        super().__init__()
+
+    def forward(self, step: Step) -> torch.Tensor:  # a zero term; make_loss skips it, as `none` has no alpha
         return step.student_logits.new_zeros(())
 
 
@@ -86,9 +89,7 @@ class LabelsOnly(Method):
     name = "none"
     reads = "labels"
     hyperparameters: Mapping[str, Hyper] = {}
-
-    def build(self, hp, shapes: list[PairShape], num_train: int) -> nn.Module:
-        return _LabelsOnly()
+    term = _LabelsOnly
 
 
 class HintonKD(Method):
@@ -100,9 +101,7 @@ class HintonKD(Method):
         "temperature": temperature(4.0, "RepDistiller's kd_T for CIFAR-100 (HobbitLong/RepDistiller)"),
         "alpha": alpha(0.9, "RepDistiller's KD run: -r 0.1 -a 0.9 (labels 0.1, soft targets 0.9)"),
     }
-
-    def build(self, hp, shapes: list[PairShape], num_train: int) -> nn.Module:
-        return _Hinton(hp)
+    term = _Hinton
 
 
 class DecoupledKD(Method):
@@ -118,6 +117,4 @@ class DecoupledKD(Method):
         "warmup": Hyper(20 / 240, "mdistiller ramps the term in over 20 of its 240 epochs; the same fraction",
                         low=0, high=1, high_open=True),
     }
-
-    def build(self, hp, shapes: list[PairShape], num_train: int) -> nn.Module:
-        return _DKD(hp)
+    term = _DKD

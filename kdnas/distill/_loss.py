@@ -64,16 +64,11 @@ def make_loss(
                                                 probe_shapes(teacher, t_names, input_shape) if pairs else [])]
     device = next(student.parameters()).device
     term = m.build(hp, shapes, len(train_x)).to(device)
-    adapters = term if any(True for _ in term.parameters()) else None
+    adapters = term if next(term.parameters(), None) is not None else None
     alpha = hp.get("alpha", 0.0)
     was_training = teacher.training if teacher is not None else False
-    if teacher is not None:
-        teacher.eval()  # BatchNorm must use the teacher's running statistics, never update them
-    if m.reads == "logits" and teacher_logits is None:
-        # The training split has no random augmentation, so the teacher's logits on it are fixed.
-        teacher_logits = predict(teacher, train_x)
-
-    s_tap, t_tap = FeatureTap(student, s_names), FeatureTap(teacher, t_names) if pairs else None
+    s_tap: FeatureTap | None = None
+    t_tap: FeatureTap | None = None
 
     def loss_fn(student_logits: torch.Tensor, batch: Batch) -> torch.Tensor:
         ce = F.cross_entropy(student_logits, batch.y)
@@ -92,10 +87,17 @@ def make_loss(
         return (1.0 - alpha) * ce + alpha * term(step)
 
     try:
+        if teacher is not None:
+            teacher.eval()  # BatchNorm must use the teacher's running statistics, never update them
+        if m.reads == "logits" and teacher_logits is None:
+            # The training split has no random augmentation, so the teacher's logits on it are fixed.
+            teacher_logits = predict(teacher, train_x)
+        if pairs:
+            s_tap, t_tap = FeatureTap(student, s_names), FeatureTap(teacher, t_names)
         yield loss_fn, adapters
     finally:
-        s_tap.close()
-        if t_tap is not None:
-            t_tap.close()
+        for tap in (s_tap, t_tap):
+            if tap is not None:
+                tap.close()
         if teacher is not None:
             teacher.train(was_training)
