@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -117,3 +119,22 @@ def test_make_loss_errors_name_the_problem() -> None:
             pass
     with make_loss(("none", {}), student, None, x) as (loss_fn, adapters):  # labels only: no teacher needed
         assert adapters is None
+
+
+def test_several_guides_each_with_its_own_make_loss_share_one_student() -> None:
+    # How DGKD-style chains use make_loss: one context per guide on the same student; the mean of the
+    # per-guide losses is (1 - alpha) CE + alpha * mean(D_g), the convention for any number of guides.
+    student = make(FAMILIES[0], 0)
+    guides = [make(FAMILIES[1], 1), make(FAMILIES[2], 2)]
+    x, y, idx = torch.randn(6, *SHAPE), torch.arange(6), torch.arange(6)
+    with contextlib.ExitStack() as stack:
+        kds = [stack.enter_context(make_loss(("fitnet", {"alpha": 0.5}), student, g, x)) for g in guides]
+        logits = student(x)
+        losses = [loss_fn(logits, Batch(x, y, idx, 0.0)) for loss_fn, _ in kds]
+        torch.stack(losses).mean().backward()
+    for _, adapters in kds:
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in adapters.parameters())
+    ce = torch.nn.functional.cross_entropy(logits.detach(), y)
+    d = [(2 * loss.detach() - ce) for loss in losses]  # D_g from 0.5 CE + 0.5 D_g
+    assert d[0] != d[1]  # the guides differ, and each loss read its own guide's features
+    assert all(not m._forward_hooks for m in student.modules())
