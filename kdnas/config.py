@@ -72,24 +72,14 @@ class AssistantConfig:
 
 
 def check_method(raw: dict[str, Any], report) -> None:
-    """A fixed method: ``{name: NAME, <hyperparameter>: value, ...}`` with every hyperparameter given."""
+    """A fixed method: ``{name: NAME, <hyperparameter>: value, ...}``; hyperparameters left out take defaults."""
     from kdnas.distill import METHODS, check_hyperparameters
 
     name = raw.get("name")
     if name not in METHODS:
         report("method.name", f"unknown distillation method {name!r}; valid names: {', '.join(METHODS.names())}")
         return
-    wanted = set(METHODS.get(name).hyperparameters)
-    given = {k: v for k, v in raw.items() if k != "name"}
-    for k in sorted(wanted - set(given)):
-        report(f"method.{k}", "required hyperparameter is missing")
-    for k in sorted(set(given) - wanted):
-        report(f"method.{k}", f"unknown hyperparameter of {name}; valid: {', '.join(sorted(wanted)) or 'none'}")
-    for k, v in given.items():
-        if k in wanted and (not isinstance(v, (int, float)) or isinstance(v, bool)):
-            report(f"method.{k}", f"expected a number, got {v!r}")
-    numeric = {k: v for k, v in given.items() if k in wanted and isinstance(v, (int, float)) and not isinstance(v, bool)}
-    check_hyperparameters(name, numeric, lambda key, msg: report(f"method.{key}", msg))
+    check_hyperparameters(name, {k: v for k, v in raw.items() if k != "name"}, lambda key, msg: report(f"method.{key}", msg))
 
 
 @dataclass(frozen=True)

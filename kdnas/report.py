@@ -60,6 +60,18 @@ def _fmt_int(v) -> str:
     return "" if pd.isna(v) else f"{int(v):,}"
 
 
+def method_table(df: pd.DataFrame) -> list[str]:
+    """Markdown lines: trials, best and median validation accuracy of each distillation method."""
+    names = df["method_params"].map(lambda j: json.loads(j).get("name") if isinstance(j, str) else None)
+    lines = ["", "## Accuracy by method", "",
+             "| method | trials | completed | best val acc | median val acc |", "|---|---:|---:|---:|---:|"]
+    for name, group in df.assign(method_name=names).dropna(subset=["method_name"]).groupby("method_name"):
+        acc = group.loc[group["state"] == "COMPLETE", "val_accuracy"].astype(float)
+        best, median = (f"{acc.max():.1%}", f"{acc.median():.1%}") if len(acc) else ("–", "–")
+        lines.append(f"| `{name}` | {len(group)} | {len(acc)} | {best} | {median} |")
+    return lines
+
+
 def summary_markdown(study: optuna.Study, df: pd.DataFrame) -> str:
     teacher = study.user_attrs.get("teacher") or {}
     data = study.user_attrs.get("data") or {}
@@ -82,6 +94,7 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame) -> str:
                      f"{_fmt_int(r['macs'])} | {r['latency_ms']:.3f} | `{r['student']}` | `{r['method']}` | `{r['chain']}` |")
     if not len(front):
         lines.append("| – | no completed trial yet | | | | | | | |")
+    lines += method_table(df)
     for state, title in (("FAIL", "Failed trials"), ("PRUNED", "Pruned or rejected trials")):
         rows = df[df["state"] == state]
         if len(rows):

@@ -243,8 +243,9 @@ def _parse_families(raw: Any, problems: Collector, section: str = "students") ->
 
 
 def _parse_methods(raw: Any, problems: Collector) -> dict[str, dict[str, Domain]]:
+    # No hyperparameter is required: each has a default (kdnas.distill), used where the space leaves it out.
     return parse_group(raw, "methods", "distillation method", METHODS, lambda n: set(METHODS.get(n).hyperparameters),
-                        lambda n: METHODS.get(n).hyperparameters, _check_method_value, problems)
+                       lambda n: (), _check_method_value, problems)
 
 
 _SPACE_KEYS = ("chain", "limits", "methods", "students")

@@ -16,6 +16,7 @@ from kdnas.artifacts import ArtifactStore
 from kdnas.config import StudyConfig
 from kdnas.costs import Counts, LatencyCache, count
 from kdnas.data import DataSplit, load_split
+from kdnas.distill import resolve_hyperparameters
 from kdnas.distill.chain import AssistantPool, Guide, guided_loss
 from kdnas.errors import KdnasError, TrialFailure
 from kdnas.models import ArchSpec, build, digest
@@ -113,10 +114,11 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     trial.set_user_attr("assistants", records)
     torch.manual_seed(seed)
     model = build(cand.student, split.input_shape, split.num_classes).to(rt.device)
-    loss_fn = guided_loss(cand.method, guides, cfg.assistants.drop_rate, seed)
-
+    hp = resolve_hyperparameters(cand.method.name, cand.method.hyperparameters)
+    trial.set_user_attr("method_hyperparameters", hp)  # defaults included: the values the run used
     t_train = time.perf_counter()
-    history = fit(model, split.train_x, split.train_y, cfg.student.train, loss_fn, seed)
+    with guided_loss(cand.method, model, guides, split.train_x, cfg.assistants.drop_rate, seed) as (loss_fn, adapters):
+        history = fit(model, split.train_x, split.train_y, cfg.student.train, loss_fn, seed, extra=adapters)
     train_s = time.perf_counter() - t_train
     val_acc = accuracy(model, split.val_x, split.val_y)
     test_acc = accuracy(model, split.test_x, split.test_y)

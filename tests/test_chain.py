@@ -7,10 +7,11 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
+import torch.nn.functional as F
 
 from kdnas.cli import main
 from kdnas.distill.chain import Guide, guided_loss
-from kdnas.distill.losses import METHODS
+from kdnas.distill import hinton_kd_term
 from kdnas.models import make_spec
 from kdnas.space import Candidate, Chain, Limits, MethodSpec, screen
 from kdnas.train import Batch
@@ -54,28 +55,59 @@ def test_screen_applies_limits_and_allows_direct_kd_of_any_size() -> None:
 
 def _guides(n: int) -> list[Guide]:
     g = torch.Generator().manual_seed(0)
-    return [Guide(f"g{i}", f"k{i}", None, torch.randn(8, 5, generator=g), {}) for i in range(n)]
+    return [Guide(f"g{i}", f"k{i}", torch.nn.Identity(), torch.randn(8, 5, generator=g), {}) for i in range(n)]
+
+
+def _hinton(logits, teacher_logits, y):
+    a, t = HINTON.hyperparameters["alpha"], HINTON.hyperparameters["temperature"]
+    return (1 - a) * F.cross_entropy(logits, y) + a * hinton_kd_term(logits, teacher_logits, t)
+
+
+STUDENT = torch.nn.Linear(3, 5)
+TRAIN_X = torch.zeros(8, 3)
 
 
 def test_guided_loss_one_guide_is_the_method_and_several_are_the_mean() -> None:
     logits, y, idx = torch.randn(4, 5), torch.randint(0, 5, (4,)), torch.tensor([0, 2, 4, 6])
-    batch = Batch(torch.zeros(4, 1), y, idx, 0.0)
-    loss = METHODS.get("hinton").loss
+    batch = Batch(TRAIN_X[idx], y, idx, 0.0)
     guides = _guides(3)
-    one = guided_loss(HINTON, guides[:1], 0.5, seed=0)(logits, batch)
-    torch.testing.assert_close(one, loss(logits, guides[0].train_logits[idx], y, **HINTON.hyperparameters))
-    mean = guided_loss(HINTON, guides, 0.0, seed=0)(logits, batch)
-    expected = torch.stack([loss(logits, g.train_logits[idx], y, **HINTON.hyperparameters) for g in guides]).mean()
-    torch.testing.assert_close(mean, expected)
+    with guided_loss(HINTON, STUDENT, guides[:1], TRAIN_X, 0.5, seed=0) as (loss_fn, adapters):
+        torch.testing.assert_close(loss_fn(logits, batch), _hinton(logits, guides[0].train_logits[idx], y))
+        assert adapters is None
+    with guided_loss(HINTON, STUDENT, guides, TRAIN_X, 0.0, seed=0) as (loss_fn, _):
+        expected = torch.stack([_hinton(logits, g.train_logits[idx], y) for g in guides]).mean()
+        torch.testing.assert_close(loss_fn(logits, batch), expected)
 
 
 def test_dgkd_drops_are_seeded_and_keep_at_least_one_guide() -> None:
-    logits, batch = torch.randn(2, 5), Batch(torch.zeros(2, 1), torch.tensor([1, 2]), torch.tensor([0, 1]), 0.0)
-    a = guided_loss(HINTON, _guides(3), 0.9, seed=7)
-    b = guided_loss(HINTON, _guides(3), 0.9, seed=7)
-    values = [a(logits, batch) for _ in range(30)]
-    assert values == [b(logits, batch) for _ in range(30)]
+    logits, batch = torch.randn(2, 5), Batch(TRAIN_X[:2], torch.tensor([1, 2]), torch.tensor([0, 1]), 0.0)
+    with guided_loss(HINTON, STUDENT, _guides(3), TRAIN_X, 0.9, seed=7) as (a, _), \
+            guided_loss(HINTON, STUDENT, _guides(3), TRAIN_X, 0.9, seed=7) as (b, _):
+        values = [a(logits, batch) for _ in range(30)]
+        assert values == [b(logits, batch) for _ in range(30)]
     assert all(torch.isfinite(v) for v in values) and len({float(v) for v in values}) > 1
+
+
+def test_feature_method_through_a_dgkd_chain_trains_adapters_per_guide(tiny_study) -> None:
+    from kdnas.data import load_split
+    from kdnas.models import build
+    from kdnas.train import TrainRecipe, fit, predict
+
+    split = load_split("digits", 0.2, 0.2, 0)
+    x, y = split.train_x[:128], split.train_y[:128]
+    guides = []
+    for w in (1.0, 0.5):
+        m = build(W[w], split.input_shape, 10).eval()
+        guides.append(Guide(str(w), str(w), m, predict(m, x), {}))
+    student = build(W[0.25], split.input_shape, 10)
+    fitnet = MethodSpec("fitnet", {})
+    with guided_loss(fitnet, student, guides, x, 0.5, seed=0) as (loss_fn, adapters):
+        assert adapters is not None and len(adapters) == 2  # one regressor per guide
+        before = [p.detach().clone() for p in adapters.parameters()]
+        hist = fit(student, x, y, TrainRecipe(epochs=2, batch_size=32), loss_fn, 0, extra=adapters)
+    assert all(torch.isfinite(torch.tensor(hist)))
+    assert any(not torch.equal(b, p) for b, p in zip(before, adapters.parameters()))
+    assert all(p.grad is None or not p.requires_grad for g in guides for p in g.model.parameters())
 
 
 CHAIN_SPACE = """\

@@ -70,7 +70,7 @@ def test_space_problems_name_the_space_file(tmp_path: Path) -> None:
         "    colour: 3\n"  # unknown parameter
         "  vgg: {}\n"  # unknown family
         "methods:\n"
-        "  hinton: {temperature: {type: float, low: -1.0, high: 2.0}}\n"  # bad value, missing alpha
+        "  hinton: {temperature: {type: float, low: -1.0, high: 2.0}, tau: 2}\n"  # bad value, unknown name
     )
     with pytest.raises(ConfigError) as info:
         load_study(study)
@@ -83,7 +83,7 @@ def test_space_problems_name_the_space_file(tmp_path: Path) -> None:
     assert "students.resnet_cifar.colour: unknown parameter of resnet_cifar" in text
     assert "students.vgg: unknown model family 'vgg'; valid names: " in text
     assert "methods.hinton.temperature: `temperature > 0` must hold, but got temperature=-1.0" in text
-    assert "methods.hinton.alpha: required parameter is missing" in text
+    assert "methods.hinton.tau: unknown parameter of hinton; valid: alpha, temperature" in text
 
 
 def test_malformed_yaml_names_the_line(tmp_path: Path) -> None:

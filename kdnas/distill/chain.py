@@ -24,10 +24,11 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
+from torch import nn
 
 from kdnas.artifacts import ArtifactStore
 from kdnas.data import DataSplit
-from kdnas.distill.losses import METHODS
+from kdnas.distill import METHODS, make_loss
 from kdnas.models import ArchSpec, KDNet, build, digest
 from kdnas.space import Chain, MethodSpec
 from kdnas.train import Batch, LossFn, TrainRecipe, accuracy, fit, predict
@@ -48,25 +49,36 @@ class Guide:
     info: dict[str, Any]
 
 
-def guided_loss(method: MethodSpec, guides: list[Guide], drop_rate: float, seed: int) -> LossFn:
-    """The loss of a learner taught by ``guides`` with ``method`` (several guides: DGKD's mean, with drops)."""
-    m = METHODS.get(method.name)
-    hp = method.hyperparameters
+@contextlib.contextmanager
+def guided_loss(method: MethodSpec, student: nn.Module, guides: list[Guide], train_x: torch.Tensor,
+                drop_rate: float, seed: int) -> Iterator[tuple[LossFn, nn.Module | None]]:
+    """The loss of ``student`` taught by ``guides`` with ``method``: one :func:`kdnas.distill.make_loss` per
+    guide (each with its own cached logits, hooks and adapters), averaged over the guides kept in a batch.
+
+    Each per-guide loss is ``(1 - alpha) CE + alpha D_g``, so their mean is ``(1 - alpha) CE + alpha mean(D_g)``.
+    Yields ``(loss_fn, adapters)`` like ``make_loss``; a label-only method ignores the guides.
+    """
     gen = torch.Generator().manual_seed(seed)
+    with contextlib.ExitStack() as stack:
+        if not METHODS.get(method.name).uses_teacher:
+            yield stack.enter_context(make_loss(method, student, None, train_x))
+            return
+        kds = [stack.enter_context(make_loss(method, student, g.model, train_x, teacher_logits=g.train_logits))
+               for g in guides]
+        found = [a for _, a in kds if a is not None]
+        adapters = nn.ModuleList(found) if found else None
 
-    def loss_fn(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
-        if not m.uses_teacher:
-            return m.loss(logits, None, batch.y, **hp)
-        kept = guides
-        if len(guides) > 1 and drop_rate > 0:
-            keep = torch.rand(len(guides), generator=gen) >= drop_rate
-            if not keep.any():
-                keep[torch.randint(len(guides), (1,), generator=gen)] = True
-            kept = [g for g, k in zip(guides, keep.tolist()) if k]
-        losses = [m.loss(logits, g.train_logits[batch.idx], batch.y, **hp) for g in kept]
-        return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
+        def loss_fn(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+            kept = kds
+            if len(kds) > 1 and drop_rate > 0:
+                keep = torch.rand(len(kds), generator=gen) >= drop_rate
+                if not keep.any():
+                    keep[torch.randint(len(kds), (1,), generator=gen)] = True
+                kept = [kd for kd, k in zip(kds, keep.tolist()) if k]
+            losses = [fn(logits, batch) for fn, _ in kept]
+            return losses[0] if len(losses) == 1 else torch.stack(losses).mean()
 
-    return loss_fn
+        yield loss_fn, adapters
 
 
 @contextlib.contextmanager
@@ -132,8 +144,8 @@ class AssistantPool:
             else:
                 t0 = time.perf_counter()
                 log.info("training assistant %s from %s ...", spec.label(), ", ".join(g.name for g in parents))
-                fit(model, self.split.train_x, self.split.train_y, self.recipe,
-                    guided_loss(self.method, parents, self.drop_rate, self.seed), self.seed)
+                with guided_loss(self.method, model, parents, self.split.train_x, self.drop_rate, self.seed) as (loss_fn, extra):
+                    fit(model, self.split.train_x, self.split.train_y, self.recipe, loss_fn, self.seed, extra=extra)
                 info = {"spec": spec.to_dict(), "key": key, "guides": [g.key for g in parents],
                         "val_accuracy": accuracy(model, self.split.val_x, self.split.val_y),
                         "seconds": time.perf_counter() - t0, "trained_in_trial": trial_number, "pid": os.getpid()}

@@ -1,0 +1,84 @@
+"""Distillation methods in studies: the digits_methods study file, feature methods through `kdnas search`,
+and the report's accuracy-by-method table."""
+
+from __future__ import annotations
+
+import collections
+import json
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+
+from kdnas.cli import main
+from kdnas.config import load_study
+from kdnas.distill import METHODS
+from kdnas.errors import ConfigError
+from kdnas.report import method_table
+from kdnas.study import make_sampler, open_study
+from tests._util import REPO, write_tiny_study
+
+
+def test_digits_methods_study_samples_every_method() -> None:
+    # What the study file promises: its trial count, seed and sampler reach every registered method, at
+    # least twice. Sampling only; nothing is trained.
+    cfg = load_study(REPO / "studies/digits_methods.yaml")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = optuna.create_study(sampler=make_sampler(cfg, 0), directions=["maximize"] * len(cfg.objectives))
+    counts: collections.Counter[str] = collections.Counter()
+    for _ in range(cfg.search.trials):
+        trial = study.ask()
+        counts[cfg.space.sample(trial).method.name] += 1
+        study.tell(trial, [0.0] * len(cfg.objectives))
+    assert sorted(counts) == METHODS.names() and min(counts.values()) >= 2, counts
+
+
+def test_space_rules_for_method_hyperparameters(tmp_path: Path) -> None:
+    study = write_tiny_study(tmp_path)
+    space = tmp_path / "space.yaml"
+    space.write_text(
+        "students:\n  resnet_cifar: {depth: 8}\nmethods:\n"
+        "  crd: {negatives: {type: float, low: 100, high: 2000}, feat_dim: {type: int, low: 16, high: 256}}\n"
+        "  dkd: {warmup: {type: float, low: 0.0, high: 1.0}}\n"
+        "  rkd: {}\n"  # every hyperparameter left to its default
+    )
+    with pytest.raises(ConfigError) as info:
+        load_study(study)
+    assert [str(p).split(": ", 1)[1] for p in info.value.problems] == [
+        "methods.crd.negatives: `negatives >= 1` (an integer) must hold, but got negatives=100.0",
+        "methods.crd.negatives: `negatives >= 1` (an integer) must hold, but got negatives=2000.0",
+        "methods.dkd.warmup: `0 <= warmup < 1` must hold, but got warmup=1.0",
+    ]
+    fixed = space.read_text().replace("type: float, low: 100", "type: int, low: 100").replace("high: 1.0", "high: 0.5")
+    space.write_text(fixed)
+    assert sorted(load_study(study).space.methods) == ["crd", "dkd", "rkd"]
+
+
+def test_a_feature_method_runs_through_search_and_report(tiny_study: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "space.yaml").write_text(
+        "students:\n  resnet_cifar: {depth: 8, width: 0.25}\n"
+        "methods:\n  fitnet: {beta: {type: float, low: 1, high: 10}}\n"
+    )
+    assert main(["search", str(tiny_study), "--trials", "2"]) == 0
+    study = open_study(load_study(tiny_study), create=False)
+    trials = study.get_trials()
+    assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
+    hp = trials[0].user_attrs["method_hyperparameters"]
+    assert set(hp) == {"alpha", "beta"} and hp["alpha"] == METHODS.get("fitnet").hyperparameters["alpha"].default
+    summary = (tmp_path / "reports/tiny/summary.md").read_text()
+    assert "## Accuracy by method" in summary and "| `fitnet` | 2 | 2 |" in summary
+
+
+def test_method_table_counts_best_and_median_by_method() -> None:
+    def row(state: str, acc: float | None, name: str) -> dict:
+        return {"state": state, "val_accuracy": acc, "method_params": json.dumps({"name": name, "alpha": 0.5})}
+
+    df = pd.DataFrame([row("COMPLETE", 0.9, "at"), row("COMPLETE", 0.7, "at"), row("COMPLETE", 0.8, "at"),
+                       row("FAIL", None, "at"), row("COMPLETE", 0.95, "hinton"), row("FAIL", None, "crd"),
+                       {"state": "RUNNING", "val_accuracy": None, "method_params": None}])
+    lines = method_table(df)
+    assert "| `at` | 4 | 3 | 90.0% | 80.0% |" in lines
+    assert "| `hinton` | 1 | 1 | 95.0% | 95.0% |" in lines
+    assert "| `crd` | 1 | 0 | – | – |" in lines
+    assert len([x for x in lines if x.startswith("| `")]) == 3
