@@ -111,7 +111,9 @@ def _recipe(cfg: StudyConfig, study: optuna.Study, t: optuna.trial.FrozenTrial) 
                   "assistants": [{**a, "weights": f"guides/{a['key']}.pt"} for a in ua.get("assistants", [])]},
         "assistant_train": {"train": cfg.assistants.train.to_dict(), "method": cfg.assistants.method,
                             "drop_rate": cfg.assistants.drop_rate, "seed": cfg.assistants.seed},
-        "method": ua["candidate"]["method"],
+        # The values the run used, defaults included (the candidate holds only what was sampled).
+        "method": {"name": ua["candidate"]["method"]["name"], **ua.get("method_hyperparameters", {}),
+                   **{k: v for k, v in ua["candidate"]["method"].items() if k != "name"}},
         "student_train": brief,
         "full_train": full,
         "data": {k: data.get(k) for k in ("dataset", "fingerprint", "train", "val", "test")} |

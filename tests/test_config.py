@@ -113,3 +113,13 @@ def test_yaml_is_never_executed(tmp_path: Path) -> None:
     study.write_text("!!python/object/apply:os.system ['echo hacked']\n")
     with pytest.raises(ConfigError, match="malformed YAML"):
         load_study(study)
+
+
+def test_assistant_method_is_validated(tmp_path: Path) -> None:
+    study = write_tiny_study(tmp_path, extra="assistants:\n  method: {name: hinton, temperature: -1.0, colour: 2}\n  drop_rate: 1.5\n")
+    with pytest.raises(ConfigError) as info:
+        load_study(study)
+    text = str(info.value)
+    assert "assistants.method.temperature: `temperature > 0` must hold" in text
+    assert "assistants.method.colour: unknown hyperparameter of hinton" in text
+    assert "assistants.drop_rate: `0 <= drop_rate < 1` must hold, but got drop_rate=1.5" in text
