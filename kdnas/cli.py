@@ -95,6 +95,15 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from kdnas.fulltrain import train_bundle
+
+    result = train_bundle(args.bundle, args.epochs, args.device, threads=args.threads)
+    print(f"trained {args.bundle} for {result['epochs']} epochs: val {result['val_accuracy']:.2%}, "
+          f"test {result['test_accuracy']:.2%}; weights in {Path(args.bundle) / 'weights_full.pt'}")
+    return 0
+
+
 def cmd_dashboard(args: argparse.Namespace) -> int:
     cfg = _load(args)
     from kdnas.dashboard import serve
@@ -182,6 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="replace a non-empty --out")
     sp.add_argument("--storage", help="Optuna storage URL")
     add("validate", cmd_validate, "check a study file and its search space; run nothing")
+    sp = sub.add_parser("train", help="train an exported student (and its chain) fully; resumes if interrupted",
+                        description="train an exported student (and its chain) fully; resumes if interrupted")
+    sp.add_argument("bundle", help="a folder written by `kdnas export`")
+    sp.add_argument("--epochs", type=int, help="epochs for each stage (default: the bundle's full_train)")
+    sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
+    sp.add_argument("--threads", type=int, help="torch threads (default: all cores); results repeat exactly only "
+                                                "with the same thread count")
+    sp.set_defaults(func=cmd_train)
     sp = add("dashboard", cmd_dashboard, "open optuna-dashboard on the study's storage")
     sp.add_argument("--storage", help="Optuna storage URL")
     sp.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")

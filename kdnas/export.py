@@ -217,8 +217,11 @@ def write_deployment(model: KDNet, input_shape: tuple[int, int, int], folder: Pa
     raise KdnasError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
 
 
-def load_student(bundle: str | Path) -> KDNet:
-    """Rebuild an exported student with its weights (loaded with ``weights_only=True``), in eval mode."""
+def load_student(bundle: str | Path, brief: bool = False) -> KDNet:
+    """Rebuild an exported student with its weights (loaded with ``weights_only=True``), in eval mode.
+
+    The weights are the fully trained ones when ``kdnas train`` has run on the bundle (unless ``brief``),
+    else those of the brief search trial."""
     bundle = Path(bundle)
     meta_path = bundle / "student.json"
     try:
@@ -229,9 +232,11 @@ def load_student(bundle: str | Path) -> KDNet:
         raise KdnasError(f"{meta_path}: malformed JSON: {err}") from None
     spec = make_spec(meta["spec"], source=str(meta_path))
     model = build(spec, tuple(meta["input_shape"]), int(meta["num_classes"]))
-    state = load_state_dict(bundle / "weights.pt")
+    # Fully trained weights (`kdnas train`) when there are some, else the brief-trained ones.
+    weights = bundle / "weights_full.pt" if (bundle / "weights_full.pt").is_file() and not brief else bundle / "weights.pt"
+    state = load_state_dict(weights)
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise KdnasError(f"{bundle / 'weights.pt'} does not match {spec.label()}: {str(err).splitlines()[0]}") from None
+        raise KdnasError(f"{weights} does not match {spec.label()}: {str(err).splitlines()[0]}") from None
     return model.eval()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -89,13 +90,18 @@ def fit(
     recipe: TrainRecipe,
     loss_fn: LossFn,
     seed: int,
-    on_epoch: Callable[[int, float], None] | None = None,
     extra: nn.Module | None = None,
+    checkpoint: Callable[[dict], None] | None = None,
+    resume: dict | None = None,
 ) -> list[float]:
     """Train ``model`` in place on in-memory tensors; return the mean loss of each epoch.
 
     ``extra`` holds trainable modules that are not part of the model but train with it (a distillation
     method's adapters); the optimizer updates them too.
+
+    ``checkpoint(state)``, when given, is called after every epoch with everything needed to continue (model,
+    adapters, optimizer, shuffling generator, progress); ``resume=state`` continues from such a state, and
+    the run then ends exactly as an uninterrupted one would.
 
     Raises :class:`TrialFailure` when the loss stops being finite. The check runs once per epoch on the
     summed loss, so it costs no device synchronisation per step.
@@ -107,11 +113,18 @@ def fit(
     total = recipe.epochs * steps_per_epoch
     base_lrs = [g["lr"] for g in opt.param_groups]
     history: list[float] = []
+    step, start = 0, 0
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        if extra is not None and resume.get("extra") is not None:
+            extra.load_state_dict(resume["extra"])
+        opt.load_state_dict(resume["optimizer"])
+        gen.set_state(resume["generator"])
+        history, step, start = list(resume["history"]), int(resume["step"]), int(resume["epoch"])
     model.train()
     if extra is not None:
         extra.train()
-    step = 0
-    for epoch in range(recipe.epochs):
+    for epoch in range(start, recipe.epochs):
         order = torch.randperm(n, generator=gen).to(x.device)
         loss_sum = torch.zeros((), device=x.device)
         for s in range(steps_per_epoch):
@@ -132,8 +145,11 @@ def fit(
         if not math.isfinite(mean):
             raise TrialFailure(f"training loss became {mean} in epoch {epoch + 1}/{recipe.epochs}")
         history.append(mean)
-        if on_epoch is not None:
-            on_epoch(epoch, mean)
+        if checkpoint is not None:
+            # Deep copies: state_dicts share storage with the live tensors that the next epoch changes.
+            checkpoint(copy.deepcopy({"epoch": epoch + 1, "step": step, "history": list(history), "model": model.state_dict(),
+                        "extra": extra.state_dict() if extra is not None else None,
+                        "optimizer": opt.state_dict(), "generator": gen.get_state()}))
     return history
 
 

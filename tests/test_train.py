@@ -87,3 +87,24 @@ def test_loss_sees_progress_and_indices(digits) -> None:
     progress = [p for p, _ in seen]
     assert progress[0] == 0.0 and progress == sorted(progress) and progress[-1] < 1.0
     assert sorted(torch.cat([i for _, i in seen[:4]]).tolist()) == list(range(128))  # one epoch covers each sample once
+
+
+def test_resume_from_a_checkpoint_ends_like_an_uninterrupted_run(digits) -> None:
+    x, y, recipe = digits.train_x[:200], digits.train_y[:200], TrainRecipe(epochs=3, batch_size=32)
+    torch.manual_seed(0)
+    full = build(SPEC, digits.input_shape, 10)
+    init = {k: v.clone() for k, v in full.state_dict().items()}
+    states = []
+    h_full = fit(full, x, y, recipe, ce, 4, checkpoint=states.append)
+    assert [s["epoch"] for s in states] == [1, 2, 3]
+
+    import io
+    buf = io.BytesIO()
+    torch.save(states[0], buf)  # what `kdnas train` writes; it must load back safely
+    state = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    resumed = build(SPEC, digits.input_shape, 10)
+    resumed.load_state_dict(init)
+    h_resumed = fit(resumed, x, y, recipe, ce, 4, resume=state)
+    assert h_resumed == h_full
+    for k, v in full.state_dict().items():
+        torch.testing.assert_close(resumed.state_dict()[k], v)

@@ -1,0 +1,148 @@
+"""`kdnas train BUNDLE`: full training of an exported student and its chain, with checkpoints and resume.
+
+The chain is rebuilt from the bundle alone: the teacher's weights are in ``guides/``; each assistant is
+trained anew, largest first, with the assistant recipe and the full epoch count, then the student with the
+trial's method. After every epoch the stage's whole training state goes to ``BUNDLE/train/state.pt``
+(atomically), finished assistants to ``BUNDLE/train/assistant_<i>.pt``: rerunning the command after an
+interruption continues from the last finished epoch, and ends as an uninterrupted run would (DGKD's guide
+drops aside, which are drawn afresh after a resume). At the end the fully trained weights are written to
+``weights_full.pt`` and the final validation and test accuracies into ``recipe.json`` (``full_result``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from kdnas.artifacts import atomic_write_bytes, load_state_dict, save_state_dict
+from kdnas.data import load_split
+from kdnas.distill.chain import Guide, guided_loss
+from kdnas.errors import KdnasError
+from kdnas.models import build, make_spec
+from kdnas.space import MethodSpec
+from kdnas.train import TrainRecipe, accuracy, fit, predict
+
+log = logging.getLogger("kdnas")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise KdnasError(f"{path.parent} is not a kdnas bundle: {path.name} is missing") from None
+    except ValueError as err:
+        raise KdnasError(f"{path}: malformed JSON: {err}") from None
+
+
+def _recipe(d: dict[str, Any], epochs: int) -> TrainRecipe:
+    return replace(TrainRecipe(**d), epochs=epochs)
+
+
+def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "cpu", threads: int | None = None,
+                 say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Train the bundle's chain and student fully; return ``full_result``."""
+    bundle = Path(bundle)
+    recipe = _read_json(bundle / "recipe.json")
+    meta = _read_json(bundle / "student.json")
+    if epochs is not None and epochs < 1:
+        raise KdnasError(f"--epochs: `epochs >= 1` must hold, but got epochs={epochs}")
+    from kdnas.study import resolve_device
+
+    dev = resolve_device(device)
+    if threads is not None:
+        if threads < 1:
+            raise KdnasError(f"--threads: `threads >= 1` must hold, but got threads={threads}")
+        torch.set_num_threads(threads)
+    data = recipe["data"]
+    split = load_split(data["dataset"], data["val_fraction"], data["test_fraction"], data["seed"])
+    if data.get("fingerprint") and split.fingerprint != data["fingerprint"]:
+        raise KdnasError(f"{bundle / 'recipe.json'}: data: the {data['dataset']!r} split here ({split.fingerprint}) is not "
+                         f"the one the student was searched on ({data['fingerprint']}); different data or library versions")
+    split = split.to(dev)
+    shape, classes = split.input_shape, split.num_classes
+    state_dir = bundle / "train"
+    state_path = state_dir / "state.pt"
+    resume = load_state_dict_any(state_path) if state_path.is_file() else None
+
+    teacher = build(make_spec(recipe["teacher"]["spec"], "recipe.json teacher.spec"), shape, classes).to(dev)
+    teacher.load_state_dict(load_state_dict(bundle / recipe["teacher"]["weights"]))
+    teacher.eval()
+    guides_above = [Guide("teacher", "teacher", teacher, predict(teacher, split.train_x), {})]
+    mode = recipe["chain"]["mode"]
+    a_cfg = recipe["assistant_train"]
+    full_student = recipe["full_train"]
+    n_epochs = epochs or full_student["epochs"]
+    a_epochs = epochs or max(full_student["epochs"], 4 * a_cfg["train"]["epochs"])
+    stages = [f"assistant_{i}" for i in range(len(recipe["chain"]["assistants"]))] + ["student"]
+
+    def run(stage: str, spec: dict, method: MethodSpec, train: TrainRecipe, guides: list[Guide], seed: int):
+        torch.manual_seed(seed)
+        model = build(make_spec(spec, f"recipe.json {stage}"), shape, classes).to(dev)
+        state = resume if resume is not None and resume.get("stage") == stage else None
+        if state is not None:
+            say(f"{stage}: resuming after epoch {state['fit']['epoch']}/{train.epochs}")
+        else:
+            say(f"{stage}: training {train.epochs} epochs")
+        t0 = time.perf_counter()
+
+        def checkpoint(fit_state: dict) -> None:
+            buf = {"stage": stage, "fit": fit_state}
+            save_any(state_path, buf)
+            say(f"{stage}: epoch {fit_state['epoch']}/{train.epochs}, loss {fit_state['history'][-1]:.4f}")
+
+        with guided_loss(method, model, guides, split.train_x, a_cfg["drop_rate"], seed) as (loss_fn, adapters):
+            fit(model, split.train_x, split.train_y, train, loss_fn, seed, extra=adapters, checkpoint=checkpoint,
+                resume=state["fit"] if state else None)
+        model.eval()
+        say(f"{stage}: val accuracy {accuracy(model, split.val_x, split.val_y):.2%} ({time.perf_counter() - t0:.0f}s)")
+        return model
+
+    for i, a in enumerate(recipe["chain"]["assistants"]):
+        stage = stages[i]
+        done_path = state_dir / f"{stage}.pt"
+        parents = guides_above if mode == "dgkd" else [guides_above[-1]]
+        model = build(make_spec(a["spec"], f"recipe.json {stage}"), shape, classes).to(dev)
+        if done_path.is_file():
+            model.load_state_dict(load_state_dict(done_path))
+            say(f"{stage}: already trained")
+        else:
+            model = run(stage, a["spec"], MethodSpec.from_dict(a_cfg["method"]),
+                        _recipe(a_cfg["train"], a_epochs), parents, a_cfg["seed"])
+            save_state_dict(done_path, model.state_dict())
+        model.eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        guides_above.append(Guide(stage, stage, model, predict(model, split.train_x), {}))
+
+    student_guides = guides_above if mode == "dgkd" else [guides_above[-1]]
+    student = run("student", meta["spec"], MethodSpec.from_dict(recipe["method"]),
+                  _recipe(full_student, n_epochs), student_guides, int(recipe.get("seed") or 0))
+    result = {"epochs": n_epochs, "assistant_epochs": a_epochs if len(stages) > 1 else None,
+              "val_accuracy": accuracy(student, split.val_x, split.val_y),
+              "test_accuracy": accuracy(student, split.test_x, split.test_y), "device": str(dev)}
+    save_state_dict(bundle / "weights_full.pt", student.state_dict())
+    recipe["full_result"] = result
+    atomic_write_bytes(bundle / "recipe.json", (json.dumps(recipe, indent=2) + "\n").encode())
+    state_path.unlink(missing_ok=True)
+    return result
+
+
+def save_any(path: Path, obj: Any) -> None:
+    import io
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_state_dict_any(path: Path) -> Any:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise KdnasError(f"{path}: cannot load the training checkpoint safely ({err}); delete it to start over") from None
