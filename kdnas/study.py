@@ -23,7 +23,8 @@ from kdnas.score import pareto_mask
 from kdnas.space import Candidate
 from kdnas.storage import mask_url, open_storage
 from kdnas.teacher import get_teacher
-from kdnas.train import accuracy, fit, predict
+from kdnas.teacher_logits import TeacherLogits, teacher_logits
+from kdnas.train import accuracy, fit
 
 log = logging.getLogger("kdnas")
 
@@ -51,14 +52,14 @@ class Runtime:
     latency: LatencyCache
     teacher: KDNet
     teacher_info: dict
-    teacher_train_logits: torch.Tensor  # teacher outputs on the training split, computed once
+    teacher_logits: TeacherLogits  # the teacher's logits per training batch: a per-study table where possible
 
 
 def prepare(cfg: StudyConfig) -> Runtime:
     device = resolve_device(cfg.device)
     resolve_device(cfg.latency.device)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    split = load_split(cfg.data.dataset, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed).to(device)
+    split = load_split(cfg.data, device, cfg.path)
     store = ArtifactStore(cfg.run_dir / "artifacts")
     latency = LatencyCache(cfg.run_dir / "latency_cache.json")
     teacher, info = get_teacher(cfg, split, store, device)
@@ -67,9 +68,9 @@ def prepare(cfg: StudyConfig) -> Runtime:
     info.update(params=counts.params, macs=counts.macs)
     info.update(latency.get_or_measure(cfg.teacher_spec, build(cfg.teacher_spec, split.input_shape, split.num_classes),
                                        split.input_shape, split.num_classes, cfg.latency))
-    # The training split is used without random augmentation, so the teacher's outputs on it are fixed:
-    # computing them once replaces a teacher forward pass in every step of every trial.
-    logits = predict(teacher, split.train_x)
+    logits = teacher_logits(teacher, info.get("cache_key") or info["checkpoint_sha256"], split, store,
+                            random_augment=cfg.student.train.augment.active)
+    info["logits_cached"] = logits.cached
     return Runtime(cfg, split, device, store, latency, teacher, info, logits)
 
 
@@ -94,16 +95,16 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     model = build(cand.student, split.input_shape, split.num_classes).to(rt.device)
     method = METHODS.get(cand.method.name)
     hp = cand.method.hyperparameters
-    tl = rt.teacher_train_logits
+    teacher = rt.teacher_logits
 
     def loss_fn(logits, batch):
-        return method.loss(logits, tl[batch.idx] if method.uses_teacher else None, batch.y, **hp)
+        return method.loss(logits, teacher(batch) if method.uses_teacher else None, batch.y, **hp)
 
     t_train = time.perf_counter()
-    history = fit(model, split.train_x, split.train_y, cfg.student.train, loss_fn, seed)
+    history = fit(model, split.train, cfg.student.train, loss_fn, seed)
     train_s = time.perf_counter() - t_train
-    val_acc = accuracy(model, split.val_x, split.val_y)
-    test_acc = accuracy(model, split.test_x, split.test_y)
+    val_acc = accuracy(model, split.val)
+    test_acc = accuracy(model, split.test)
     weights = rt.store.put_content("students", model.state_dict())
     lat = rt.latency.get_or_measure(cand.student, model, split.input_shape, split.num_classes, cfg.latency)
     trial.set_user_attr("teacher", rt.teacher_info.get("cache_key") or rt.teacher_info.get("checkpoint"))
@@ -192,7 +193,8 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
     ti = rt.teacher_info
     progress(
         f"teacher {cfg.teacher_spec.label()}: {ti['params']:,} params, val acc {ti['val_accuracy']:.1%}, "
-        f"{'trained in' if ti['trained_now'] else 'loaded in'} {ti['seconds']:.1f}s"
+        f"{'trained in' if ti['trained_now'] else 'loaded in'} {ti['seconds']:.1f}s; its logits "
+        f"{'come from a per-study table' if ti['logits_cached'] else 'are computed per batch (random augmentation)'}"
     )
     study.set_user_attr("teacher", ti)
     study.set_user_attr("data", {"dataset": cfg.data.dataset, **rt.split.sizes(), "fingerprint": rt.split.fingerprint,
@@ -214,6 +216,14 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
             progress(f"{head} {trial.state.name}: {trial.user_attrs.get('fail_reason', '')}")
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's per-trial logs
-    study.optimize(make_objective(rt), n_trials=n_new, timeout=cfg.search.timeout,
+    timeout = cfg.search.timeout
+    if timeout is not None:
+        # The study's wall clock counts from the start of the command, teacher training included; a trial
+        # that is running when it ends finishes (Optuna only stops starting new ones).
+        timeout -= time.perf_counter() - t0
+        if timeout <= 0:
+            progress(f"timeout of {cfg.search.timeout:g}s reached before the first trial started")
+            return study
+    study.optimize(make_objective(rt), n_trials=n_new, timeout=timeout,
                    catch=(TrialFailure,), callbacks=[on_trial], gc_after_trial=False)
     return study

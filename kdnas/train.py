@@ -1,14 +1,15 @@
-"""The brief-training loop and evaluation, on in-memory tensors."""
+"""The brief-training loop and evaluation, reading batches from a :class:`~kdnas.data.BatchSource`."""
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Literal
 
 import torch
 from torch import nn
 
+from kdnas.data import Augment, BatchSource, augment_batch
 from kdnas.errors import TrialFailure
 
 
@@ -24,6 +25,9 @@ class TrainRecipe:
     weight_decay: float = 5e-4
     schedule: Literal["cosine", "constant"] = "cosine"
     warmup: float = 0.0  # fraction of the run with a linear warm-up, so brief and full runs share the recipe
+    # Random augmentation of the training inputs. Off by default: with it, a teacher's outputs cannot be
+    # cached and the teacher runs on every student batch (see docs/data.md).
+    augment: Augment = field(default_factory=Augment)
 
     def check(self, report) -> None:
         if self.epochs < 1:
@@ -40,7 +44,7 @@ class TrainRecipe:
             report("warmup", f"`0 <= warmup < 1` must hold, but got warmup={self.warmup}")
 
     def to_dict(self) -> dict:
-        return dict(vars(self))
+        return {**vars(self), "augment": self.augment.to_dict()}
 
 
 def lr_factor(recipe: TrainRecipe, progress: float) -> float:
@@ -84,25 +88,25 @@ LossFn = Callable[[torch.Tensor, Batch], torch.Tensor]
 
 def fit(
     model: nn.Module,
-    x: torch.Tensor,
-    y: torch.Tensor,
+    data: BatchSource,
     recipe: TrainRecipe,
     loss_fn: LossFn,
     seed: int,
     on_epoch: Callable[[int, float], None] | None = None,
     extra: nn.Module | None = None,
 ) -> list[float]:
-    """Train ``model`` in place on in-memory tensors; return the mean loss of each epoch.
+    """Train ``model`` in place on the batches of ``data``; return the mean loss of each epoch.
 
-    ``extra`` holds trainable modules that are not part of the model but train with it (a distillation
-    method's adapters); the optimizer updates them too.
+    ``seed`` fixes the order of the samples and the random augmentation. ``extra`` holds trainable modules
+    that are not part of the model but train with it (a distillation method's adapters); the optimizer
+    updates them too.
 
     Raises :class:`TrialFailure` when the loss stops being finite. The check runs once per epoch on the
     summed loss, so it costs no device synchronisation per step.
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     opt = make_optimizer(model if extra is None else nn.ModuleList([model, extra]), recipe)
-    n = len(y)
+    n = len(data)
     steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
     total = recipe.epochs * steps_per_epoch
     base_lrs = [g["lr"] for g in opt.param_groups]
@@ -112,17 +116,16 @@ def fit(
         extra.train()
     step = 0
     for epoch in range(recipe.epochs):
-        order = torch.randperm(n, generator=gen).to(x.device)
-        loss_sum = torch.zeros((), device=x.device)
-        for s in range(steps_per_epoch):
-            idx = order[s * recipe.batch_size : (s + 1) * recipe.batch_size]
+        loss_sum = torch.zeros((), device=data.device)
+        for xb, idx in data.batches(recipe.batch_size, torch.randperm(n, generator=gen)):
             if len(idx) < 2 and n >= 2:  # a batch of one breaks BatchNorm; fold it away
                 continue
+            if recipe.augment.active:
+                xb = augment_batch(xb, recipe.augment, data.fill, gen)
             factor = lr_factor(recipe, step / total)
             for g, base in zip(opt.param_groups, base_lrs):
                 g["lr"] = base * factor
-            xb = x[idx]
-            loss = loss_fn(model(xb), Batch(xb, y[idx], idx, step / total))
+            loss = loss_fn(model(xb), Batch(xb, data.y[idx], idx, step / total))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -138,14 +141,14 @@ def fit(
 
 
 @torch.inference_mode()
-def predict(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    """Logits of ``model`` in eval mode for all of ``x``."""
+def predict(model: nn.Module, data: BatchSource, batch_size: int = 512) -> torch.Tensor:
+    """Logits of ``model`` in eval mode for every sample of ``data``, in index order, without augmentation."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    out = torch.cat([model(x) for x, _ in data.batches(batch_size)])
     model.train(was_training)
     return out
 
 
-def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    return float((predict(model, x).argmax(1) == y).float().mean())
+def accuracy(model: nn.Module, data: BatchSource) -> float:
+    return float((predict(model, data).argmax(1) == data.y).float().mean())

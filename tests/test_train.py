@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdnas.data import load_split
+from kdnas.data import DataConfig, TensorSource, load_split
 from kdnas.errors import TrialFailure
 from kdnas.models import build, make_spec
 from kdnas.train import TrainRecipe, accuracy, fit, lr_factor
@@ -16,7 +16,12 @@ SPEC = make_spec({"family": "resnet_cifar", "depth": 8, "width": 0.25})
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_split("digits", 0.2, 0.2, 0)
+    return load_split(DataConfig("digits"))
+
+
+def first(split, n: int) -> TensorSource:
+    """The first ``n`` training samples of ``split``."""
+    return TensorSource(split.train.x[:n], split.train.y[:n])
 
 
 def ce(logits, batch):
@@ -27,7 +32,7 @@ def test_two_seeded_runs_are_identical(digits) -> None:
     def run():
         torch.manual_seed(3)
         m = build(SPEC, digits.input_shape, 10)
-        hist = fit(m, digits.train_x[:256], digits.train_y[:256], TrainRecipe(epochs=2, batch_size=32), ce, seed=5)
+        hist = fit(m, first(digits, 256), TrainRecipe(epochs=2, batch_size=32), ce, seed=5)
         return hist, m.state_dict()
 
     (h1, s1), (h2, s2) = run(), run()
@@ -39,14 +44,14 @@ def test_two_seeded_runs_are_identical(digits) -> None:
 def test_brief_training_learns_digits(digits) -> None:
     torch.manual_seed(0)
     m = build(SPEC, digits.input_shape, 10)
-    fit(m, digits.train_x, digits.train_y, TrainRecipe(epochs=3, lr=0.1), ce, seed=0)
-    assert accuracy(m, digits.val_x, digits.val_y) > 0.8  # chance is 0.1
+    fit(m, digits.train, TrainRecipe(epochs=3, lr=0.1), ce, seed=0)
+    assert accuracy(m, digits.val) > 0.8  # chance is 0.1
 
 
 def test_nan_loss_is_a_trial_failure(digits) -> None:
     m = build(SPEC, digits.input_shape, 10)
     with pytest.raises(TrialFailure, match=r"training loss became nan in epoch 1/2"):
-        fit(m, digits.train_x[:64], digits.train_y[:64], TrainRecipe(epochs=2), lambda o, b: ce(o, b) * float("nan"), 0)
+        fit(m, first(digits, 64), TrainRecipe(epochs=2), lambda o, b: ce(o, b) * float("nan"), 0)
 
 
 def test_schedule_is_a_pure_function_of_progress() -> None:
@@ -62,7 +67,7 @@ def test_schedule_is_a_pure_function_of_progress() -> None:
 
 def test_lone_last_sample_does_not_break_batchnorm(digits) -> None:
     m = build(SPEC, digits.input_shape, 10)
-    fit(m, digits.train_x[:65], digits.train_y[:65], TrainRecipe(epochs=1, batch_size=64), ce, 0)
+    fit(m, first(digits, 65), TrainRecipe(epochs=1, batch_size=64), ce, 0)
 
 
 def test_extra_modules_train_with_the_model(digits) -> None:
@@ -70,7 +75,7 @@ def test_extra_modules_train_with_the_model(digits) -> None:
     m = build(SPEC, digits.input_shape, 10)
     adapter = torch.nn.Linear(10, 10)
     before = adapter.weight.detach().clone()
-    fit(m, digits.train_x[:128], digits.train_y[:128], TrainRecipe(epochs=1),
+    fit(m, first(digits, 128), TrainRecipe(epochs=1),
         lambda o, b: F.cross_entropy(adapter(o), b.y), 0, extra=adapter)
     assert not torch.equal(before, adapter.weight)
 
@@ -80,10 +85,10 @@ def test_loss_sees_progress_and_indices(digits) -> None:
 
     def loss(o, b):
         seen.append((b.progress, b.idx.clone()))
-        torch.testing.assert_close(b.x, digits.train_x[b.idx])
+        torch.testing.assert_close(b.x, digits.train.x[b.idx])
         return F.cross_entropy(o, b.y)
 
-    fit(build(SPEC, digits.input_shape, 10), digits.train_x[:128], digits.train_y[:128], TrainRecipe(epochs=2, batch_size=32), loss, 0)
+    fit(build(SPEC, digits.input_shape, 10), first(digits, 128), TrainRecipe(epochs=2, batch_size=32), loss, 0)
     progress = [p for p, _ in seen]
     assert progress[0] == 0.0 and progress == sorted(progress) and progress[-1] < 1.0
     assert sorted(torch.cat([i for _, i in seen[:4]]).tolist()) == list(range(128))  # one epoch covers each sample once
