@@ -20,7 +20,7 @@ from torch import nn
 from kdnas.artifacts import ArtifactStore
 from kdnas.data import DataSplit
 from kdnas.models import digest
-from kdnas.train import Batch, predict
+from kdnas.train import Batch, fast_memory_format, predict
 
 log = logging.getLogger("kdnas")
 
@@ -34,6 +34,9 @@ class TeacherLogits:
     def __init__(self, model: nn.Module, table: torch.Tensor | None = None):
         self.model = model
         self.table = table  # logits per training sample, indexed by Batch.idx; None = run the model per batch
+        if table is None:  # it runs on every batch, which fit hands over in this layout
+            device = next(model.parameters()).device
+            model.to(memory_format=fast_memory_format(device))
 
     @property
     def cached(self) -> bool:

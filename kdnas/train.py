@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Literal
+from typing import Callable, Iterator, Literal
 
 import torch
 from torch import nn
@@ -106,12 +107,33 @@ def fit(
     """
     gen = torch.Generator(device="cpu").manual_seed(seed)
     trained = model if extra is None else nn.ModuleList([model, extra])
-    # On CPU, oneDNN's convolutions and BatchNorm run 1.1-1.7x faster on channels-last (NHWC) tensors for
-    # every family and input size we measured (benchmarks/README.md). On CUDA in float32 the gain depends
-    # on cuDNN and was not measured, so the layout stays as it is there. The model leaves in the usual
-    # layout: latency measurement, export and users see no difference.
-    layout = torch.channels_last if data.device.type == "cpu" else torch.contiguous_format
-    trained.to(memory_format=layout)
+    with fast_layout(trained, data.device) as layout:
+        return _fit(model, trained, data, recipe, loss_fn, gen, layout, on_epoch)
+
+
+def fast_memory_format(device: torch.device) -> torch.memory_format:
+    return torch.channels_last if device.type == "cpu" else torch.contiguous_format
+
+
+@contextmanager
+def fast_layout(module: nn.Module, device: torch.device) -> Iterator[torch.memory_format]:
+    """Run ``module`` in the memory layout that is fastest on ``device``; yield it for the inputs.
+
+    On CPU, oneDNN's convolutions and BatchNorm mostly run faster on channels-last (NHWC) tensors: up to
+    1.5x for a training step and 1.4x for inference, a few percent slower in the odd case
+    (benchmarks/channels_last.py, benchmarks/README.md). On CUDA in float32 the gain depends on cuDNN and
+    was not measured, so the layout stays as it is there. The module leaves in the usual layout: latency measurement, export and users see
+    no difference. Not inside ``inference_mode``: parameters converted there could not train again.
+    """
+    layout = fast_memory_format(device)
+    module.to(memory_format=layout)
+    try:
+        yield layout
+    finally:
+        module.to(memory_format=torch.contiguous_format)
+
+
+def _fit(model, trained, data, recipe, loss_fn, gen, layout, on_epoch) -> list[float]:
     opt = make_optimizer(trained, recipe)
     n = len(data)
     steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
@@ -120,43 +142,40 @@ def fit(
     history: list[float] = []
     trained.train()
     step = 0
-    try:
-        for epoch in range(recipe.epochs):
-            loss_sum = torch.zeros((), device=data.device)
-            for xb, idx in data.batches(recipe.batch_size, torch.randperm(n, generator=gen)):
-                if len(idx) < 2 and n >= 2:  # a batch of one breaks BatchNorm; fold it away
-                    continue
-                if recipe.augment.active:
-                    xb = augment_batch(xb, recipe.augment, data.fill, gen)
-                xb = xb.contiguous(memory_format=layout)
-                factor = lr_factor(recipe, step / total)
-                for g, base in zip(opt.param_groups, base_lrs):
-                    g["lr"] = base * factor
-                loss = loss_fn(model(xb), Batch(xb, data.y[idx], idx, step / total))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                loss_sum += loss.detach()
-                step += 1
-            mean = float(loss_sum) / steps_per_epoch
-            if not math.isfinite(mean):
-                raise TrialFailure(f"training loss became {mean} in epoch {epoch + 1}/{recipe.epochs}")
-            history.append(mean)
-            if on_epoch is not None:
-                on_epoch(epoch, mean)
-    finally:
-        trained.to(memory_format=torch.contiguous_format)
+    for epoch in range(recipe.epochs):
+        loss_sum = torch.zeros((), device=data.device)
+        for xb, idx in data.batches(recipe.batch_size, torch.randperm(n, generator=gen)):
+            if len(idx) < 2 and n >= 2:  # a batch of one breaks BatchNorm; fold it away
+                continue
+            if recipe.augment.active:
+                xb = augment_batch(xb, recipe.augment, data.fill, gen)
+            xb = xb.contiguous(memory_format=layout)
+            factor = lr_factor(recipe, step / total)
+            for g, base in zip(opt.param_groups, base_lrs):
+                g["lr"] = base * factor
+            loss = loss_fn(model(xb), Batch(xb, data.y[idx], idx, step / total))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            loss_sum += loss.detach()
+            step += 1
+        mean = float(loss_sum) / steps_per_epoch
+        if not math.isfinite(mean):
+            raise TrialFailure(f"training loss became {mean} in epoch {epoch + 1}/{recipe.epochs}")
+        history.append(mean)
+        if on_epoch is not None:
+            on_epoch(epoch, mean)
     return history
 
 
-@torch.inference_mode()
 def predict(model: nn.Module, data: BatchSource, batch_size: int = 512) -> torch.Tensor:
     """Logits of ``model`` in eval mode for every sample of ``data``, in index order, without augmentation."""
     was_training = model.training
     model.eval()
-    out = torch.cat([model(x) for x, _ in data.batches(batch_size)])
+    with fast_layout(model, data.device) as layout, torch.inference_mode():
+        out = torch.cat([model(x.contiguous(memory_format=layout)) for x, _ in data.batches(batch_size)])
     model.train(was_training)
-    return out
+    return out.clone()  # out of inference mode: callers may use it as a training target
 
 
 def accuracy(model: nn.Module, data: BatchSource) -> float:
