@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 from kdnas._schema import Collector, is_missing, load_yaml, parse_section
 from kdnas.costs import LatencySetting
 from kdnas.data import DataConfig, check_data_root
+from kdnas.early_stop import EarlyStopping
 from kdnas.models import ArchSpec, check_spec
 from kdnas.space import SearchSpace, check_space
 from kdnas.train import TrainRecipe
@@ -41,6 +42,7 @@ class SearchConfig:
     trials: int = 20  # trials added by each `kdnas search` run
     timeout: Optional[float] = None  # seconds; stop starting new trials after this
     sampler: Literal["tpe", "random"] = "tpe"
+    early_stopping: EarlyStopping = field(default_factory=EarlyStopping)  # stop trials that trail their peers
 
     def check(self, report) -> None:
         if self.trials < 1:

@@ -17,6 +17,7 @@ from kdnas.config import StudyConfig
 from kdnas.costs import LatencyCache, count
 from kdnas.data import DataSplit, load_split
 from kdnas.distill import METHODS
+from kdnas.early_stop import checkpoint_hook
 from kdnas.errors import KdnasError, TrialFailure
 from kdnas.models import KDNet, build, digest
 from kdnas.score import pareto_mask
@@ -100,8 +101,10 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     def loss_fn(logits, batch):
         return method.loss(logits, teacher(batch) if method.uses_teacher else None, batch.y, **hp)
 
+    stop = checkpoint_hook(cfg.search.early_stopping, trial, cfg.student.train.epochs, counts.params,
+                           lambda: accuracy(model, split.val))
     t_train = time.perf_counter()
-    history = fit(model, split.train, cfg.student.train, loss_fn, seed)
+    history = fit(model, split.train, cfg.student.train, loss_fn, seed, on_epoch=stop)
     train_s = time.perf_counter() - t_train
     val_acc = accuracy(model, split.val)
     test_acc = accuracy(model, split.test)
@@ -200,6 +203,7 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
     study.set_user_attr("data", {"dataset": cfg.data.dataset, **rt.split.sizes(), "fingerprint": rt.split.fingerprint,
                                  "input_shape": list(rt.split.input_shape), "num_classes": rt.split.num_classes})
     study.sampler = make_sampler(cfg, n_before)
+    study.pruner = cfg.search.early_stopping.pruner()  # used by single-objective studies only
     n_new = cfg.search.trials
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -124,12 +124,21 @@ def fast_layout(module: nn.Module, device: torch.device) -> Iterator[torch.memor
     (benchmarks/channels_last.py, benchmarks/README.md). On CUDA in float32 the gain depends on cuDNN and
     was not measured, so the layout stays as it is there. The module leaves in the usual layout: latency measurement, export and users see
     no difference. Not inside ``inference_mode``: parameters converted there could not train again.
+    Nested uses (an evaluation at an epoch's end, inside ``fit``) leave the layout to the outer one.
     """
     layout = fast_memory_format(device)
+    if getattr(module, "_kdnas_layout", None) is not None:
+        yield module._kdnas_layout
+        return
     module.to(memory_format=layout)
+    inner = list(module.modules())
+    for m in inner:
+        m._kdnas_layout = layout
     try:
         yield layout
     finally:
+        for m in inner:
+            del m._kdnas_layout
         module.to(memory_format=torch.contiguous_format)
 
 
