@@ -13,31 +13,13 @@ from typing import Any, Literal, Optional
 
 from kdnas._schema import Collector, is_missing, load_yaml, parse_section
 from kdnas.costs import LatencySetting
-from kdnas.data import DATASETS
+from kdnas.data import DataConfig, check_data_root
+from kdnas.early_stop import EarlyStopping
 from kdnas.models import ArchSpec, check_spec
 from kdnas.space import SearchSpace, check_space
 from kdnas.train import TrainRecipe
 
 OBJECTIVES = ("accuracy", "params", "macs", "latency")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    dataset: str = "digits"
-    val_fraction: float = 0.2  # candidates are ranked on this split
-    test_fraction: float = 0.2  # only reported, never used for selection
-    seed: int = 0  # the split's seed; part of every cache key
-
-    def check(self, report) -> None:
-        if self.dataset not in DATASETS:
-            report("dataset", f"unknown dataset {self.dataset!r}; valid names: {', '.join(DATASETS.names())}")
-        for key in ("val_fraction", "test_fraction"):
-            v = getattr(self, key)
-            if not 0 < v < 1:
-                report(key, f"`0 < {key} < 1` must hold, but got {key}={v}")
-        if self.val_fraction + self.test_fraction >= 0.9:
-            report("", f"val_fraction + test_fraction must leave at least 10% for training, but got "
-                   f"{self.val_fraction} + {self.test_fraction}")
 
 
 @dataclass(frozen=True)
@@ -88,6 +70,7 @@ class SearchConfig:
     trials: int = 20  # trials added by each `kdnas search` run
     timeout: Optional[float] = None  # seconds; stop starting new trials after this
     sampler: Literal["tpe", "random"] = "tpe"
+    early_stopping: EarlyStopping = field(default_factory=EarlyStopping)  # stop trials that trail their peers
 
     def check(self, report) -> None:
         if self.trials < 1:
@@ -183,6 +166,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     object.__setattr__(cfg, "teacher_spec", teacher_spec)
     if cfg.teacher.checkpoint is not None and not cfg.resolve(cfg.teacher.checkpoint).is_file():
         problems.add("teacher.checkpoint", f"file not found: {cfg.resolve(cfg.teacher.checkpoint)}")
+    check_data_root(cfg.data, path, problems.add)
     space_path = cfg.resolve(cfg.search.space)
     object.__setattr__(cfg, "space_obj", check_space(space_path, problems))
     problems.raise_if_any()

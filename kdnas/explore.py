@@ -35,7 +35,7 @@ def open_space(path: str | Path, input_shape: tuple[int, int, int] | None, num_c
         from kdnas.data import load_split
 
         cfg = load_study(path)
-        split = load_split(cfg.data.dataset, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed)
+        split = load_split(cfg.data, "cpu", cfg.path)
         return cfg.space, Target(input_shape or split.input_shape, num_classes or split.num_classes, cfg.teacher_spec)
     return load_space(path), Target(input_shape or (3, 32, 32), num_classes or 10)
 

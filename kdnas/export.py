@@ -116,8 +116,9 @@ def _recipe(cfg: StudyConfig, study: optuna.Study, t: optuna.trial.FrozenTrial) 
                    **{k: v for k, v in ua["candidate"]["method"].items() if k != "name"}},
         "student_train": brief,
         "full_train": full,
-        "data": {k: data.get(k) for k in ("dataset", "fingerprint", "train", "val", "test")} |
-                {"val_fraction": cfg.data.val_fraction, "test_fraction": cfg.data.test_fraction, "seed": cfg.data.seed},
+        "data": {k: data.get(k) for k in ("dataset", "fingerprint", "train", "val", "test")},
+        # The data section as the study file had it; a relative root is made absolute so the bundle can move.
+        "data_config": {**vars(cfg.data), "root": str(cfg.resolve(cfg.data.root)) if cfg.data.root else None},
         "seed": ua.get("seed"),
         "brief_result": {"val_accuracy": ua.get("val_accuracy"), "test_accuracy": ua.get("test_accuracy")},
         "versions": _versions(),

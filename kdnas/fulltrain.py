@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from kdnas.artifacts import atomic_write_bytes, load_state_dict, save_state_dict
-from kdnas.data import load_split
+from kdnas._schema import Collector, parse_section
+from kdnas.data import DataConfig, load_split
+from kdnas.teacher_logits import TeacherLogits
 from kdnas.distill.chain import Guide, guided_loss
 from kdnas.errors import KdnasError
 from kdnas.models import build, make_spec
@@ -40,8 +41,11 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise KdnasError(f"{path}: malformed JSON: {err}") from None
 
 
-def _recipe(d: dict[str, Any], epochs: int) -> TrainRecipe:
-    return replace(TrainRecipe(**d), epochs=epochs)
+def _recipe(d: dict[str, Any], epochs: int, where: str) -> TrainRecipe:
+    problems = Collector(where)
+    recipe = parse_section(TrainRecipe, {**d, "epochs": epochs}, "", problems.add)
+    problems.raise_if_any()
+    return recipe
 
 
 def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "cpu", threads: int | None = None,
@@ -60,11 +64,13 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
             raise KdnasError(f"--threads: `threads >= 1` must hold, but got threads={threads}")
         torch.set_num_threads(threads)
     data = recipe["data"]
-    split = load_split(data["dataset"], data["val_fraction"], data["test_fraction"], data["seed"])
+    problems = Collector(bundle / "recipe.json")
+    data_cfg = parse_section(DataConfig, recipe["data_config"], "data_config", problems.add)
+    problems.raise_if_any()
+    split = load_split(data_cfg, dev)
     if data.get("fingerprint") and split.fingerprint != data["fingerprint"]:
         raise KdnasError(f"{bundle / 'recipe.json'}: data: the {data['dataset']!r} split here ({split.fingerprint}) is not "
                          f"the one the student was searched on ({data['fingerprint']}); different data or library versions")
-    split = split.to(dev)
     shape, classes = split.input_shape, split.num_classes
     state_dir = bundle / "train"
     state_path = state_dir / "state.pt"
@@ -73,7 +79,8 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
     teacher = build(make_spec(recipe["teacher"]["spec"], "recipe.json teacher.spec"), shape, classes).to(dev)
     teacher.load_state_dict(load_state_dict(bundle / recipe["teacher"]["weights"]))
     teacher.eval()
-    guides_above = [Guide("teacher", "teacher", teacher, predict(teacher, split.train_x), {})]
+    augment = _recipe(recipe["full_train"], 1, f"{bundle / 'recipe.json'}: full_train").augment.active
+    guides_above = [Guide("teacher", "teacher", teacher, _logits(teacher, split, augment), {})]
     mode = recipe["chain"]["mode"]
     a_cfg = recipe["assistant_train"]
     full_student = recipe["full_train"]
@@ -96,11 +103,11 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
             save_any(state_path, buf)
             say(f"{stage}: epoch {fit_state['epoch']}/{train.epochs}, loss {fit_state['history'][-1]:.4f}")
 
-        with guided_loss(method, model, guides, split.train_x, a_cfg["drop_rate"], seed) as (loss_fn, adapters):
-            fit(model, split.train_x, split.train_y, train, loss_fn, seed, extra=adapters, checkpoint=checkpoint,
+        with guided_loss(method, model, guides, split.train, a_cfg["drop_rate"], seed) as (loss_fn, adapters):
+            fit(model, split.train, train, loss_fn, seed, extra=adapters, checkpoint=checkpoint,
                 resume=state["fit"] if state else None)
         model.eval()
-        say(f"{stage}: val accuracy {accuracy(model, split.val_x, split.val_y):.2%} ({time.perf_counter() - t0:.0f}s)")
+        say(f"{stage}: val accuracy {accuracy(model, split.val):.2%} ({time.perf_counter() - t0:.0f}s)")
         return model
 
     for i, a in enumerate(recipe["chain"]["assistants"]):
@@ -113,24 +120,30 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
             say(f"{stage}: already trained")
         else:
             model = run(stage, a["spec"], MethodSpec.from_dict(a_cfg["method"]),
-                        _recipe(a_cfg["train"], a_epochs), parents, a_cfg["seed"])
+                        _recipe(a_cfg["train"], a_epochs, f"{bundle / 'recipe.json'}: assistant_train.train"), parents, a_cfg["seed"])
             save_state_dict(done_path, model.state_dict())
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        guides_above.append(Guide(stage, stage, model, predict(model, split.train_x), {}))
+        guides_above.append(Guide(stage, stage, model, _logits(model, split, augment), {}))
 
     student_guides = guides_above if mode == "dgkd" else [guides_above[-1]]
     student = run("student", meta["spec"], MethodSpec.from_dict(recipe["method"]),
-                  _recipe(full_student, n_epochs), student_guides, int(recipe.get("seed") or 0))
+                  _recipe(full_student, n_epochs, f"{bundle / 'recipe.json'}: full_train"), student_guides,
+                  int(recipe.get("seed") or 0))
     result = {"epochs": n_epochs, "assistant_epochs": a_epochs if len(stages) > 1 else None,
-              "val_accuracy": accuracy(student, split.val_x, split.val_y),
-              "test_accuracy": accuracy(student, split.test_x, split.test_y), "device": str(dev)}
+              "val_accuracy": accuracy(student, split.val),
+              "test_accuracy": accuracy(student, split.test), "device": str(dev)}
     save_state_dict(bundle / "weights_full.pt", student.state_dict())
     recipe["full_result"] = result
     atomic_write_bytes(bundle / "recipe.json", (json.dumps(recipe, indent=2) + "\n").encode())
     state_path.unlink(missing_ok=True)
     return result
+
+
+def _logits(model, split, augment: bool) -> TeacherLogits:
+    """A guide's logits per batch: one table in memory, or the model on each batch under augmentation."""
+    return TeacherLogits(model) if augment else TeacherLogits(model, predict(model, split.train))
 
 
 def save_any(path: Path, obj: Any) -> None:

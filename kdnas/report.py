@@ -86,7 +86,7 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame) -> str:
                      f"{_fmt_int(teacher.get('macs'))} MACs, {teacher.get('latency_ms', float('nan')):.3f} ms, "
                      f"val {teacher.get('val_accuracy', float('nan')):.1%}, test {teacher.get('test_accuracy', float('nan')):.1%}.")
     lines += ["", f"## Pareto-optimal trials ({', '.join(study.metric_names or [])})", ""]
-    front = df[df["pareto"]].sort_values("params")
+    front = df[df["pareto"].astype(bool)].sort_values("params")  # astype: with no trials the column is not bool
     lines.append("| trial | val acc | test acc | params | MACs | latency (ms) | student | method | chain |")
     lines.append("|---:|---:|---:|---:|---:|---:|---|---|---|")
     for _, r in front.iterrows():

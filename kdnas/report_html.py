@@ -49,7 +49,7 @@ def image(path: Path, alt: str) -> str:
 
 
 def write_html(path: Path, title: str, intro: list[str], df: pd.DataFrame, figures: list[tuple[str, Path]]) -> Path:
-    front = df[df["pareto"]].sort_values("params")
+    front = df[df["pareto"].astype(bool)].sort_values("params")
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
     parts += [f"<p>{html.escape(line)}</p>" for line in intro]

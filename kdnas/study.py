@@ -18,13 +18,15 @@ from kdnas.costs import Counts, LatencyCache, count
 from kdnas.data import DataSplit, load_split
 from kdnas.distill import resolve_hyperparameters
 from kdnas.distill.chain import AssistantPool, Guide, guided_loss
+from kdnas.early_stop import checkpoint_hook
 from kdnas.errors import KdnasError, TrialFailure
 from kdnas.models import ArchSpec, build, digest
 from kdnas.score import pareto_mask
 from kdnas.space import MethodSpec, screen
 from kdnas.storage import mask_url, open_storage
 from kdnas.teacher import get_teacher
-from kdnas.train import accuracy, fit, predict
+from kdnas.teacher_logits import TeacherLogits, teacher_logits
+from kdnas.train import accuracy, fit
 
 log = logging.getLogger("kdnas")
 
@@ -65,7 +67,7 @@ def prepare(cfg: StudyConfig) -> Runtime:
     device = resolve_device(cfg.device)
     resolve_device(cfg.latency.device)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    split = load_split(cfg.data.dataset, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed).to(device)
+    split = load_split(cfg.data, device, cfg.path)
     store = ArtifactStore(cfg.run_dir / "artifacts")
     latency = LatencyCache(cfg.run_dir / "latency_cache.json")
     teacher, info = get_teacher(cfg, split, store, device)
@@ -74,12 +76,14 @@ def prepare(cfg: StudyConfig) -> Runtime:
     info.update(params=counts.params, macs=counts.macs)
     info.update(latency.get_or_measure(cfg.teacher_spec, build(cfg.teacher_spec, split.input_shape, split.num_classes),
                                        split.input_shape, split.num_classes, cfg.latency))
-    # The training split is used without random augmentation, so the teacher's outputs on it are fixed:
-    # computing them once replaces a teacher forward pass in every step of every trial.
     identity = info.get("cache_key") or info["checkpoint_sha256"]
-    guide = Guide("teacher", identity, teacher, predict(teacher, split.train_x), info)
+    augment = cfg.student.train.augment.active
+    logits = teacher_logits(teacher, identity, split, store, random_augment=augment)
+    info["logits_cached"] = logits.cached
+    guide = Guide("teacher", identity, teacher, logits, info)
     a = cfg.assistants
-    pool = AssistantPool(split, store, device, a.train, MethodSpec.from_dict(a.method), a.drop_rate, a.seed)
+    pool = AssistantPool(split, store, device, a.train, MethodSpec.from_dict(a.method), a.drop_rate, a.seed,
+                         random_augment=augment)
     return Runtime(cfg, split, device, store, latency, guide, info, pool)
 
 
@@ -116,12 +120,14 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     model = build(cand.student, split.input_shape, split.num_classes).to(rt.device)
     hp = resolve_hyperparameters(cand.method.name, cand.method.hyperparameters)
     trial.set_user_attr("method_hyperparameters", hp)  # defaults included: the values the run used
+    stop = checkpoint_hook(cfg.search.early_stopping, trial, cfg.student.train.epochs, counts.params,
+                           lambda: accuracy(model, split.val))
     t_train = time.perf_counter()
-    with guided_loss(cand.method, model, guides, split.train_x, cfg.assistants.drop_rate, seed) as (loss_fn, adapters):
-        history = fit(model, split.train_x, split.train_y, cfg.student.train, loss_fn, seed, extra=adapters)
+    with guided_loss(cand.method, model, guides, split.train, cfg.assistants.drop_rate, seed) as (loss_fn, adapters):
+        history = fit(model, split.train, cfg.student.train, loss_fn, seed, on_epoch=stop, extra=adapters)
     train_s = time.perf_counter() - t_train
-    val_acc = accuracy(model, split.val_x, split.val_y)
-    test_acc = accuracy(model, split.test_x, split.test_y)
+    val_acc = accuracy(model, split.val)
+    test_acc = accuracy(model, split.test)
     weights = rt.store.put_content("students", model.state_dict())
     lat = rt.latency.get_or_measure(cand.student, model, split.input_shape, split.num_classes, cfg.latency)
     trial.set_user_attr("weights", weights)
@@ -209,12 +215,14 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
     ti = rt.teacher_info
     progress(
         f"teacher {cfg.teacher_spec.label()}: {ti['params']:,} params, val acc {ti['val_accuracy']:.1%}, "
-        f"{'trained in' if ti['trained_now'] else 'loaded in'} {ti['seconds']:.1f}s"
+        f"{'trained in' if ti['trained_now'] else 'loaded in'} {ti['seconds']:.1f}s; its logits "
+        f"{'come from a per-study table' if ti['logits_cached'] else 'are computed per batch (random augmentation)'}"
     )
     study.set_user_attr("teacher", ti)
     study.set_user_attr("data", {"dataset": cfg.data.dataset, **rt.split.sizes(), "fingerprint": rt.split.fingerprint,
                                  "input_shape": list(rt.split.input_shape), "num_classes": rt.split.num_classes})
     study.sampler = make_sampler(cfg, n_before)
+    study.pruner = cfg.search.early_stopping.pruner()  # used by single-objective studies only
     n_new = cfg.search.trials
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -232,6 +240,14 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
             progress(f"{head} {trial.state.name}: {reason}")
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's per-trial logs
-    study.optimize(make_objective(rt), n_trials=n_new, timeout=cfg.search.timeout,
+    timeout = cfg.search.timeout
+    if timeout is not None:
+        # The study's wall clock counts from the start of the command, teacher training included; a trial
+        # that is running when it ends finishes (Optuna only stops starting new ones).
+        timeout -= time.perf_counter() - t0
+        if timeout <= 0:
+            progress(f"timeout of {cfg.search.timeout:g}s reached before the first trial started")
+            return study
+    study.optimize(make_objective(rt), n_trials=n_new, timeout=timeout,
                    catch=(TrialFailure,), callbacks=[on_trial], gc_after_trial=False)
     return study

@@ -38,8 +38,8 @@ def teacher_key(cfg: StudyConfig, split: DataSplit) -> str:
 def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device: torch.device) -> tuple[KDNet, dict]:
     """Return the teacher in eval mode on ``device`` and a JSON-able description of it.
 
-    The description holds its spec, identity (cache key or checkpoint path), val/test accuracy and how long
-    it took to obtain.
+    The description holds its spec, identity (``cache_key``, or ``checkpoint`` and ``checkpoint_sha256``),
+    val/test accuracy and how long it took to obtain.
     """
     assert cfg.teacher_spec is not None
     t0 = time.perf_counter()
@@ -56,6 +56,7 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
                 f"{cfg.path}: teacher.checkpoint: {path} does not match teacher.arch "
                 f"{cfg.teacher_spec.label()} for input {split.input_shape} and {split.num_classes} classes ({first})"
             ) from None
+        # The file's content, not its path, identifies the teacher for caches of its outputs.
         source = {"checkpoint": str(path), "checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
         trained = False
     else:
@@ -68,7 +69,7 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
             log.info("training teacher %s (%d epochs) ...", cfg.teacher_spec.label(), cfg.teacher.train.epochs)
             model.to(device)
             try:
-                fit(model, split.train_x, split.train_y, cfg.teacher.train,
+                fit(model, split.train, cfg.teacher.train,
                     lambda logits, batch: F.cross_entropy(logits, batch.y), cfg.teacher.seed)
             except TrialFailure as err:
                 raise KdnasError(f"{cfg.path}: teacher.train: teacher training failed: {err.reason}") from None
@@ -81,8 +82,8 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
         "spec": cfg.teacher_spec.to_dict(),
         **source,
         "trained_now": trained,
-        "val_accuracy": accuracy(model, split.val_x, split.val_y),
-        "test_accuracy": accuracy(model, split.test_x, split.test_y),
+        "val_accuracy": accuracy(model, split.val),
+        "test_accuracy": accuracy(model, split.test),
         "seconds": time.perf_counter() - t0,
     }
     return model, info

@@ -14,6 +14,7 @@ from kdnas.distill.chain import Guide, guided_loss
 from kdnas.distill import hinton_kd_term
 from kdnas.models import make_spec
 from kdnas.space import Candidate, Chain, Limits, MethodSpec, screen
+from kdnas.teacher_logits import TeacherLogits
 from kdnas.train import Batch
 
 W = {w: make_spec({"family": "resnet_cifar", "depth": 8, "width": w}) for w in (0.25, 0.5, 0.75, 1.0)}
@@ -55,7 +56,8 @@ def test_screen_applies_limits_and_allows_direct_kd_of_any_size() -> None:
 
 def _guides(n: int) -> list[Guide]:
     g = torch.Generator().manual_seed(0)
-    return [Guide(f"g{i}", f"k{i}", torch.nn.Identity(), torch.randn(8, 5, generator=g), {}) for i in range(n)]
+    return [Guide(f"g{i}", f"k{i}", torch.nn.Linear(5, 5), TeacherLogits(torch.nn.Linear(5, 5), torch.randn(8, 5, generator=g)), {})
+            for i in range(n)]
 
 
 def _hinton(logits, teacher_logits, y):
@@ -72,10 +74,10 @@ def test_guided_loss_one_guide_is_the_method_and_several_are_the_mean() -> None:
     batch = Batch(TRAIN_X[idx], y, idx, 0.0)
     guides = _guides(3)
     with guided_loss(HINTON, STUDENT, guides[:1], TRAIN_X, 0.5, seed=0) as (loss_fn, adapters):
-        torch.testing.assert_close(loss_fn(logits, batch), _hinton(logits, guides[0].train_logits[idx], y))
+        torch.testing.assert_close(loss_fn(logits, batch), _hinton(logits, guides[0].logits.table[idx], y))
         assert adapters is None
     with guided_loss(HINTON, STUDENT, guides, TRAIN_X, 0.0, seed=0) as (loss_fn, _):
-        expected = torch.stack([_hinton(logits, g.train_logits[idx], y) for g in guides]).mean()
+        expected = torch.stack([_hinton(logits, g.logits.table[idx], y) for g in guides]).mean()
         torch.testing.assert_close(loss_fn(logits, batch), expected)
 
 
@@ -89,22 +91,23 @@ def test_dgkd_drops_are_seeded_and_keep_at_least_one_guide() -> None:
 
 
 def test_feature_method_through_a_dgkd_chain_trains_adapters_per_guide(tiny_study) -> None:
-    from kdnas.data import load_split
+    from kdnas.data import DataConfig, TensorSource, load_split
     from kdnas.models import build
     from kdnas.train import TrainRecipe, fit, predict
 
-    split = load_split("digits", 0.2, 0.2, 0)
-    x, y = split.train_x[:128], split.train_y[:128]
+    split = load_split(DataConfig("digits"))
+    x, y = split.train.x[:128], split.train.y[:128]
+    train = TensorSource(x, y)
     guides = []
     for w in (1.0, 0.5):
         m = build(W[w], split.input_shape, 10).eval()
-        guides.append(Guide(str(w), str(w), m, predict(m, x), {}))
+        guides.append(Guide(str(w), str(w), m, TeacherLogits(m, predict(m, train)), {}))
     student = build(W[0.25], split.input_shape, 10)
     fitnet = MethodSpec("fitnet", {})
-    with guided_loss(fitnet, student, guides, x, 0.5, seed=0) as (loss_fn, adapters):
+    with guided_loss(fitnet, student, guides, train, 0.5, seed=0) as (loss_fn, adapters):
         assert adapters is not None and len(adapters) == 2  # one regressor per guide
         before = [p.detach().clone() for p in adapters.parameters()]
-        hist = fit(student, x, y, TrainRecipe(epochs=2, batch_size=32), loss_fn, 0, extra=adapters)
+        hist = fit(student, train, TrainRecipe(epochs=2, batch_size=32), loss_fn, 0, extra=adapters)
     assert all(torch.isfinite(torch.tensor(hist)))
     assert any(not torch.equal(b, p) for b, p in zip(before, adapters.parameters()))
     assert all(p.grad is None or not p.requires_grad for g in guides for p in g.model.parameters())

@@ -9,10 +9,12 @@ import copy
 import math
 from typing import ClassVar
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from kdnas.data import load_split
+from kdnas.data import DataConfig, TensorSource, load_split
 from kdnas.distill import METHODS, make_loss
 from kdnas.models import build, make_spec
 from kdnas.train import Batch, TrainRecipe, fit
@@ -25,14 +27,15 @@ N_TRAIN = 256
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_split("digits", 0.2, 0.2, 0)
+    s = load_split(DataConfig("digits"))
+    return SimpleNamespace(train_x=s.train.x, train_y=s.train.y, input_shape=s.input_shape)
 
 
 @pytest.fixture(scope="module")
 def trained_teacher(digits):
     torch.manual_seed(0)
     teacher = build(TEACHER, digits.input_shape, 10)
-    fit(teacher, digits.train_x[:N_TRAIN], digits.train_y[:N_TRAIN], TrainRecipe(epochs=1, lr=0.1),
+    fit(teacher, TensorSource(digits.train_x[:N_TRAIN], digits.train_y[:N_TRAIN]), TrainRecipe(epochs=1, lr=0.1),
         lambda o, b: torch.nn.functional.cross_entropy(o, b.y), 0)
     return teacher.eval()
 
@@ -52,7 +55,7 @@ class MethodContract:
         student = build(STUDENT, digits.input_shape, 10)
         x, y = digits.train_x[:N_TRAIN], digits.train_y[:N_TRAIN]
         with make_loss((self.method, {}), student, teacher, x) as (loss_fn, adapters):
-            history = fit(student, x, y, TrainRecipe(epochs=epochs, lr=0.1), loss_fn, seed, extra=adapters)
+            history = fit(student, TensorSource(x, y), TrainRecipe(epochs=epochs, lr=0.1), loss_fn, seed, extra=adapters)
         return student, adapters, history
 
     def test_defaults_satisfy_their_own_rules(self) -> None:

@@ -12,7 +12,7 @@ import torch
 from kdnas import load_student
 from kdnas.artifacts import ArtifactStore
 from kdnas.cli import main
-from kdnas.data import load_split
+from kdnas.data import DataConfig, load_split
 from kdnas.models import build, make_spec
 
 
@@ -66,10 +66,10 @@ def test_search_report_resume_export(tiny_study: Path, tmp_path: Path, capsys) -
     reference = build(spec, (1, 8, 8), 10)
     reference.load_state_dict(ArtifactStore(tmp_path / "runs/tiny/artifacts").get_state_dict("students", best.user_attrs["weights"]))
     reference.eval()
-    split = load_split("digits", 0.2, 0.2, 0)
+    split = load_split(DataConfig("digits"))
     with torch.no_grad():
-        torch.testing.assert_close(student(split.val_x), reference(split.val_x))
-        acc = float((student(split.val_x).argmax(1) == split.val_y).float().mean())
+        torch.testing.assert_close(student(split.val.x), reference(split.val.x))
+        acc = float((student(split.val.x).argmax(1) == split.val.y).float().mean())
     assert abs(acc - best.user_attrs["val_accuracy"]) < 1e-6, "the bundle must reproduce the trial's accuracy"
 
     # A non-empty --out is refused, not overwritten.

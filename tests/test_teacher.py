@@ -8,13 +8,13 @@ import torch
 
 from kdnas.artifacts import ArtifactStore
 from kdnas.config import load_study
-from kdnas.data import load_split
+from kdnas.data import DataConfig, load_split
 from kdnas.teacher import get_teacher, teacher_key
 
 
 def test_teacher_is_reproducible_regardless_of_global_rng(tiny_study: Path, tmp_path: Path) -> None:
     cfg = load_study(tiny_study)
-    split = load_split("digits", 0.2, 0.2, 0)
+    split = load_split(DataConfig("digits"))
     torch.manual_seed(123)
     a, info_a = get_teacher(cfg, split, ArtifactStore(tmp_path / "a"), torch.device("cpu"))
     torch.rand(1000)  # disturb the global generator: the teacher must not depend on it
@@ -27,10 +27,10 @@ def test_teacher_is_reproducible_regardless_of_global_rng(tiny_study: Path, tmp_
 
 
 def test_teacher_key_covers_what_determines_it(tiny_study: Path) -> None:
-    split = load_split("digits", 0.2, 0.2, 0)
+    split = load_split(DataConfig("digits"))
     base = teacher_key(load_study(tiny_study), split)
     assert teacher_key(load_study(tiny_study, {"seed": 5}), split) == base  # the search seed is not the teacher's
-    assert teacher_key(load_study(tiny_study), load_split("digits", 0.2, 0.2, 1)) != base
+    assert teacher_key(load_study(tiny_study), load_split(DataConfig("digits", seed=1))) != base
     changed = load_study(tiny_study, {"teacher": {"arch": {"family": "resnet_cifar", "depth": 8, "width": 0.5},
                                                   "seed": 1}})
     assert teacher_key(changed, split) != base

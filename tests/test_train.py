@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdnas.data import load_split
+from kdnas.data import DataConfig, TensorSource, load_split
 from kdnas.errors import TrialFailure
 from kdnas.models import build, make_spec
 from kdnas.train import TrainRecipe, accuracy, fit, lr_factor
@@ -16,7 +16,12 @@ SPEC = make_spec({"family": "resnet_cifar", "depth": 8, "width": 0.25})
 
 @pytest.fixture(scope="module")
 def digits():
-    return load_split("digits", 0.2, 0.2, 0)
+    return load_split(DataConfig("digits"))
+
+
+def first(split, n: int) -> TensorSource:
+    """The first ``n`` training samples of ``split``."""
+    return TensorSource(split.train.x[:n], split.train.y[:n])
 
 
 def ce(logits, batch):
@@ -27,7 +32,7 @@ def test_two_seeded_runs_are_identical(digits) -> None:
     def run():
         torch.manual_seed(3)
         m = build(SPEC, digits.input_shape, 10)
-        hist = fit(m, digits.train_x[:256], digits.train_y[:256], TrainRecipe(epochs=2, batch_size=32), ce, seed=5)
+        hist = fit(m, first(digits, 256), TrainRecipe(epochs=2, batch_size=32), ce, seed=5)
         return hist, m.state_dict()
 
     (h1, s1), (h2, s2) = run(), run()
@@ -39,14 +44,14 @@ def test_two_seeded_runs_are_identical(digits) -> None:
 def test_brief_training_learns_digits(digits) -> None:
     torch.manual_seed(0)
     m = build(SPEC, digits.input_shape, 10)
-    fit(m, digits.train_x, digits.train_y, TrainRecipe(epochs=3, lr=0.1), ce, seed=0)
-    assert accuracy(m, digits.val_x, digits.val_y) > 0.8  # chance is 0.1
+    fit(m, digits.train, TrainRecipe(epochs=3, lr=0.1), ce, seed=0)
+    assert accuracy(m, digits.val) > 0.8  # chance is 0.1
 
 
 def test_nan_loss_is_a_trial_failure(digits) -> None:
     m = build(SPEC, digits.input_shape, 10)
     with pytest.raises(TrialFailure, match=r"training loss became nan in epoch 1/2"):
-        fit(m, digits.train_x[:64], digits.train_y[:64], TrainRecipe(epochs=2), lambda o, b: ce(o, b) * float("nan"), 0)
+        fit(m, first(digits, 64), TrainRecipe(epochs=2), lambda o, b: ce(o, b) * float("nan"), 0)
 
 
 def test_schedule_is_a_pure_function_of_progress() -> None:
@@ -62,7 +67,7 @@ def test_schedule_is_a_pure_function_of_progress() -> None:
 
 def test_lone_last_sample_does_not_break_batchnorm(digits) -> None:
     m = build(SPEC, digits.input_shape, 10)
-    fit(m, digits.train_x[:65], digits.train_y[:65], TrainRecipe(epochs=1, batch_size=64), ce, 0)
+    fit(m, first(digits, 65), TrainRecipe(epochs=1, batch_size=64), ce, 0)
 
 
 def test_extra_modules_train_with_the_model(digits) -> None:
@@ -70,7 +75,7 @@ def test_extra_modules_train_with_the_model(digits) -> None:
     m = build(SPEC, digits.input_shape, 10)
     adapter = torch.nn.Linear(10, 10)
     before = adapter.weight.detach().clone()
-    fit(m, digits.train_x[:128], digits.train_y[:128], TrainRecipe(epochs=1),
+    fit(m, first(digits, 128), TrainRecipe(epochs=1),
         lambda o, b: F.cross_entropy(adapter(o), b.y), 0, extra=adapter)
     assert not torch.equal(before, adapter.weight)
 
@@ -80,22 +85,22 @@ def test_loss_sees_progress_and_indices(digits) -> None:
 
     def loss(o, b):
         seen.append((b.progress, b.idx.clone()))
-        torch.testing.assert_close(b.x, digits.train_x[b.idx])
+        torch.testing.assert_close(b.x, digits.train.x[b.idx])
         return F.cross_entropy(o, b.y)
 
-    fit(build(SPEC, digits.input_shape, 10), digits.train_x[:128], digits.train_y[:128], TrainRecipe(epochs=2, batch_size=32), loss, 0)
+    fit(build(SPEC, digits.input_shape, 10), first(digits, 128), TrainRecipe(epochs=2, batch_size=32), loss, 0)
     progress = [p for p, _ in seen]
     assert progress[0] == 0.0 and progress == sorted(progress) and progress[-1] < 1.0
     assert sorted(torch.cat([i for _, i in seen[:4]]).tolist()) == list(range(128))  # one epoch covers each sample once
 
 
 def test_resume_from_a_checkpoint_ends_like_an_uninterrupted_run(digits) -> None:
-    x, y, recipe = digits.train_x[:200], digits.train_y[:200], TrainRecipe(epochs=3, batch_size=32)
+    src, recipe = first(digits, 200), TrainRecipe(epochs=3, batch_size=32)
     torch.manual_seed(0)
     full = build(SPEC, digits.input_shape, 10)
     init = {k: v.clone() for k, v in full.state_dict().items()}
     states = []
-    h_full = fit(full, x, y, recipe, ce, 4, checkpoint=states.append)
+    h_full = fit(full, src, recipe, ce, 4, checkpoint=states.append)
     assert [s["epoch"] for s in states] == [1, 2, 3]
 
     import io
@@ -104,7 +109,35 @@ def test_resume_from_a_checkpoint_ends_like_an_uninterrupted_run(digits) -> None
     state = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
     resumed = build(SPEC, digits.input_shape, 10)
     resumed.load_state_dict(init)
-    h_resumed = fit(resumed, x, y, recipe, ce, 4, resume=state)
+    h_resumed = fit(resumed, src, recipe, ce, 4, resume=state)
     assert h_resumed == h_full
     for k, v in full.state_dict().items():
         torch.testing.assert_close(resumed.state_dict()[k], v)
+
+
+def test_fit_matches_a_naive_loop(digits) -> None:
+    """Equivalence: fit (batch source, channels-last on CPU) against the plainest loop on the same recipe."""
+    from kdnas.train import make_optimizer
+
+    recipe = TrainRecipe(epochs=1, batch_size=32, lr=0.05)
+    src = first(digits, 96)
+    torch.manual_seed(0)
+    fast = build(SPEC, digits.input_shape, 10)
+    fit(fast, src, recipe, ce, seed=7)
+    assert all(p.is_contiguous() for p in fast.parameters()), "the model must leave fit in the usual layout"
+
+    torch.manual_seed(0)
+    naive = build(SPEC, digits.input_shape, 10)
+    opt = make_optimizer(naive, recipe)
+    base = [g["lr"] for g in opt.param_groups]
+    order = torch.randperm(96, generator=torch.Generator().manual_seed(7))
+    for step in range(3):
+        idx = order[step * 32 : (step + 1) * 32]
+        for g, lr in zip(opt.param_groups, base):
+            g["lr"] = lr * lr_factor(recipe, step / 3)
+        loss = F.cross_entropy(naive(src.x[idx]), src.y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for (name, a), b in zip(fast.state_dict().items(), naive.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)

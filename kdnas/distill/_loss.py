@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -12,6 +12,7 @@ from torch import nn
 from kdnas.distill._base import FEATURE_READS, PairShape, Step
 from kdnas.distill._hooks import FeatureTap, probe_shapes, select_pairs
 from kdnas.distill._methods import METHODS
+from kdnas.data import BatchSource, TensorSource
 from kdnas.train import Batch, LossFn, predict
 
 
@@ -27,8 +28,8 @@ def make_loss(
     method: Any,
     student: nn.Module,
     teacher: nn.Module | None,
-    train_x: torch.Tensor,
-    teacher_logits: torch.Tensor | None = None,
+    train_x: "torch.Tensor | BatchSource",
+    teacher_logits: "torch.Tensor | Callable[[Batch], torch.Tensor] | None" = None,
 ) -> Iterator[tuple[LossFn, nn.Module | None]]:
     """Hook ``method`` up between ``student`` and ``teacher`` for one run of ``kdnas.train.fit``.
 
@@ -47,7 +48,9 @@ def make_loss(
     The teacher is put in eval mode for the run (its mode is restored on exit) and only ever runs under
     ``torch.no_grad()``: no gradient reaches it. Methods that read only logits use ``teacher_logits``, the
     teacher's logits on ``train_x`` indexed by ``batch.idx``, computed once here unless the caller passes
-    them (the study caches them); feature methods run the teacher on ``batch.x`` with hooks every step.
+    them (the study caches them; it may also pass a callable ``batch -> logits``, which runs the teacher on the
+    batch when inputs are randomly augmented); feature methods run the teacher on ``batch.x`` with hooks
+    every step. ``train_x`` is the training split: a :class:`~kdnas.data.BatchSource` or a tensor of inputs.
     ``teacher`` may be ``None`` for ``none``. On exit every hook is removed.
     """
     name, values = _spec(method)
@@ -55,11 +58,13 @@ def make_loss(
     hp = m.resolve(values)
     if m.uses_teacher and teacher is None:
         raise ValueError(f"distillation method {name!r} needs a teacher, but teacher=None")
-    if teacher_logits is not None and len(teacher_logits) != len(train_x):
+    if isinstance(train_x, torch.Tensor):
+        train_x = TensorSource(train_x, torch.zeros(len(train_x), dtype=torch.long))
+    if isinstance(teacher_logits, torch.Tensor) and len(teacher_logits) != len(train_x):
         raise ValueError(f"teacher_logits has {len(teacher_logits)} rows, but train_x has {len(train_x)} samples")
     pairs = select_pairs(m.reads, student, teacher) if m.reads in FEATURE_READS else []
     s_names, t_names = [s for s, _ in pairs], [t for _, t in pairs]
-    input_shape = tuple(train_x.shape[1:])
+    input_shape = tuple(next(iter(train_x.batches(1, torch.arange(1))))[0].shape[1:])
     shapes = [PairShape(s, t) for s, t in zip(probe_shapes(student, s_names, input_shape),
                                                 probe_shapes(teacher, t_names, input_shape) if pairs else [])]
     device = next(student.parameters()).device
@@ -82,7 +87,10 @@ def make_loss(
                 t_logits = teacher(batch.x)
             t_feats = t_tap.take()
         else:
-            t_logits = teacher_logits[batch.idx] if teacher_logits is not None else None
+            if callable(teacher_logits):
+                t_logits = teacher_logits(batch)
+            else:
+                t_logits = teacher_logits[batch.idx] if teacher_logits is not None else None
         step = Step(student_logits, t_logits, batch.y, batch.idx, batch.progress, s_feats, t_feats)
         return (1.0 - alpha) * ce + alpha * term(step)
 

@@ -27,11 +27,12 @@ import torch
 from torch import nn
 
 from kdnas.artifacts import ArtifactStore
-from kdnas.data import DataSplit
+from kdnas.data import BatchSource, DataSplit
+from kdnas.teacher_logits import teacher_logits
 from kdnas.distill import METHODS, make_loss
 from kdnas.models import ArchSpec, KDNet, build, digest
 from kdnas.space import Chain, MethodSpec
-from kdnas.train import Batch, LossFn, TrainRecipe, accuracy, fit, predict
+from kdnas.train import Batch, LossFn, TrainRecipe, accuracy, fit
 
 log = logging.getLogger("kdnas")
 
@@ -45,12 +46,12 @@ class Guide:
     name: str
     key: str  # content identity, used in the keys of the assistants that learn from it
     model: KDNet
-    train_logits: torch.Tensor  # its outputs on the training split (inputs are deterministic)
+    logits: Callable[[Batch], torch.Tensor]  # its logits per training batch (a per-study table where possible)
     info: dict[str, Any]
 
 
 @contextlib.contextmanager
-def guided_loss(method: MethodSpec, student: nn.Module, guides: list[Guide], train_x: torch.Tensor,
+def guided_loss(method: MethodSpec, student: nn.Module, guides: list[Guide], train: BatchSource,
                 drop_rate: float, seed: int) -> Iterator[tuple[LossFn, nn.Module | None]]:
     """The loss of ``student`` taught by ``guides`` with ``method``: one :func:`kdnas.distill.make_loss` per
     guide (each with its own cached logits, hooks and adapters), averaged over the guides kept in a batch.
@@ -61,9 +62,9 @@ def guided_loss(method: MethodSpec, student: nn.Module, guides: list[Guide], tra
     gen = torch.Generator().manual_seed(seed)
     with contextlib.ExitStack() as stack:
         if not METHODS.get(method.name).uses_teacher:
-            yield stack.enter_context(make_loss(method, student, None, train_x))
+            yield stack.enter_context(make_loss(method, student, None, train))
             return
-        kds = [stack.enter_context(make_loss(method, student, g.model, train_x, teacher_logits=g.train_logits))
+        kds = [stack.enter_context(make_loss(method, student, g.model, train, teacher_logits=g.logits))
                for g in guides]
         found = [a for _, a in kds if a is not None]
         adapters = nn.ModuleList(found) if found else None
@@ -101,8 +102,8 @@ class AssistantPool:
     """Gets each assistant of a chain: from memory, from the store, or by training it (once)."""
 
     def __init__(self, split: DataSplit, store: ArtifactStore, device: torch.device, recipe: TrainRecipe,
-                 method: MethodSpec, drop_rate: float, seed: int):
-        self.split, self.store, self.device = split, store, device
+                 method: MethodSpec, drop_rate: float, seed: int, random_augment: bool = False):
+        self.split, self.store, self.device, self.random_augment = split, store, device, random_augment
         self.recipe, self.method, self.drop_rate, self.seed = recipe, method, drop_rate, seed
         self._guides: dict[str, Guide] = {}
 
@@ -144,10 +145,10 @@ class AssistantPool:
             else:
                 t0 = time.perf_counter()
                 log.info("training assistant %s from %s ...", spec.label(), ", ".join(g.name for g in parents))
-                with guided_loss(self.method, model, parents, self.split.train_x, self.drop_rate, self.seed) as (loss_fn, extra):
-                    fit(model, self.split.train_x, self.split.train_y, self.recipe, loss_fn, self.seed, extra=extra)
+                with guided_loss(self.method, model, parents, self.split.train, self.drop_rate, self.seed) as (loss_fn, extra):
+                    fit(model, self.split.train, self.recipe, loss_fn, self.seed, extra=extra)
                 info = {"spec": spec.to_dict(), "key": key, "guides": [g.key for g in parents],
-                        "val_accuracy": accuracy(model, self.split.val_x, self.split.val_y),
+                        "val_accuracy": accuracy(model, self.split.val),
                         "seconds": time.perf_counter() - t0, "trained_in_trial": trial_number, "pid": os.getpid()}
                 # Weights first, description last: the description's presence means the pair is complete.
                 self.store.put_state_dict("assistants", key, model.state_dict())
@@ -156,6 +157,7 @@ class AssistantPool:
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
-        guide = Guide(spec.label(), key, model, predict(model, self.split.train_x), info)
+        logits = teacher_logits(model, key, self.split, self.store, random_augment=self.random_augment)
+        guide = Guide(spec.label(), key, model, logits, info)
         self._guides[key] = guide
         return guide, trained_now

@@ -1,0 +1,17 @@
+"""Datasets, the seeded train/val/test split, and the batch sources training reads from.
+
+Small splits live on the training device as tensors, so a training step costs no DataLoader work; large
+ones stream through a DataLoader. The search ranks candidates on the validation split; the test split is
+only reported. See docs/data.md.
+"""
+
+from kdnas.data._augment import Augment, augment_batch
+from kdnas.data._batches import BatchSource, LoaderSource, TensorSource, normalise
+from kdnas.data._sources import DATASETS, ArrayImages, DatasetSource, FileImages, Images, Location, RawDataset
+from kdnas.data._split import IN_MEMORY_MAX_BYTES, DataConfig, DataSplit, check_data_root, load_split, resolve_root
+
+__all__ = [
+    "ArrayImages", "Augment", "BatchSource", "DATASETS", "DataConfig", "DataSplit", "DatasetSource", "FileImages",
+    "IN_MEMORY_MAX_BYTES", "Images", "LoaderSource", "Location", "RawDataset", "TensorSource", "augment_batch",
+    "check_data_root", "load_split", "normalise", "resolve_root",
+]

@@ -1,0 +1,189 @@
+"""The ``data`` section of a study file, and the seeded, stratified train/val/test split it describes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from kdnas.data._batches import BatchSource, LoaderSource, TensorSource, normalise
+from kdnas.data._sources import DATASETS, Images, Location
+from kdnas.errors import KdnasError
+from kdnas.models import digest
+
+# Splits whose float32 inputs fit in this many bytes live on the training device as tensors; larger ones
+# stream. 2 GiB holds every torchvision set kdnas names (SVHN, the largest, is 1.2 GB), so those train with
+# no DataLoader at all; image folders of more than about 10,000 images at 128x128 stream.
+IN_MEMORY_MAX_BYTES = 2 * 2**30
+# Per-channel mean and std come from at most this many training samples: the estimates settle far sooner,
+# and a full pass over a large image folder would cost as much as an epoch.
+STATS_SAMPLES = 10_000
+_CHUNK = 4096  # samples read and normalised at once when a split is loaded into memory
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = "digits"
+    root: Optional[str] = None  # folder with the dataset's files (torchvision sets, imagefolder); relative to the study file
+    download: bool = False  # let torchvision download a missing set into root (never done unless asked)
+    val_fraction: float = 0.2  # candidates are ranked on this split (a fraction of the official train split, if any)
+    test_fraction: Optional[float] = None  # only reported; null = the official test split, or 0.2 where there is none
+    seed: int = 0  # the split's seed; part of every cache key
+    resize: Optional[int] = None  # imagefolder: resize every image to resize x resize pixels
+    in_memory: Optional[bool] = None  # null = by size (IN_MEMORY_MAX_BYTES); false = stream through a DataLoader
+    loader_workers: int = 2  # DataLoader worker processes when the data streams
+
+    def check(self, report) -> None:
+        if self.dataset not in DATASETS:
+            report("dataset", f"unknown dataset {self.dataset!r}; valid names: {', '.join(DATASETS.names())}")
+            return
+        source = DATASETS.get(self.dataset)
+        if source.needs_root and self.root is None:
+            report("root", f"dataset {self.dataset!r} is read from a local folder: set data.root to it")
+        if not source.needs_root and self.root is not None:
+            report("root", f"dataset {self.dataset!r} is embedded in kdnas and reads no folder; remove data.root")
+        if self.download and source.files != "torchvision":
+            report("download", f"only torchvision datasets can be downloaded, and {self.dataset!r} is not one")
+        if self.resize is not None and source.files != "folder":
+            report("resize", f"resize applies to dataset 'imagefolder' only, not {self.dataset!r}")
+        if self.resize is not None and self.resize < 1:
+            report("resize", f"`resize >= 1` must hold, but got resize={self.resize}")
+        if self.loader_workers < 0:
+            report("loader_workers", f"`loader_workers >= 0` must hold, but got loader_workers={self.loader_workers}")
+        if source.official_test and self.test_fraction is not None:
+            report("test_fraction", f"dataset {self.dataset!r} has an official test split, which kdnas uses as the "
+                   f"test split; remove test_fraction")
+        for key in ("val_fraction", "test_fraction"):
+            v = getattr(self, key)
+            if v is not None and not 0 < v < 1:
+                report(key, f"`0 < {key} < 1` must hold, but got {key}={v}")
+        if self.val_fraction + (self.test_fraction or 0.0) >= 0.9:
+            report("", f"val_fraction + test_fraction must leave at least 10% for training, but got "
+                   f"{self.val_fraction} + {self.test_fraction}")
+
+    def effective_test_fraction(self) -> Optional[float]:
+        """The test fraction used: None where the official test split is used."""
+        if DATASETS.get(self.dataset).official_test:
+            return None
+        return 0.2 if self.test_fraction is None else self.test_fraction
+
+
+def resolve_root(data: DataConfig, study_file: Optional[Path]) -> Optional[Path]:
+    if data.root is None:
+        return None
+    p = Path(data.root).expanduser()
+    return p if p.is_absolute() or study_file is None else study_file.parent / p
+
+
+def check_data_root(data: DataConfig, study_file: Path, report) -> None:
+    """A missing ``data.root`` is a study-file problem, found by ``kdnas validate`` too."""
+    root = resolve_root(data, study_file)
+    if root is not None and not data.download and not root.is_dir():
+        report("data.root", f"folder not found: {root} (set data.download: true to let torchvision download into it)")
+
+
+@dataclass
+class DataSplit:
+    """The three parts of the split as batch sources on the training device, and what identifies them."""
+
+    train: BatchSource
+    val: BatchSource
+    test: BatchSource
+    num_classes: int
+    input_shape: tuple[int, int, int]
+    fingerprint: str  # hash of the dataset's content, the split parameters and the split's indices
+    in_memory: bool
+
+    def sizes(self) -> dict[str, int]:
+        return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
+
+
+def _stratified(y: np.ndarray, idx: np.ndarray, fraction: float, seed: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.model_selection import train_test_split
+
+    try:
+        return train_test_split(idx, test_size=fraction, stratify=y[idx], random_state=seed)
+    except ValueError as err:  # a class too small to appear on both sides
+        raise KdnasError(f"{where}: cannot split {len(idx)} samples stratified by class with fraction "
+                         f"{fraction:.3g}: {err}") from None
+
+
+def _stats(images: Images, train: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and std (1, C, 1, 1) of the training samples, in the scale ``normalise`` divides to."""
+    if len(train) > STATS_SAMPLES:
+        train = np.sort(np.random.default_rng(seed).choice(train, STATS_SAMPLES, replace=False))
+    c = images.shape[0]
+    total, sq, count = np.zeros(c), np.zeros(c), 0
+    for i in range(0, len(train), _CHUNK):
+        x = normalise(torch.from_numpy(images.read(train[i : i + _CHUNK])), torch.zeros(1), torch.ones(1)).double()
+        total += x.sum(dim=(0, 2, 3)).numpy()
+        sq += (x * x).sum(dim=(0, 2, 3)).numpy()
+        count += x.shape[0] * x.shape[2] * x.shape[3]
+    mean = total / count
+    std = np.sqrt(np.maximum(sq / count - mean * mean, 0.0)) + 1e-6
+    as_t = lambda v: torch.tensor(v, dtype=torch.float32).reshape(1, c, 1, 1)
+    return as_t(mean), as_t(std)
+
+
+def _in_memory(images: Images, idx: np.ndarray, y: np.ndarray, mean, std, device: torch.device) -> TensorSource:
+    x = torch.empty((len(idx), *images.shape), dtype=torch.float32, device=device)
+    for i in range(0, len(idx), _CHUNK):
+        x[i : i + _CHUNK] = normalise(torch.from_numpy(images.read(idx[i : i + _CHUNK])).to(device), mean.to(device),
+                                      std.to(device))
+    return TensorSource(x, torch.from_numpy(y).to(device), mean, std)
+
+
+def load_split(data: DataConfig, device: torch.device | str = "cpu", study_file: Optional[Path] = None) -> DataSplit:
+    """Load ``data.dataset`` and split it, stratified by class, reproducibly for ``data.seed``.
+
+    With an official test split, that is the test part and val is carved from the official train split;
+    otherwise train, val and test are all drawn from the one pool. Inputs are normalised per channel with
+    the training part's statistics. ``study_file`` anchors a relative ``data.root`` and names the file in
+    messages.
+    """
+    device = torch.device(device)
+    source = DATASETS.get(data.dataset)
+    file = f"{study_file}: " if study_file is not None else ""
+    where = f"{file}data.root"
+    root = resolve_root(data, study_file)
+    if source.needs_root:
+        if root is None:
+            raise KdnasError(f"{where}: dataset {data.dataset!r} is read from a local folder: set data.root to it")
+        if not data.download and not root.is_dir():
+            raise KdnasError(f"{where}: folder not found: {root} (set data.download: true to let torchvision "
+                             f"download into it)")
+    raw = source.load(Location(root, data.download, data.resize, where))
+    pool = np.arange(len(raw.train_y))
+    test_fraction = data.effective_test_fraction()
+    if test_fraction is None:
+        assert raw.test is not None and raw.test_y is not None
+        train, val = _stratified(raw.train_y, pool, data.val_fraction, data.seed, f"{file}data.val_fraction")
+        test_images, test, test_y = raw.test, np.arange(len(raw.test_y)), raw.test_y
+    else:
+        rest, test = _stratified(raw.train_y, pool, test_fraction, data.seed, f"{file}data.test_fraction")
+        train, val = _stratified(raw.train_y, rest, data.val_fraction / (1.0 - test_fraction), data.seed,
+                                 f"{file}data.val_fraction")
+        test_images, test_y = raw.train, raw.train_y
+    fingerprint = digest({
+        "dataset": data.dataset,
+        "content": [raw.train.digest(), raw.test.digest() if raw.test is not None else None],
+        "resize": data.resize,
+        "val_fraction": data.val_fraction,
+        "test_fraction": test_fraction,
+        "seed": data.seed,
+        "indices": [digest(train.tolist()), digest(val.tolist()), digest(test.tolist())],
+    })
+    mean, std = _stats(raw.train, train, data.seed)
+    n_bytes = 4 * int(np.prod(raw.train.shape)) * (len(train) + len(val) + len(test))
+    in_memory = data.in_memory if data.in_memory is not None else n_bytes <= IN_MEMORY_MAX_BYTES
+
+    def part(images: Images, idx: np.ndarray, y: np.ndarray) -> BatchSource:
+        if in_memory:
+            return _in_memory(images, idx, y[idx], mean, std, device)
+        return LoaderSource(images, idx, torch.from_numpy(y[idx]).to(device), mean, std, data.loader_workers)
+
+    return DataSplit(part(raw.train, train, raw.train_y), part(raw.train, val, raw.train_y),
+                     part(test_images, test, test_y), raw.num_classes, raw.train.shape, fingerprint, in_memory)
