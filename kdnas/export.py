@@ -55,7 +55,8 @@ def export_trial(cfg: StudyConfig, study: optuna.Study, number: int, out: Path, 
         "method": ua["candidate"]["method"],
         "student_train": cfg.student.train.to_dict(),
         "data": {k: data.get(k) for k in ("dataset", "fingerprint", "train", "val", "test")} |
-                {"val_fraction": cfg.data.val_fraction, "test_fraction": cfg.data.test_fraction, "seed": cfg.data.seed},
+                {"val_fraction": cfg.data.val_fraction, "test_fraction": cfg.data.effective_test_fraction(),
+                 "seed": cfg.data.seed},
         "seed": ua.get("seed"),
         "brief_result": {"val_accuracy": ua.get("val_accuracy"), "test_accuracy": ua.get("test_accuracy")},
     }
