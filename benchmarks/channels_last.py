@@ -1,7 +1,9 @@
 """Channels-last against the default layout on CPU: one training step and one inference pass, per family.
 
 ``fit`` and ``predict`` run models channels-last on CPU (``kdnas.train.fast_layout``); this is the
-measurement behind that choice. The two layouts alternate, and each figure is the fastest of ``--rounds``.
+measurement behind that choice. The two layouts alternate, and each figure is the fastest of ``--rounds``,
+in CPU seconds of this process: with one thread that is the work done, which other processes on a shared
+machine barely disturb.
 
     PYTHONPATH=. python benchmarks/channels_last.py [--threads 1] [--rounds 3]
 """
@@ -50,11 +52,11 @@ def step_fn(spec: dict, shape: tuple, layout: torch.memory_format, train: bool):
 
 
 def timed(step, seconds: float = 1.0) -> float:
-    n, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds:
+    n, t0 = 0, time.process_time()
+    while time.process_time() - t0 < seconds:
         step()
         n += 1
-    return (time.perf_counter() - t0) / n
+    return (time.process_time() - t0) / n
 
 
 def main() -> None:
@@ -63,7 +65,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch threads {torch.get_num_threads()}; ms per training step (batch 64) / inference pass (batch 512)")
+    print(f"torch threads {torch.get_num_threads()}; CPU ms per training step (batch 64) / inference pass (batch 512)")
     print(f"{'model':42s} {'input':>11s} {'train NCHW':>11s} {'NHWC':>8s} {'ratio':>6s} {'infer NCHW':>11s} {'NHWC':>8s} {'ratio':>6s}")
     for spec, shape in CASES:
         cells = []

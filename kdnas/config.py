@@ -68,7 +68,7 @@ def check_method(raw: dict[str, Any], report) -> None:
 class SearchConfig:
     space: str  # path of the search space file, relative to the study file
     trials: int = 20  # trials added by each `kdnas search` run
-    timeout: Optional[float] = None  # seconds; stop starting new trials after this
+    timeout: Optional[float] = None  # seconds from the start of the command; no trial starts after it
     sampler: Literal["tpe", "random"] = "tpe"
     early_stopping: EarlyStopping = field(default_factory=EarlyStopping)  # stop trials that trail their peers
 

@@ -116,7 +116,8 @@ def _recipe(cfg: StudyConfig, study: optuna.Study, t: optuna.trial.FrozenTrial) 
                    **{k: v for k, v in ua["candidate"]["method"].items() if k != "name"}},
         "student_train": brief,
         "full_train": full,
-        "data": {k: data.get(k) for k in ("dataset", "fingerprint", "train", "val", "test")},
+        "data": {k: data.get(k) for k in ("dataset", "fingerprint", "train", "val", "test")} |
+                {"test_fraction_used": cfg.data.effective_test_fraction()},
         # The data section as the study file had it; a relative root is made absolute so the bundle can move.
         "data_config": {**vars(cfg.data), "root": str(cfg.resolve(cfg.data.root)) if cfg.data.root else None},
         "seed": ua.get("seed"),

@@ -156,3 +156,9 @@ def test_data_section_rules(tmp_path: Path, data: dict, message: str) -> None:
     study = write_tiny_study(tmp_path)
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
         load_study(study, {"data": data})
+
+
+def test_a_folder_without_class_folders_is_not_an_image_folder(tmp_path: Path) -> None:
+    (tmp_path / "loose.png").write_bytes(b"")
+    with pytest.raises(KdnasError, match=r"data.root: .* is not an image folder \(one sub-folder of images per class\)"):
+        load_split(DataConfig("imagefolder", root=str(tmp_path)))

@@ -85,6 +85,7 @@ def seed_a_perfect_peer(path: Path) -> None:
                                               intermediate_values={1: 1.0}))
 
 
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # set_metric_names
 @pytest.mark.parametrize("objectives, enabled", [("[accuracy, params, latency]", True), ("[accuracy]", True),
                                                  ("[accuracy, params, latency]", False)])
 def test_trailing_trials_are_pruned_with_their_reason(tmp_path: Path, monkeypatch, capsys, objectives: str,
