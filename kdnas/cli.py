@@ -19,6 +19,8 @@ def _overrides(args: argparse.Namespace) -> dict:
     search = {k: getattr(args, k) for k in ("trials", "timeout") if getattr(args, k, None) is not None}
     if search:
         out["search"] = search
+    if getattr(args, "workers", None) is not None:
+        out["parallel"] = {"workers": args.workers}
     return out
 
 
@@ -144,6 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--trials", type=int, help="trials to add in this run (default: search.trials)")
     sp.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     sp.add_argument("--storage", help="Optuna storage URL (default: sqlite in runs/<name>/)")
+    sp.add_argument("--workers", type=int, help="worker processes on this machine (default: parallel.workers, 1)")
     sp.add_argument("--seed", type=int, help="sampler and training seed (default: the study's seed)")
     sp.add_argument("--device", help="training device: cpu, cuda, cuda:N")
     sp = add("report", cmd_report, "write trials.csv, pareto.png and summary.md for a study")
@@ -168,7 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
     import warnings
 
     log = logging.getLogger("kdnas")
@@ -187,7 +190,7 @@ def _setup_logging() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging()
+    setup_logging()
     try:
         return args.func(args)
     except KdnasError as err:
