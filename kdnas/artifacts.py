@@ -11,7 +11,9 @@ import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -67,11 +69,16 @@ def save_state_dict(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Load a checkpoint safely. Accepts a bare state_dict or ``{"state_dict": ...}``."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it then reads fine
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise KdnasError(f"{path}: checkpoint not found") from None
     except Exception as err:  # corrupt file, or one that needs unsafe unpickling
-        raise KdnasError(f"{path}: cannot load checkpoint safely (weights_only=True): {err}") from None
+        # PyTorch's message spans a dozen lines of advice; its one line of cause follows "WeightsUnpickler error:".
+        m = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
+        cause = m[1].split(". ")[0].strip() if m else next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise KdnasError(f"{path}: cannot load checkpoint safely (weights_only=True): {cause}") from None
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -132,8 +132,13 @@ def cmd_space(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, like every other kdnas error (not the usage block)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kdnas", description="Search small, fast students by knowledge distillation.")
+    p = _Parser(prog="kdnas", description="Search small, fast students by knowledge distillation.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
@@ -194,8 +199,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except KdnasError as err:
-        print(f"kdnas: error: {err}", file=sys.stderr)
+        from kdnas.storage import scrub
+
+        print(scrub(f"kdnas: error: {err}"), file=sys.stderr)
         return 2
+    except Exception as err:
+        if not type(err).__module__.startswith("sqlalchemy"):
+            raise
+        # The storage failed mid-run (server gone, disk full): say so in one line, without its password.
+        from kdnas.storage import scrub
+
+        lines = str(err).strip().splitlines()
+        print(scrub(f"kdnas: error: storage failed: {lines[0] if lines else type(err).__name__}"), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

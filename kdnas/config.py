@@ -131,6 +131,7 @@ class ParallelConfig:
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,10 @@ class StudyConfig:
         for key in ("device",):
             if not _DEVICE.match(self.device):
                 report(key, f"expected cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.storage is not None and not _URL.match(self.storage):
+            shown = "***@" + self.storage.rsplit("@", 1)[1] if "@" in self.storage else self.storage  # may hold a password
+            report("storage", "expected a database URL such as sqlite:///path/study.db or "
+                   f"postgresql://user:password@host/db, got {shown!r}")
         if not _DEVICE.match(self.latency.device):
             report("latency.device", f"expected cpu, cuda, cuda:N or mps, got {self.latency.device!r}")
         if self.threads is not None and self.threads < 1:

@@ -53,6 +53,16 @@ def mask_text(text: str, url: str) -> str:
     return mask_url(text)
 
 
+_OPENED: set[str] = set()  # URLs this process opened: their passwords are scrubbed from any text it prints
+
+
+def scrub(text: str) -> str:
+    """``text`` without the password of any storage this process opened, nor of any URL in it."""
+    for url in _OPENED:
+        text = mask_text(text, url)
+    return mask_url(text)
+
+
 def is_local(url: str) -> bool:
     """A storage only this machine's processes can reach (so its workers are all visible here)."""
     return url.startswith(SQLITE_PREFIX)
@@ -89,6 +99,7 @@ def _with_driver(url: str) -> str:
 def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
                 stale_callback: Any = None) -> optuna.storages.RDBStorage:
     """An ``RDBStorage`` set up for concurrent workers (raises the driver's errors unchanged)."""
+    _OPENED.add(url)
     db = sqlite_path(url)
     if db is not None:
         engine_kwargs: dict[str, Any] = {"creator": partial(_sqlite_connect, str(db))}

@@ -51,7 +51,9 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            # The first line only says "Error(s) in loading state_dict"; the second names a mismatch.
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            first = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
             raise KdnasError(
                 f"{cfg.path}: teacher.checkpoint: {path} does not match teacher.arch "
                 f"{cfg.teacher_spec.label()} for input {split.input_shape} and {split.num_classes} classes ({first})"

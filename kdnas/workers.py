@@ -126,24 +126,21 @@ def worker_main(index: int, study_file: str, overrides: dict[str, Any], tickets:
     """Entry point of one worker process (started by :func:`run_pool`)."""
     _watch_parent(os.getppid())
     from kdnas.cli import setup_logging
-    from kdnas.storage import mask_text
+    from kdnas.storage import scrub
 
     setup_logging()
-    url = ""
     try:
         from kdnas.config import load_study
         from kdnas.study import run_worker
 
-        cfg = load_study(Path(study_file), overrides)
-        url = cfg.storage_url()
-        run_worker(cfg, index, tickets, deadline, threads, finished_before, started)
+        run_worker(load_study(Path(study_file), overrides), index, tickets, deadline, threads, finished_before, started)
     except KeyboardInterrupt:
         sys.exit(130)
     except KdnasError as err:
-        print(mask_text(f"kdnas: worker {index}: error: {err}", url), file=sys.stderr, flush=True)
+        print(scrub(f"kdnas: worker {index}: error: {err}"), file=sys.stderr, flush=True)
         sys.exit(2)
-    except BaseException:
+    except Exception:
         import traceback
 
-        print(mask_text(f"kdnas: worker {index} crashed:\n{traceback.format_exc()}", url), file=sys.stderr, flush=True)
+        print(scrub(f"kdnas: worker {index} crashed:\n{traceback.format_exc()}"), file=sys.stderr, flush=True)
         sys.exit(1)
