@@ -6,13 +6,16 @@ into place, so a reader never sees a half-written file; loads use ``weights_only
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
 import os
+import re
 import tempfile
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -41,6 +44,23 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise
 
 
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock between processes (``flock`` on ``path``), released even if the holder is killed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: no cross-process lock, at worst work is done twice
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def state_dict_bytes(state_dict: dict[str, torch.Tensor]) -> bytes:
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state_dict.items()}, buf)
@@ -51,14 +71,31 @@ def save_state_dict(path: Path, state_dict: dict[str, torch.Tensor]) -> None:
     atomic_write_bytes(path, state_dict_bytes(state_dict))
 
 
-def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """Load a checkpoint safely. Accepts a bare state_dict or ``{"state_dict": ...}``."""
+def save_object(path: Path, obj: Any) -> None:
+    """Atomically save tensors, numbers, strings, lists and dicts of them (what ``load_object`` reads back)."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_object(path: Path) -> Any:
+    """The one ``torch.load`` of kdnas: ``weights_only=True``, and every failure as one clear line."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols it then reads fine
+            warnings.simplefilter("ignore", UserWarning)
+            return torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise KdnasError(f"{path}: checkpoint not found") from None
     except Exception as err:  # corrupt file, or one that needs unsafe unpickling
-        raise KdnasError(f"{path}: cannot load checkpoint safely (weights_only=True): {err}") from None
+        # PyTorch's message spans a dozen lines of advice; its one line of cause follows "WeightsUnpickler error:".
+        m = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(err))
+        cause = m[1].split(". ")[0].strip() if m else next((line for line in str(err).splitlines() if line.strip()), type(err).__name__)
+        raise KdnasError(f"{path}: cannot load checkpoint safely (weights_only=True): {cause}") from None
+
+
+def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """Load a checkpoint safely. Accepts a bare state_dict or ``{"state_dict": ...}``."""
+    obj = load_object(path)
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

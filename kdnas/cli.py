@@ -19,6 +19,8 @@ def _overrides(args: argparse.Namespace) -> dict:
     search = {k: getattr(args, k) for k in ("trials", "timeout") if getattr(args, k, None) is not None}
     if search:
         out["search"] = search
+    if getattr(args, "workers", None) is not None:
+        out["parallel"] = {"workers": args.workers}
     return out
 
 
@@ -159,8 +161,13 @@ def cmd_space(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, like every other kdnas error (not the usage block)
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kdnas", description="Search small, fast students by knowledge distillation.")
+    p = _Parser(prog="kdnas", description="Search small, fast students by knowledge distillation.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def add(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
@@ -173,6 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--trials", type=int, help="trials to add in this run (default: search.trials)")
     sp.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
     sp.add_argument("--storage", help="Optuna storage URL (default: sqlite in runs/<name>/)")
+    sp.add_argument("--workers", type=int, help="worker processes on this machine (default: parallel.workers, 1)")
     sp.add_argument("--seed", type=int, help="sampler and training seed (default: the study's seed)")
     sp.add_argument("--device", help="training device: cpu, cuda, cuda:N")
     sp = add("report", cmd_report, "write a study's report (trials.csv, summary.md, report.html, plots); "
@@ -216,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _setup_logging() -> None:
+def setup_logging() -> None:
     import warnings
 
     log = logging.getLogger("kdnas")
@@ -235,12 +243,23 @@ def _setup_logging() -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    _setup_logging()
+    setup_logging()
     try:
         return args.func(args)
     except KdnasError as err:
-        print(f"kdnas: error: {err}", file=sys.stderr)
+        from kdnas.storage import scrub
+
+        print(scrub(f"kdnas: error: {err}"), file=sys.stderr)
         return 2
+    except Exception as err:
+        if not type(err).__module__.startswith("sqlalchemy"):
+            raise
+        # The storage failed mid-run (server gone, disk full): say so in one line, without its password.
+        from kdnas.storage import scrub
+
+        lines = str(err).strip().splitlines()
+        print(scrub(f"kdnas: error: storage failed: {lines[0] if lines else type(err).__name__}"), file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":  # pragma: no cover

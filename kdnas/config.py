@@ -79,8 +79,32 @@ class SearchConfig:
             report("timeout", f"`timeout > 0` must hold, but got timeout={self.timeout}")
 
 
+@dataclass(frozen=True)
+class ParallelConfig:
+    """How the workers of a study share it (see README, "Many workers")."""
+
+    workers: int = 1  # worker processes `kdnas search` starts on this machine (flag: --workers)
+    # RDB heartbeat (SQLite and PostgreSQL): a running trial writes one every `heartbeat_interval` seconds; a
+    # RUNNING trial silent for `grace_period` seconds lost its worker and is failed, then retried up to
+    # `max_retry` times. The grace period spans many intervals so that a busy machine is not taken for dead.
+    heartbeat_interval: int = 15
+    grace_period: int = 120
+    max_retry: int = 1  # a candidate that killed its worker twice (out of memory?) is not tried again
+
+    def check(self, report) -> None:
+        for key in ("workers", "heartbeat_interval"):
+            if getattr(self, key) < 1:
+                report(key, f"`{key} >= 1` must hold, but got {key}={getattr(self, key)}")
+        if self.grace_period < 2 * self.heartbeat_interval:
+            report("grace_period", f"`grace_period >= 2 * heartbeat_interval` must hold, but got "
+                   f"grace_period={self.grace_period}, heartbeat_interval={self.heartbeat_interval}")
+        if self.max_retry < 0:
+            report("max_retry", f"`max_retry >= 0` must hold, but got max_retry={self.max_retry}")
+
+
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+_URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 @dataclass(frozen=True)
@@ -97,10 +121,12 @@ class StudyConfig:
     student: StudentConfig = field(default_factory=StudentConfig)
     assistants: AssistantConfig = field(default_factory=AssistantConfig)
     latency: LatencySetting = field(default_factory=LatencySetting)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
     # Filled in by load_study, not read from the file:
     path: Path = field(default=Path("."), init=False, compare=False)
     space_obj: Optional[SearchSpace] = field(default=None, init=False, compare=False)
     teacher_spec: Optional[ArchSpec] = field(default=None, init=False, compare=False)
+    overrides: dict = field(default_factory=dict, init=False, compare=False)  # from flags; worker processes reload with them
 
     def check(self, report) -> None:
         if not _NAME.match(self.name):
@@ -108,6 +134,10 @@ class StudyConfig:
         for key in ("device",):
             if not _DEVICE.match(self.device):
                 report(key, f"expected cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.storage is not None and not _URL.match(self.storage):
+            shown = "***@" + self.storage.rsplit("@", 1)[1] if "@" in self.storage else self.storage  # may hold a password
+            report("storage", "expected a database URL such as sqlite:///path/study.db or "
+                   f"postgresql://user:password@host/db, got {shown!r}")
         if not _DEVICE.match(self.latency.device):
             report("latency.device", f"expected cpu, cuda, cuda:N or mps, got {self.latency.device!r}")
         if self.threads is not None and self.threads < 1:
@@ -149,9 +179,9 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     if not isinstance(raw, dict):
         problems.add("", f"expected a mapping of study settings, got {raw!r}")
         problems.raise_if_any()
-    for key, value in (overrides or {}).items():  # flags win over the file; `search` merges key by key
-        if key == "search" and isinstance(raw.get("search"), dict):
-            raw = {**raw, "search": {**raw["search"], **value}}
+    for key, value in (overrides or {}).items():  # flags win over the file; sections merge key by key
+        if isinstance(value, dict) and isinstance(raw.get(key), dict):
+            raw = {**raw, key: {**raw[key], **value}}
         else:
             raw = {**raw, key: value}
     cfg = parse_section(StudyConfig, raw, "", problems.add)
@@ -162,6 +192,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
             check_space(_relative(path, space), problems)
         problems.raise_if_any()
     object.__setattr__(cfg, "path", path)
+    object.__setattr__(cfg, "overrides", dict(overrides or {}))
     teacher_spec = check_spec(cfg.teacher.arch, problems.under("teacher.arch"))
     object.__setattr__(cfg, "teacher_spec", teacher_spec)
     if cfg.teacher.checkpoint is not None and not cfg.resolve(cfg.teacher.checkpoint).is_file():

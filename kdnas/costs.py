@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdnas.artifacts import atomic_write_bytes
+from kdnas.artifacts import atomic_write_bytes, file_lock
 from kdnas.models import ArchSpec, build, digest
 
 
@@ -112,6 +112,14 @@ class LatencyCache:
                 except (OSError, ValueError):
                     pass
         if key not in self._data:
-            self._data[key] = measure_latency(model, input_shape, setting)
-            atomic_write_bytes(self.path, json.dumps(self._data, indent=1).encode())
+            measured = measure_latency(model, input_shape, setting)
+            # Read-merge-write under a lock: concurrent workers each add their entries, none is lost.
+            with file_lock(self.path.with_name(self.path.name + ".lock")):
+                if self.path.is_file():
+                    try:
+                        self._data.update(json.loads(self.path.read_text()))
+                    except (OSError, ValueError):
+                        pass
+                self._data.setdefault(key, measured)
+                atomic_write_bytes(self.path, json.dumps(self._data, indent=1).encode())
         return self._data[key]

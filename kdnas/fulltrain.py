@@ -19,7 +19,7 @@ from typing import Any, Callable
 
 import torch
 
-from kdnas.artifacts import atomic_write_bytes, load_state_dict, save_state_dict
+from kdnas.artifacts import atomic_write_bytes, load_object, load_state_dict, save_object, save_state_dict
 from kdnas._schema import Collector, parse_section
 from kdnas.data import DataConfig, load_split
 from kdnas.teacher_logits import TeacherLogits
@@ -74,7 +74,7 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
     shape, classes = split.input_shape, split.num_classes
     state_dir = bundle / "train"
     state_path = state_dir / "state.pt"
-    resume = load_state_dict_any(state_path) if state_path.is_file() else None
+    resume = load_object(state_path) if state_path.is_file() else None
 
     teacher = build(make_spec(recipe["teacher"]["spec"], "recipe.json teacher.spec"), shape, classes).to(dev)
     teacher.load_state_dict(load_state_dict(bundle / recipe["teacher"]["weights"]))
@@ -100,7 +100,7 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
 
         def checkpoint(fit_state: dict) -> None:
             buf = {"stage": stage, "fit": fit_state}
-            save_any(state_path, buf)
+            save_object(state_path, buf)
             say(f"{stage}: epoch {fit_state['epoch']}/{train.epochs}, loss {fit_state['history'][-1]:.4f}")
 
         with guided_loss(method, model, guides, split.train, a_cfg["drop_rate"], seed) as (loss_fn, adapters):
@@ -144,18 +144,3 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
 def _logits(model, split, augment: bool) -> TeacherLogits:
     """A guide's logits per batch: one table in memory, or the model on each batch under augmentation."""
     return TeacherLogits(model) if augment else TeacherLogits(model, predict(model, split.train))
-
-
-def save_any(path: Path, obj: Any) -> None:
-    import io
-
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    atomic_write_bytes(path, buf.getvalue())
-
-
-def load_state_dict_any(path: Path) -> Any:
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        raise KdnasError(f"{path}: cannot load the training checkpoint safely ({err}); delete it to start over") from None

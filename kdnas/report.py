@@ -24,8 +24,16 @@ COLUMNS = [
 def trials_frame(study: optuna.Study) -> pd.DataFrame:
     """One row per trial; ``pareto`` marks the front over the study's own objectives."""
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    trials = study.get_trials(deepcopy=False)
+    # A dead worker's trial is retried as a new trial that records the original's number.
+    retried = {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
+    for t in trials:
         ua = t.user_attrs
+        reason = ua.get("fail_reason") or ua.get("prune_reason")
+        if t.state.name == "FAIL" and not reason:  # failed by Optuna's heartbeat check: no trace of its worker
+            reason = "its worker died or lost the storage (no heartbeat)"
+        if t.number in retried:
+            reason = f"{reason}; retried as trial {retried[t.number]}"
         cand = ua.get("candidate", {})
         rows.append({
             "number": t.number,
@@ -43,7 +51,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "duration_s": t.duration.total_seconds() if t.duration else None,
             "seed": ua.get("seed"),
             "pareto": False,
-            "reason": ua.get("fail_reason") or ua.get("prune_reason"),
+            "reason": reason,
             "architecture": json.dumps(cand.get("student")) if cand else None,
             "method_params": json.dumps(cand.get("method")) if cand else None,
             "chain_spec": json.dumps(cand.get("chain")) if cand else None,

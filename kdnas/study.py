@@ -20,13 +20,15 @@ from kdnas.distill import resolve_hyperparameters
 from kdnas.distill.chain import AssistantPool, Guide, guided_loss
 from kdnas.early_stop import checkpoint_hook
 from kdnas.errors import KdnasError, TrialFailure
+from kdnas.liveness import WorkerLock, mark, sweep
 from kdnas.models import ArchSpec, build, digest
 from kdnas.score import pareto_mask
 from kdnas.space import MethodSpec, screen
-from kdnas.storage import mask_url, open_storage
+from kdnas.storage import check_storage, is_local, mask_url, open_storage
 from kdnas.teacher import get_teacher
 from kdnas.teacher_logits import TeacherLogits, teacher_logits
 from kdnas.train import accuracy, fit
+from kdnas.workers import Tickets, optimize, run_pool, threads_per_worker
 
 log = logging.getLogger("kdnas")
 
@@ -63,10 +65,10 @@ class Runtime:
         return self._counts[spec]
 
 
-def prepare(cfg: StudyConfig) -> Runtime:
+def prepare(cfg: StudyConfig, threads: int | None = None) -> Runtime:
     device = resolve_device(cfg.device)
     resolve_device(cfg.latency.device)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    torch.set_num_threads(threads or cfg.threads or os.cpu_count() or 1)
     split = load_split(cfg.data, device, cfg.path)
     store = ArtifactStore(cfg.run_dir / "artifacts")
     latency = LatencyCache(cfg.run_dir / "latency_cache.json")
@@ -142,17 +144,30 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     return tuple(float(values[o]) for o in cfg.objectives)
 
 
-def make_objective(rt: Runtime) -> Callable[[optuna.Trial], tuple[float, ...]]:
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def make_objective(rt: Runtime, lock: WorkerLock | None = None) -> Callable[[optuna.Trial], tuple[float, ...]]:
     def objective(trial: optuna.Trial) -> tuple[float, ...]:
+        if lock is not None:
+            mark(trial, lock)  # first: who runs this trial, so that its worker's death can be told
         try:
             return run_trial(rt, trial)
         except TrialFailure as err:
             reason = err.reason
-        except torch.OutOfMemoryError:
-            reason = "out of memory"
+        except torch.OutOfMemoryError as err:
+            if rt.device.type == "cuda":
+                torch.cuda.empty_cache()  # give the next trial the memory this one held
+            reason = f"out of memory: {_first_line(err)}"
         except (RuntimeError, ValueError) as err:  # e.g. a candidate too deep for the input size
-            lines = str(err).strip().splitlines()
-            reason = f"{type(err).__name__}: {lines[0] if lines else ''}"
+            # PyTorch's CPU allocator reports a failed allocation as a plain RuntimeError.
+            oom = "can't allocate memory" in str(err) or "out of memory" in str(err)
+            reason = f"{'out of memory' if oom else type(err).__name__}: {_first_line(err)}"
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C, or its parent process ended)")
+            raise
         trial.set_user_attr("fail_reason", reason)
         raise TrialFailure(reason)
 
@@ -180,13 +195,16 @@ def open_study(cfg: StudyConfig, create: bool) -> optuna.Study:
     return study
 
 
-def make_sampler(cfg: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampler:
+def make_sampler(cfg: StudyConfig, n_existing: int, worker: int = 0) -> optuna.samplers.BaseSampler:
     # Offset the seed by the trials already stored: a resumed run with the same seed would otherwise replay
-    # the first run's random start-up samples and train the same candidates again.
-    seed = cfg.seed + n_existing
+    # the first run's random start-up samples and train the same candidates again. Likewise every worker
+    # needs a seed of its own.
+    seed = cfg.seed + n_existing if worker == 0 else int(digest([cfg.seed, n_existing, worker], 8), 16) % (2**31)
     if cfg.search.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed)
+    # The constant liar makes a worker's sampler count its peers' running trials as bad results, so that
+    # parallel workers do not all sample the same promising region; alone, it changes nothing.
+    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
 
 
 def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -201,34 +219,86 @@ def _print(line: str) -> None:
     print(line, flush=True)  # progress must show up live even when stdout is a file or a pipe
 
 
+def _finished(study: optuna.Study) -> int:
+    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+
+
 def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna.Study:
-    """Run ``cfg.search.trials`` more trials (or until the timeout) and return the study."""
-    t0 = time.perf_counter()
-    # The teacher comes first: a checkpoint that does not load must stop us before a study is created.
+    """Run ``cfg.search.trials`` more trials (or until the timeout) with ``cfg.parallel.workers`` worker
+    processes, and return the study."""
+    started = time.time()
+    # Before anything is written: an unreachable storage, then a teacher checkpoint that does not load.
+    check_storage(cfg)
     rt = prepare(cfg)
     study = open_study(cfg, create=True)
-    n_before = len(study.trials)
-    if n_before:
-        progress(f"resuming study {cfg.name!r}: {n_before} trials stored in {mask_url(cfg.storage_url())}")
-    else:
-        progress(f"new study {cfg.name!r} in {mask_url(cfg.storage_url())}")
-    ti = rt.teacher_info
-    progress(
-        f"teacher {cfg.teacher_spec.label()}: {ti['params']:,} params, val acc {ti['val_accuracy']:.1%}, "
-        f"{'trained in' if ti['trained_now'] else 'loaded in'} {ti['seconds']:.1f}s; its logits "
-        f"{'come from a per-study table' if ti['logits_cached'] else 'are computed per batch (random augmentation)'}"
-    )
-    study.set_user_attr("teacher", ti)
-    study.set_user_attr("data", {"dataset": cfg.data.dataset, **rt.split.sizes(), "fingerprint": rt.split.fingerprint,
-                                 "input_shape": list(rt.split.input_shape), "num_classes": rt.split.num_classes})
-    study.sampler = make_sampler(cfg, n_before)
+    lock = WorkerLock(cfg.run_dir)
+    try:
+        n_before = len(study.trials)
+        url = mask_url(cfg.storage_url())
+        progress(f"resuming study {cfg.name!r}: {n_before} trials stored in {url}" if n_before else
+                 f"new study {cfg.name!r} in {url}")
+        ti = rt.teacher_info
+        progress(
+            f"teacher {cfg.teacher_spec.label()}: {ti['params']:,} params, val acc {ti['val_accuracy']:.1%}, "
+            f"{'trained in' if ti['trained_now'] else 'loaded in'} {ti['seconds']:.1f}s; its logits "
+            f"{'come from a per-study table' if ti['logits_cached'] else 'are computed per batch (random augmentation)'}"
+        )
+        study.set_user_attr("teacher", ti)
+        study.set_user_attr("data", {"dataset": cfg.data.dataset, **rt.split.sizes(), "fingerprint": rt.split.fingerprint,
+                                     "input_shape": list(rt.split.input_shape), "num_classes": rt.split.num_classes})
+        for line in sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry):
+            progress(line)
+        n = min(cfg.parallel.workers, cfg.search.trials)
+        # The study's wall clock counts from the start of the command, teacher training included; a trial
+        # that is running when it ends finishes (no new one starts).
+        deadline = None if cfg.search.timeout is None else started + cfg.search.timeout
+        if deadline is not None and time.time() >= deadline:
+            progress(f"timeout of {cfg.search.timeout:g}s reached before the first trial started")
+            return study
+        finished = _finished(study)
+        if n == 1:
+            _run_trials(cfg, rt, study, lock, Tickets(cfg.search.trials, shared=False), deadline, finished, 0, progress, started)
+            return study
+        threads = threads_per_worker(cfg.threads, n)
+        progress(f"starting {n} workers with {threads} torch thread{'s' * (threads > 1)} each")
+        tickets = Tickets(cfg.search.trials, shared=True)
+
+        def on_exit(index: int, pid: int, code: int) -> None:
+            if code != 0:
+                progress(f"worker {index} (pid {pid}) ended with exit code {code}")
+            for line in sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry):
+                progress(line)
+
+        overrides = {**cfg.overrides, "parallel": {**cfg.overrides.get("parallel", {}), "workers": n}}
+        run_pool(n, lambda i: (i, str(cfg.path), overrides, tickets, deadline, threads, finished, started), on_exit)
+    finally:
+        lock.close()
+    return study
+
+
+def run_worker(cfg: StudyConfig, index: int, tickets: Tickets, deadline: float | None, threads: int,
+               finished: int, started: float) -> None:
+    """One worker process of ``kdnas search --workers N``: it loads what the parent prepared and runs trials."""
+    rt = prepare(cfg, threads)
+    study = open_study(cfg, create=False)
+    lock = WorkerLock(cfg.run_dir)
+    try:
+        _run_trials(cfg, rt, study, lock, tickets, deadline, finished, index, _print, started, prefix=f"w{index} ")
+    finally:
+        lock.close()
+
+
+def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: WorkerLock, tickets: Tickets,
+                deadline: float | None, finished: int, index: int, progress: Callable[[str], None], started: float,
+                prefix: str = "") -> None:
+    study.sampler = make_sampler(cfg, len(study.trials), index)
     study.pruner = cfg.search.early_stopping.pruner()  # used by single-objective studies only
     n_new = cfg.search.trials
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = len(study.trials) - n_before
-        elapsed = time.perf_counter() - t0
-        head = f"[{done:>3}/{n_new} {elapsed:6.1f}s] trial {trial.number:>3}"
+        done = _finished(study) - finished
+        elapsed = time.time() - started
+        head = f"{prefix}[{done:>3}/{n_new} {elapsed:6.1f}s] trial {trial.number:>3}"
         if trial.state == optuna.trial.TrialState.COMPLETE:
             ua = trial.user_attrs
             front = front_trials(study)
@@ -239,15 +309,9 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
             reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason", "")
             progress(f"{head} {trial.state.name}: {reason}")
 
+    def before_trial() -> None:
+        for line in sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry):
+            progress(prefix + line)
+
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's per-trial logs
-    timeout = cfg.search.timeout
-    if timeout is not None:
-        # The study's wall clock counts from the start of the command, teacher training included; a trial
-        # that is running when it ends finishes (Optuna only stops starting new ones).
-        timeout -= time.perf_counter() - t0
-        if timeout <= 0:
-            progress(f"timeout of {cfg.search.timeout:g}s reached before the first trial started")
-            return study
-    study.optimize(make_objective(rt), n_trials=n_new, timeout=timeout,
-                   catch=(TrialFailure,), callbacks=[on_trial], gc_after_trial=False)
-    return study
+    optimize(study, make_objective(rt, lock), tickets, deadline, on_trial, before_trial)

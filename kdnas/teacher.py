@@ -9,7 +9,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kdnas.artifacts import ArtifactStore, load_state_dict
+from kdnas.artifacts import ArtifactStore, file_lock, load_state_dict
 from kdnas.config import StudyConfig
 from kdnas.data import DataSplit
 from kdnas.errors import KdnasError, TrialFailure
@@ -51,7 +51,9 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            # The first line only says "Error(s) in loading state_dict"; the second names a mismatch.
+            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+            first = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
             raise KdnasError(
                 f"{cfg.path}: teacher.checkpoint: {path} does not match teacher.arch "
                 f"{cfg.teacher_spec.label()} for input {split.input_shape} and {split.num_classes} classes ({first})"
@@ -62,19 +64,20 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
     else:
         key = teacher_key(cfg, split)
         source = {"cache_key": key}
-        if store.has("teachers", key):
-            model.load_state_dict(store.get_state_dict("teachers", key))
-            trained = False
-        else:
-            log.info("training teacher %s (%d epochs) ...", cfg.teacher_spec.label(), cfg.teacher.train.epochs)
-            model.to(device)
-            try:
-                fit(model, split.train, cfg.teacher.train,
-                    lambda logits, batch: F.cross_entropy(logits, batch.y), cfg.teacher.seed)
-            except TrialFailure as err:
-                raise KdnasError(f"{cfg.path}: teacher.train: teacher training failed: {err.reason}") from None
-            store.put_state_dict("teachers", key, model.state_dict())
-            trained = True
+        # Locked: `kdnas search` processes started together (on machines sharing the run folder) train it once.
+        with file_lock(store.root / "locks" / f"teacher-{key}.lock"):
+            trained = not store.has("teachers", key)
+            if not trained:
+                model.load_state_dict(store.get_state_dict("teachers", key))
+            else:
+                log.info("training teacher %s (%d epochs) ...", cfg.teacher_spec.label(), cfg.teacher.train.epochs)
+                model.to(device)
+                try:
+                    fit(model, split.train, cfg.teacher.train,
+                        lambda logits, batch: F.cross_entropy(logits, batch.y), cfg.teacher.seed)
+                except TrialFailure as err:
+                    raise KdnasError(f"{cfg.path}: teacher.train: teacher training failed: {err.reason}") from None
+                store.put_state_dict("teachers", key, model.state_dict())
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -20,13 +20,12 @@ import logging
 import os
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
 
-from kdnas.artifacts import ArtifactStore
+from kdnas.artifacts import ArtifactStore, file_lock
 from kdnas.data import BatchSource, DataSplit
 from kdnas.teacher_logits import teacher_logits
 from kdnas.distill import METHODS, make_loss
@@ -82,22 +81,6 @@ def guided_loss(method: MethodSpec, student: nn.Module, guides: list[Guide], tra
         yield loss_fn, adapters
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows: no cross-process lock, at worst an assistant trains twice
-        yield
-        return
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 class AssistantPool:
     """Gets each assistant of a chain: from memory, from the store, or by training it (once)."""
 
@@ -136,7 +119,7 @@ class AssistantPool:
         if key in self._guides:
             return self._guides[key], False
         trained_now = False
-        with _file_lock(self.store.root / "locks" / f"{key}.lock"):
+        with file_lock(self.store.root / "locks" / f"{key}.lock"):
             torch.manual_seed(self.seed)  # before build: the initial weights are part of what the seed fixes
             model = build(spec, self.split.input_shape, self.split.num_classes).to(self.device)
             if self.store.has_pair("assistants", key):

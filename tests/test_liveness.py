@@ -1,0 +1,116 @@
+"""Dead workers are told from live ones exactly (a lock the kernel drops), and their trials are failed and retried."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+
+from kdnas.liveness import WORKER_ATTR, WorkerLock, is_alive, live_workers, sweep
+from kdnas.workers import Tickets
+from tests._util import REPO
+
+HOLD_LOCK = "import sys, time; from kdnas.liveness import WorkerLock; l = WorkerLock(sys.argv[1]); print(l.path, flush=True); time.sleep(60)"
+
+
+def _locked_by_child(run_dir: Path) -> tuple[subprocess.Popen, str]:
+    child = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(run_dir)], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "PYTHONPATH": str(REPO)})
+    return child, child.stdout.readline().strip()
+
+
+def test_a_killed_process_releases_its_lock(tmp_path: Path) -> None:
+    child, path = _locked_by_child(tmp_path)
+    try:
+        assert is_alive(path) and live_workers(tmp_path) == [path]
+    finally:
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+    assert not is_alive(path), "SIGKILL must release the lock: the kernel drops it with the process"
+    assert not Path(path).exists(), "a dead worker's lock file is tidied away"
+    assert live_workers(tmp_path) == []
+
+    mine = WorkerLock(tmp_path)
+    assert is_alive(str(mine.path)) and live_workers(tmp_path, mine) == []
+    mine.close()
+    assert not is_alive(str(mine.path))
+
+
+def _running_trial(study: optuna.Study, worker: dict | None) -> optuna.trial.FrozenTrial:
+    trial = study.ask({"x": FloatDistribution(0, 1)})
+    trial.set_user_attr("params", 123)
+    if worker is not None:
+        study._storage.set_trial_system_attr(trial._trial_id, WORKER_ATTR, worker)
+    return study._storage.get_trial(trial._trial_id)
+
+
+def test_sweep_fails_and_retries_only_the_trials_of_dead_workers(tmp_path: Path) -> None:
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", directions=["maximize"])
+    done = study.ask({"x": FloatDistribution(0, 1)})
+    study.tell(done, 0.5)
+    child, dead_lock = _locked_by_child(tmp_path)
+    live_child, live_lock = _locked_by_child(tmp_path)
+    try:
+        host = WorkerLock(tmp_path)  # the sweeping process itself
+        dead = _running_trial(study, {"host": host.identity["host"], "pid": child.pid, "lock": dead_lock})
+        alive = _running_trial(study, {"host": host.identity["host"], "pid": live_child.pid, "lock": live_lock})
+        remote = _running_trial(study, {"host": "another-machine", "pid": 1, "lock": "/nonexistent.lock"})
+        unmarked = _running_trial(study, None)
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+
+        lines = sweep(study, tmp_path, local_storage=True, mine=host, max_retry=1)
+        states = {t.number: t for t in study.get_trials()}
+        assert states[dead.number].state == TrialState.FAIL
+        assert states[dead.number].user_attrs["fail_reason"] == f"worker died during the trial (pid {child.pid} on {host.identity['host']})"
+        assert states[alive.number].state == TrialState.RUNNING, "a live worker's trial is left alone"
+        assert states[remote.number].state == TrialState.RUNNING, "another machine's trial is the heartbeat's to judge"
+        assert states[unmarked.number].state == TrialState.RUNNING, "a worker is alive here: an unmarked trial may be its"
+        assert states[done.number].state == TrialState.COMPLETE and states[done.number].values == [0.5]
+        (retry,) = [t for t in states.values() if t.state == TrialState.WAITING]
+        assert retry.params == states[dead.number].params and retry.user_attrs == {}, "same candidate, no old results"
+        assert retry.system_attrs["failed_trial"] == dead.number
+        assert lines == [f"trial {dead.number:>3} FAIL: {states[dead.number].user_attrs['fail_reason']}; retried as trial {retry.number}"]
+
+        # The live worker ends too: now the unmarked trial has no possible owner and is failed; the retry
+        # budget of a retried trial is spent, so its second death is final.
+        live_child.send_signal(signal.SIGKILL)
+        live_child.wait()
+        assert len(sweep(study, tmp_path, local_storage=True, mine=host, max_retry=1)) == 2
+        states = {t.number: t for t in study.get_trials()}
+        assert states[unmarked.number].state == TrialState.FAIL
+        assert states[unmarked.number].user_attrs["fail_reason"] == "worker died before the trial started"
+        assert sweep(study, tmp_path, local_storage=True, mine=host, max_retry=1) == [], "nothing left to sweep"
+        host.close()
+    finally:
+        for c in (child, live_child):
+            c.kill()
+            c.wait()
+
+
+def _take_all(tickets: Tickets, out) -> None:
+    n = 0
+    while tickets.take():
+        n += 1
+    out.put(n)
+
+
+def test_tickets_are_shared_exactly_between_processes() -> None:
+    ctx = mp.get_context("spawn")
+    tickets, out = Tickets(200, shared=True), ctx.Queue()
+    procs = [ctx.Process(target=_take_all, args=(tickets, out)) for _ in range(3)]
+    for p in procs:
+        p.start()
+    taken = [out.get(timeout=60) for _ in procs]
+    for p in procs:
+        p.join()
+    assert sum(taken) == 200
+    local = Tickets(2, shared=False)
+    assert [local.take() for _ in range(3)] == [True, True, False]
