@@ -127,7 +127,7 @@ def fast_layout(module: nn.Module, device: torch.device) -> Iterator[torch.memor
     """Run ``module`` in the memory layout that is fastest on ``device``; yield it for the inputs.
 
     On CPU, oneDNN's convolutions and BatchNorm mostly run faster on channels-last (NHWC) tensors: up to
-    1.5x for a training step and 1.4x for inference, a few percent slower in the odd case
+    1.7x for a training step and 1.9x for inference, at worst 7% slower in a noisy measurement
     (benchmarks/channels_last.py, benchmarks/README.md). On CUDA in float32 the gain depends on cuDNN and
     was not measured, so the layout stays as it is there. The module leaves in the usual layout: latency measurement, export and users see
     no difference. Not inside ``inference_mode``: parameters converted there could not train again.
