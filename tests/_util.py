@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
+from typing import Iterator
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,3 +42,15 @@ def write_tiny_study(folder: Path, teacher_width: float = 0.5, teacher_epochs: i
     study = folder / "study.yaml"
     study.write_text(TINY_STUDY.format(teacher_width=teacher_width, teacher_epochs=teacher_epochs) + extra)
     return study
+
+
+
+@contextlib.contextmanager
+def working_dir(folder: Path) -> Iterator[Path]:
+    """Run in ``folder`` (runs/ and reports/ land there), for module-scoped fixtures that monkeypatch cannot serve."""
+    old = os.getcwd()
+    os.chdir(folder)
+    try:
+        yield folder
+    finally:
+        os.chdir(old)

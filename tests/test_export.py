@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import optuna
@@ -14,20 +13,16 @@ from kdnas import load_student
 from kdnas.cli import main
 from kdnas.errors import KdnasError
 from kdnas.export import parse_pick, pick_trial
-from tests._util import write_tiny_study
+from tests._util import working_dir, write_tiny_study
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A finished 4-trial tiny study (module-scoped: searched once for every test here)."""
     folder = tmp_path_factory.mktemp("export")
-    old = os.getcwd()
-    os.chdir(folder)
-    try:
+    with working_dir(folder):
         study = write_tiny_study(folder)
         assert main(["search", str(study), "--trials", "4"]) == 0
-    finally:
-        os.chdir(old)
     return folder
 
 

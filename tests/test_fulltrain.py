@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import torch
 
 from kdnas import load_student
 from kdnas.cli import main
-from tests._util import write_tiny_study
+from tests._util import working_dir, write_tiny_study
 
 SPACE = """\
 students:
@@ -35,9 +34,7 @@ chain:
 def bundle(tmp_path_factory) -> Path:
     """A bundle of a trial taught through one assistant, from a 1-epoch search."""
     folder = tmp_path_factory.mktemp("fulltrain")
-    old = os.getcwd()
-    os.chdir(folder)
-    try:
+    with working_dir(folder):
         study_file = write_tiny_study(folder, teacher_width=1.0, extra="assistants:\n  train: {epochs: 1}\n")
         (folder / "space.yaml").write_text(SPACE)
         (folder / "runs/tiny").mkdir(parents=True)
@@ -46,8 +43,6 @@ def bundle(tmp_path_factory) -> Path:
         study.enqueue_trial({"chain.length": 1})
         assert main(["search", str(study_file), "--trials", "1"]) == 0
         assert main(["export", str(study_file), "--trial", "0", "--out", str(folder / "bundle")]) == 0
-    finally:
-        os.chdir(old)
     return folder / "bundle"
 
 
