@@ -43,6 +43,9 @@ class Tickets:
         self._value = mp.get_context("spawn").Value("i", n) if shared else None
         self._n = n
 
+    def left(self) -> int:
+        return self._n if self._value is None else self._value.value
+
     def take(self) -> bool:
         if self._value is None:
             ok, self._n = self._n > 0, max(0, self._n - 1)
