@@ -13,6 +13,7 @@ from __future__ import annotations
 import _thread
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
@@ -101,7 +102,7 @@ def run_pool(n: int, args: Callable[[int], tuple], on_exit: Callable[[int, int, 
     except KeyboardInterrupt:
         for p in procs:
             if p.is_alive():
-                os.kill(p.pid, 2)  # SIGINT: the worker fails its running trial as "interrupted" and exits
+                os.kill(p.pid, signal.SIGINT)  # the worker fails its running trial as "interrupted" and exits
         end = time.time() + STOP_GRACE_S
         for i, p in enumerate(procs):
             p.join(max(0.0, end - time.time()))
