@@ -111,19 +111,20 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
                                       grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
 
 
-def check_storage(cfg: "StudyConfig") -> None:
+def check_storage(cfg: "StudyConfig") -> optuna.storages.RDBStorage | None:
     """Fail early, before anything is written, when the storage cannot be used: a remote database is
-    connected to (and its tables created); for SQLite, its folder must be creatable."""
+    connected to (and its tables created; the storage is returned for reuse); for SQLite, its folder must
+    be creatable (and nothing is returned: the database file is created only when the study is)."""
     url = cfg.storage_url()
     db = sqlite_path(url)
     if db is None:
-        open_storage(cfg, create=True)
-        return
+        return open_storage(cfg, create=True)
     folder = db.parent.absolute()
     while not folder.exists():
         folder = folder.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
         raise KdnasError(f"cannot open storage {mask_url(url)}: {folder} is not a writable folder")
+    return None
 
 
 def open_storage(cfg: "StudyConfig", create: bool) -> optuna.storages.RDBStorage:

@@ -174,9 +174,9 @@ def make_objective(rt: Runtime, lock: WorkerLock | None = None) -> Callable[[opt
     return objective
 
 
-def open_study(cfg: StudyConfig, create: bool) -> optuna.Study:
+def open_study(cfg: StudyConfig, create: bool, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
     """Open the study in its storage; with ``create``, create it (or resume it when it exists)."""
-    storage = open_storage(cfg, create=create)
+    storage = storage or open_storage(cfg, create=create)
     directions = [DIRECTIONS[o] for o in cfg.objectives]
     if not create:
         try:
@@ -228,9 +228,9 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
     processes, and return the study."""
     started = time.time()
     # Before anything is written: an unreachable storage, then a teacher checkpoint that does not load.
-    check_storage(cfg)
+    storage = check_storage(cfg)
     rt = prepare(cfg)
-    study = open_study(cfg, create=True)
+    study = open_study(cfg, create=True, storage=storage)
     lock = WorkerLock(cfg.run_dir)
     try:
         n_before = len(study.trials)
@@ -279,6 +279,8 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
 def run_worker(cfg: StudyConfig, index: int, tickets: Tickets, deadline: float | None, threads: int,
                finished: int, started: float) -> None:
     """One worker process of ``kdnas search --workers N``: it loads what the parent prepared and runs trials."""
+    if not tickets.left():  # its peers, started sooner, took every trial
+        return
     rt = prepare(cfg, threads)
     study = open_study(cfg, create=False)
     lock = WorkerLock(cfg.run_dir)

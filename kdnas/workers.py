@@ -13,6 +13,7 @@ from __future__ import annotations
 import _thread
 import multiprocessing as mp
 import os
+import signal
 import sys
 import threading
 import time
@@ -42,6 +43,9 @@ class Tickets:
     def __init__(self, n: int, shared: bool):
         self._value = mp.get_context("spawn").Value("i", n) if shared else None
         self._n = n
+
+    def left(self) -> int:
+        return self._n if self._value is None else self._value.value
 
     def take(self) -> bool:
         if self._value is None:
@@ -98,7 +102,7 @@ def run_pool(n: int, args: Callable[[int], tuple], on_exit: Callable[[int, int, 
     except KeyboardInterrupt:
         for p in procs:
             if p.is_alive():
-                os.kill(p.pid, 2)  # SIGINT: the worker fails its running trial as "interrupted" and exits
+                os.kill(p.pid, signal.SIGINT)  # the worker fails its running trial as "interrupted" and exits
         end = time.time() + STOP_GRACE_S
         for i, p in enumerate(procs):
             p.join(max(0.0, end - time.time()))

@@ -23,7 +23,7 @@ from kdnas.data import TensorSource
 from kdnas.distill import METHODS, Method
 from kdnas.distill._base import alpha
 from kdnas.errors import TrialFailure
-from kdnas.models import FAMILIES, ModelFamily
+from kdnas.models import FAMILIES, ModelFamily, build, make_spec
 from kdnas.models._base import StagedNet
 from kdnas.train import TrainRecipe, fit
 from tests._util import TINY_SPACE
@@ -97,6 +97,10 @@ CASES = {
 def test_failing_trials_are_recorded_and_reported(case: str, faulty, tiny_study: Path, tmp_path: Path, capsys) -> None:
     space, reason = CASES[case]
     (tmp_path / "space.yaml").write_text(space)
+    # These students never learn from the teacher: an untrained one from a checkpoint saves training it.
+    torch.save(build(make_spec({"family": "resnet_cifar", "depth": 8, "width": 0.5}), (1, 8, 8), 10).state_dict(),
+               tmp_path / "teacher.pt")
+    tiny_study.write_text(tiny_study.read_text().replace("  train: {epochs: 2, lr: 0.1}", "  checkpoint: teacher.pt"))
     assert main(["search", str(tiny_study), "--trials", "2"]) == 1  # no trial completed
     out = capsys.readouterr().out
     trials = optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db").trials

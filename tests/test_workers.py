@@ -31,18 +31,19 @@ def completed(trials: list[optuna.trial.FrozenTrial]) -> dict[int, list[float]]:
 
 
 def test_two_workers_run_exactly_the_requested_trials(tiny_study: Path, tmp_path: Path, capfd) -> None:
-    assert main(["search", str(tiny_study), "--workers", "2", "--trials", "4"]) == 0
+    assert main(["search", str(tiny_study), "--workers", "2", "--trials", "3"]) == 0
     out = capfd.readouterr().out  # capfd: the workers are other processes, writing to the same stdout
     assert "starting 2 workers with 1 torch thread each" in out
     assert out.count("trained in") == 1, "the parent trains the teacher once, before the workers start"
     trials = stored(tmp_path)
-    assert sorted(t.number for t in trials) == [0, 1, 2, 3], "exactly the requested trials, no duplicates, none lost"
+    assert sorted(t.number for t in trials) == [0, 1, 2], "exactly the requested trials, no duplicates, none lost"
     assert all(t.state == TrialState.COMPLETE for t in trials)
     workers = {t.system_attrs["kdnas:worker"]["pid"] for t in trials}
-    assert len(workers) == 2 and os.getpid() not in workers, "both worker processes ran trials"
-    assert {f"w{i} [" for i in (0, 1)} <= {line[:4] for line in out.splitlines()}
-    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4, "each worker samples with its own seed"
-    assert len(pd.read_csv(tmp_path / "reports/tiny/trials.csv")) == 4
+    # Which worker takes which ticket is a race (the first one ready may take all three).
+    assert 1 <= len(workers) <= 2 and os.getpid() not in workers, "the worker processes ran the trials"
+    assert sum(line[:4] in ("w0 [", "w1 [") for line in out.splitlines()) == 3
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 3, "each worker samples with its own seed"
+    assert len(pd.read_csv(tmp_path / "reports/tiny/trials.csv")) == 3
     assert len(list((tmp_path / "runs/tiny/artifacts/teachers").glob("*.pt"))) == 1
     assert list((tmp_path / "runs/tiny/workers").iterdir()) == [], "workers remove their lock files when they end"
 
@@ -96,8 +97,8 @@ def check_resumed(before: dict[int, list[float]], after: list[optuna.trial.Froze
 
 
 def _slower(study: Path) -> None:
-    # Trials long enough (several seconds) that the kill lands inside one.
-    study.write_text(study.read_text().replace("train: {epochs: 1, lr: 0.1}", "train: {epochs: 4, lr: 0.1}"))
+    # Trials long enough (a few seconds) that the kill lands inside one.
+    study.write_text(study.read_text().replace("train: {epochs: 1, lr: 0.1}", "train: {epochs: 3, lr: 0.1}"))
 
 
 def test_sigkill_during_a_trial_then_resume(tiny_study: Path, tmp_path: Path, capsys) -> None:
