@@ -264,7 +264,7 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
         tickets = Tickets(cfg.search.trials, shared=True)
 
         def on_exit(index: int, pid: int, code: int) -> None:
-            if code != 0:
+            if code not in (0, 130):  # 130: interrupted, like this command
                 progress(f"worker {index} (pid {pid}) ended with exit code {code}")
             for line in sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry):
                 progress(line)

@@ -143,8 +143,20 @@ def worker_main(index: int, study_file: str, overrides: dict[str, Any], tickets:
     except KdnasError as err:
         print(scrub(f"kdnas: worker {index}: error: {err}"), file=sys.stderr, flush=True)
         sys.exit(2)
-    except Exception:
+    except Exception as err:
+        if _interrupted(err):  # Ctrl-C inside Optuna's bookkeeping can surface as another error
+            sys.exit(130)
         import traceback
 
         print(scrub(f"kdnas: worker {index} crashed:\n{traceback.format_exc()}"), file=sys.stderr, flush=True)
         sys.exit(1)
+
+
+def _interrupted(err: BaseException | None) -> bool:
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return True
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return False

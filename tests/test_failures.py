@@ -1,8 +1,9 @@
 """Trials that cannot finish end FAILED with their reason, shown in the report; the study goes on.
 
-Three real failures, each from a tiny test-only extension registered for the test: a loss that is infinite,
-a network whose forward asks PyTorch's CPU allocator for an impossible buffer (a real allocation failure,
-as an out-of-memory candidate produces), and a network too deep for 8x8 inputs (a real shape error).
+Real failures, each from a tiny test-only extension registered for the test: a loss that is infinite, a
+network whose forward asks PyTorch's CPU allocator for an impossible buffer (a real allocation failure, as an
+out-of-memory candidate produces), and a network too deep for 8x8 inputs (a real shape error). CUDA's
+``torch.OutOfMemoryError`` is raised by hand: there is no GPU to exhaust.
 """
 
 from __future__ import annotations
@@ -35,13 +36,21 @@ class FaultyParams:
     depth: int = 5
 
     def check(self, report) -> None:
-        if self.fault not in ("oom", "deep"):
-            report("fault", f"expected 'oom' or 'deep', got {self.fault!r}")
+        if self.fault not in ("oom", "cuda_oom", "deep"):
+            report("fault", f"expected 'oom', 'cuda_oom' or 'deep', got {self.fault!r}")
 
 
 class _Allocates(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         torch.empty(2**62, dtype=torch.uint8, device=x.device)  # 4 EiB: no allocator can; meta tensors need none
+        return x
+
+
+class _CudaOOM(nn.Module):
+    # No GPU here: the error the CUDA allocator raises, raised by hand (the one simulated failure).
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.device.type != "meta":
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return x
 
 
@@ -51,8 +60,9 @@ class FaultyFamily(ModelFamily):
 
     def build(self, params: FaultyParams, input_shape, num_classes) -> StagedNet:
         c = input_shape[0]
-        if params.fault == "oom":
-            return StagedNet(nn.Conv2d(c, 4, 3, padding=1), [_Allocates()], nn.Linear(4, num_classes))
+        if params.fault in ("oom", "cuda_oom"):
+            fault = _Allocates() if params.fault == "oom" else _CudaOOM()
+            return StagedNet(nn.Conv2d(c, 4, 3, padding=1), [fault], nn.Linear(4, num_classes))
         # Unpadded 3x3 convolutions: each takes 2 pixels off the side, 8 -> 6 -> 4 -> 2 -> 0.
         convs = [nn.Conv2d(c if i == 0 else 4, 4, 3) for i in range(params.depth)]
         return StagedNet(convs[0], convs[1:], nn.Linear(4, num_classes))
@@ -88,6 +98,8 @@ CASES = {
         "training loss became inf in epoch 1/1"),
     "out of memory": ("students:\n  faulty: {fault: oom}\nmethods:\n  none: {}\n",
                       "out of memory: [enforce fail at alloc_cpu.cpp"),
+    "cuda out of memory": ("students:\n  faulty: {fault: cuda_oom}\nmethods:\n  none: {}\n",
+                           "out of memory: CUDA out of memory. Tried to allocate 2.00 GiB"),
     "too deep for the input": ("students:\n  faulty: {fault: deep, depth: 5}\nmethods:\n  none: {}\n",
                                "RuntimeError: Calculated padded input size per channel: (2 x 2). Kernel size: (3 x 3)"),
 }

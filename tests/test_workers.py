@@ -30,6 +30,7 @@ def completed(trials: list[optuna.trial.FrozenTrial]) -> dict[int, list[float]]:
     return {t.number: t.values for t in trials if t.state == TrialState.COMPLETE}
 
 
+@pytest.mark.slow  # the default suite runs two workers in test_sigkill_during_a_trial_then_resume_with_two_workers
 def test_two_workers_run_exactly_the_requested_trials(tiny_study: Path, tmp_path: Path, capfd) -> None:
     assert main(["search", str(tiny_study), "--workers", "2", "--trials", "3"]) == 0
     out = capfd.readouterr().out  # capfd: the workers are other processes, writing to the same stdout
@@ -101,22 +102,26 @@ def _slower(study: Path) -> None:
     study.write_text(study.read_text().replace("train: {epochs: 1, lr: 0.1}", "train: {epochs: 3, lr: 0.1}"))
 
 
-def test_sigkill_during_a_trial_then_resume(tiny_study: Path, tmp_path: Path, capsys) -> None:
+def test_sigkill_during_a_trial_then_resume_with_two_workers(tiny_study: Path, tmp_path: Path, capfd) -> None:
     _slower(tiny_study)
     assert kill_during_a_trial(tiny_study, tmp_path, trials=3, min_done=1) == -signal.SIGKILL
     before = completed(stored(tmp_path))
     killed = [t.number for t in stored(tmp_path) if t.state == TrialState.RUNNING]
     assert len(before) >= 1 and len(killed) == 1
 
-    assert main(["search", str(tiny_study), "--trials", "1"]) == 0
-    out = capsys.readouterr().out
+    # Resume, with two workers this time: the same study file, the same storage.
+    assert main(["search", str(tiny_study), "--trials", "2", "--workers", "2"]) == 0
+    out = capfd.readouterr().out  # capfd: the workers are other processes, writing to the same stdout
     after = stored(tmp_path)
     check_resumed(before, after)
     dead = next(t for t in after if t.number == killed[0])
     assert dead.state == TrialState.FAIL and "worker died" in out
     retry = next(t for t in after if t.system_attrs.get("failed_trial") == dead.number)
     assert retry.state == TrialState.COMPLETE and retry.params == dead.params, "the killed candidate is retried"
-    assert len(completed(after)) == len(before) + 1
+    assert sorted(t.number for t in after) == list(range(len(after))), "no duplicates, no gaps"
+    assert len(completed(after)) == len(before) + 2, "exactly the requested trials (the retry among them)"
+    assert {t.system_attrs["kdnas:worker"]["pid"] for t in after if t.number > dead.number} & {os.getpid()} == set()
+    assert "starting 2 workers" in out and sum(line[:4] in ("w0 [", "w1 [") for line in out.splitlines()) == 2
     report = pd.read_csv(tmp_path / "reports/tiny/trials.csv").set_index("number")
     assert report.loc[dead.number, "reason"].startswith("worker died during the trial (pid ")
     assert report.loc[dead.number, "reason"].endswith(f"; retried as trial {retry.number}")
