@@ -87,6 +87,21 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    import json
+
+    from kdnas.costs._profile import check_setting, format_profile, load_arch, parse_input_shape, profile
+
+    spec = load_arch(Path(args.arch))
+    shape = parse_input_shape(args.input)
+    flags = {"device": args.device, "batch_size": args.batch_size, "threads": args.threads, "dtype": args.dtype,
+             "min_seconds": args.min_seconds, "max_seconds": args.max_seconds}
+    setting = None if args.no_latency else check_setting({k: v for k, v in flags.items() if v is not None}, "kdnas profile")
+    result = profile(spec, shape, args.classes, args.counter, setting)
+    print(json.dumps(result, indent=1) if args.json else format_profile(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kdnas", description="Search small, fast students by knowledge distillation.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -112,6 +127,21 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--force", action="store_true", help="replace a non-empty --out")
     sp.add_argument("--storage", help="Optuna storage URL")
     add("validate", cmd_validate, "check a study file and its search space; run nothing")
+    sp = sub.add_parser("profile", help="print params, MACs, FLOPs and latency of one architecture",
+                        description="print params, MACs, FLOPs and latency of one architecture")
+    sp.set_defaults(func=cmd_profile)
+    sp.add_argument("arch", help="architecture file (YAML), e.g. {family: resnet_cifar, depth: 20}")
+    sp.add_argument("--input", required=True, help="input shape C,H,W, e.g. 3,32,32")
+    sp.add_argument("--classes", type=int, required=True, help="number of classes")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument("--counter", default="flop_counter", help="MAC counter: flop_counter (default), fvcore, thop")
+    sp.add_argument("--device", help="latency device: cpu (default), cuda, cuda:N, mps")
+    sp.add_argument("--batch-size", type=int, help="latency batch size (default 1)")
+    sp.add_argument("--threads", type=int, help="latency threads (default 1)")
+    sp.add_argument("--dtype", help="latency dtype: float32 (default), float16, bfloat16")
+    sp.add_argument("--min-seconds", type=float, help="measure latency at least this long (default 0.5)")
+    sp.add_argument("--max-seconds", type=float, help="and at most this long (default 10)")
+    sp.add_argument("--no-latency", action="store_true", help="count only; do not measure latency")
     return p
 
 

@@ -12,13 +12,14 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from kdnas._schema import Collector, is_missing, load_yaml, parse_section
-from kdnas.costs import LatencySetting
+from kdnas.costs import DEVICE, CostsConfig
 from kdnas.data import DATASETS
 from kdnas.models import ArchSpec, check_spec
+from kdnas.score import METRIC_NAMES, ScoreConfig
 from kdnas.space import SearchSpace, check_space
 from kdnas.train import TrainRecipe
 
-OBJECTIVES = ("accuracy", "params", "macs", "latency")
+OBJECTIVES = tuple(METRIC_NAMES)  # accuracy, params, macs, latency
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ class SearchConfig:
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+_DEVICE = DEVICE
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,8 @@ class StudyConfig:
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "params", "latency"])
     data: DataConfig = field(default_factory=DataConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
-    latency: LatencySetting = field(default_factory=LatencySetting)
+    costs: CostsConfig = field(default_factory=CostsConfig)  # how MACs are counted, where latency is measured
+    score: ScoreConfig = field(default_factory=ScoreConfig)  # pareto or one combined score; hard limits
     # Filled in by load_study, not read from the file:
     path: Path = field(default=Path("."), init=False, compare=False)
     space_obj: Optional[SearchSpace] = field(default=None, init=False, compare=False)
@@ -96,8 +98,6 @@ class StudyConfig:
         for key in ("device",):
             if not _DEVICE.match(self.device):
                 report(key, f"expected cpu, cuda, cuda:N or mps, got {self.device!r}")
-        if not _DEVICE.match(self.latency.device):
-            report("latency.device", f"expected cpu, cuda, cuda:N or mps, got {self.latency.device!r}")
         if self.threads is not None and self.threads < 1:
             report("threads", f"`threads >= 1` must hold, but got threads={self.threads}")
         for i, obj in enumerate(self.objectives):

@@ -59,8 +59,8 @@ def export_trial(cfg: StudyConfig, study: optuna.Study, number: int, out: Path, 
         "seed": ua.get("seed"),
         "brief_result": {"val_accuracy": ua.get("val_accuracy"), "test_accuracy": ua.get("test_accuracy")},
     }
-    costs = {"params": ua.get("params"), "macs": ua.get("macs"), "latency_ms": ua.get("latency_ms"),
-             "latency_iqr_ms": ua.get("latency_iqr_ms"), "latency_setting": vars(cfg.latency)}
+    costs = {k: v for k, v in ua.items() if k in ("params", "macs", "score") or k.startswith("latency_")}
+    costs.update(counter=cfg.costs.counter, latency_setting=cfg.costs.latency.identity())
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
     try:

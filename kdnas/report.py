@@ -1,4 +1,4 @@
-"""Study -> DataFrame -> trials.csv, pareto.png, summary.md. Reads only the storage."""
+"""Study -> DataFrame -> trials.csv, pareto.png, hypervolume.png, summary.md. Reads only the storage."""
 
 from __future__ import annotations
 
@@ -9,11 +9,12 @@ import optuna
 import pandas as pd
 
 from kdnas.artifacts import atomic_write_bytes
-from kdnas.score import pareto_mask
+from kdnas.score import METRIC_NAMES, feasible, hypervolume_history, measured_front, normalise, pareto_mask
 
 COLUMNS = [
     "number", "state", "val_accuracy", "test_accuracy", "params", "macs", "latency_ms", "latency_iqr_ms",
     "student", "method", "duration_s", "seed", "pareto", "fail_reason", "architecture", "method_params",
+    "score", "latency_median_ms", "latency_stable", "feasible",
 ]
 
 
@@ -40,13 +41,48 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "fail_reason": ua.get("fail_reason"),
             "architecture": json.dumps(cand.get("student")) if cand else None,
             "method_params": json.dumps(cand.get("method")) if cand else None,
+            "score": ua.get("score"),
+            "latency_median_ms": ua.get("latency_median_ms"),
+            "latency_stable": ua.get("latency_stable"),
+            "feasible": feasible(t),
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
-    done = df["state"] == "COMPLETE"
+    done = (df["state"] == "COMPLETE") & df["feasible"]
     if done.any():
-        values = [t.values for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-        df.loc[done, "pareto"] = pareto_mask(values, [d.name.lower() for d in study.directions])
+        attrs = [t.user_attrs for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and feasible(t)]
+        df.loc[done, "pareto"] = measured_front(attrs, study.user_attrs["objectives"])
     return df
+
+
+def hypervolume_series(study: optuna.Study, df: pd.DataFrame) -> pd.Series | None:
+    """Hypervolume of the front of trials 0..n, for every trial number n (kdnas.score has the normalisation);
+    None when the teacher's costs, which normalise them, are not stored."""
+    objectives = study.user_attrs["objectives"]
+    teacher = study.user_attrs.get("teacher") or {}
+    if any(o != "accuracy" and teacher.get(METRIC_NAMES[o]) is None for o in objectives):
+        return None
+    ok = (df["state"] == "COMPLETE") & df["feasible"]
+    rows = [t.user_attrs for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and feasible(t)]
+    history = hypervolume_history(normalise(rows, objectives, teacher)) if rows else []
+    series = pd.Series(float("nan"), index=df["number"].to_numpy(), name="hypervolume")
+    series[df.loc[ok, "number"].to_numpy()] = history
+    return series.ffill().fillna(0.0)
+
+
+def plot_hypervolume(series: pd.Series, objectives: list[str], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+    ax.step(series.index, series.to_numpy(), where="post", color="C0", lw=1.5)
+    ax.set_xlabel("trial number")
+    ax.set_ylabel("hypervolume (normalised, 0 to 1)")
+    ax.set_title(f"{title}\nfront of trials 0..n over {', '.join(objectives)}; 1 - accuracy and cost / teacher's, "
+                 "reference point 1", fontsize=8)
+    ax.grid(True, alpha=0.25)
+    _save(fig, path)
 
 
 def _front_2d(df: pd.DataFrame, cost: str) -> pd.DataFrame:
@@ -84,6 +120,12 @@ def plot_pareto(df: pd.DataFrame, teacher: dict | None, path: Path, title: str) 
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(loc="lower right", fontsize=8)
     fig.suptitle(title)
+    _save(fig, path)
+
+
+def _save(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp.png")
     fig.savefig(tmp, dpi=120)
@@ -95,7 +137,7 @@ def _fmt_int(v) -> str:
     return "" if pd.isna(v) else f"{int(v):,}"
 
 
-def summary_markdown(study: optuna.Study, df: pd.DataFrame) -> str:
+def summary_markdown(study: optuna.Study, df: pd.DataFrame, hv: pd.Series | None = None) -> str:
     teacher = study.user_attrs.get("teacher") or {}
     data = study.user_attrs.get("data") or {}
     counts = df["state"].value_counts().to_dict()
@@ -108,7 +150,15 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame) -> str:
         lines.append(f"Teacher: `{json.dumps(teacher.get('spec'))}`, {_fmt_int(teacher.get('params'))} params, "
                      f"{_fmt_int(teacher.get('macs'))} MACs, {teacher.get('latency_ms', float('nan')):.3f} ms, "
                      f"val {teacher.get('val_accuracy', float('nan')):.1%}, test {teacher.get('test_accuracy', float('nan')):.1%}.")
-    lines += ["", f"## Pareto-optimal trials ({', '.join(study.metric_names or [])})", ""]
+    objectives = study.user_attrs.get("objectives", [])
+    if hv is not None and len(hv):
+        lines.append(f"Hypervolume: {hv.iloc[-1]:.4f} (objectives {', '.join(objectives)}, each normalised: "
+                     f"1 - accuracy, cost / teacher's cost; reference point 1; history in `hypervolume.png`).")
+    scored = df.dropna(subset=["score"])
+    if study.user_attrs.get("score_mode") == "score" and len(scored):
+        best = scored.loc[scored["score"].idxmax()]
+        lines.append(f"Best combined score: {best['score']:.4f}, trial {int(best['number'])} (`{best['student']}`).")
+    lines += ["", f"## Pareto-optimal trials ({', '.join(objectives)})", ""]
     front = df[df["pareto"]].sort_values("params")
     lines.append("| trial | val acc | test acc | params | MACs | latency (ms) | student | method |")
     lines.append("|---:|---:|---:|---:|---:|---:|---|---|")
@@ -121,12 +171,13 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame) -> str:
     if len(failed):
         lines += ["", "## Failed trials", ""]
         lines += [f"- trial {int(r['number'])}: {r['fail_reason'] or 'no reason recorded (interrupted?)'}" for _, r in failed.iterrows()]
-    lines += ["", "Files: `trials.csv` (every trial), `pareto.png` (accuracy vs parameters and vs latency)."]
+    lines += ["", "Files: `trials.csv` (every trial), `pareto.png` (accuracy vs parameters and vs latency), "
+              "`hypervolume.png` (hypervolume of the front, trial by trial)."]
     return "\n".join(lines) + "\n"
 
 
 def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
-    """Write ``trials.csv``, ``pareto.png`` and ``summary.md`` into ``out_dir``; return their paths."""
+    """Write ``trials.csv``, ``pareto.png``, ``hypervolume.png`` and ``summary.md`` into ``out_dir``; return their paths."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df = trials_frame(study)
@@ -134,6 +185,11 @@ def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
     atomic_write_bytes(csv, df.to_csv(index=False).encode())
     png = out_dir / "pareto.png"
     plot_pareto(df, study.user_attrs.get("teacher"), png, f"{study.study_name}: validation accuracy vs cost")
+    paths = [csv, png]
+    hv = hypervolume_series(study, df)
+    if hv is not None:
+        paths.append(out_dir / "hypervolume.png")
+        plot_hypervolume(hv, study.user_attrs["objectives"], paths[-1], f"{study.study_name}: hypervolume")
     md = out_dir / "summary.md"
-    atomic_write_bytes(md, summary_markdown(study, df).encode())
-    return [csv, png, md]
+    atomic_write_bytes(md, summary_markdown(study, df, hv).encode())
+    return [*paths, md]

@@ -19,7 +19,7 @@ from kdnas.data import DataSplit, load_split
 from kdnas.distill import METHODS
 from kdnas.errors import KdnasError, TrialFailure
 from kdnas.models import KDNet, build, digest
-from kdnas.score import pareto_mask
+from kdnas.score import DIRECTIONS, METRIC_NAMES, combined_score, constraints, feasible, measured_front
 from kdnas.space import Candidate
 from kdnas.storage import mask_url, open_storage
 from kdnas.teacher import get_teacher
@@ -27,9 +27,6 @@ from kdnas.train import accuracy, fit, predict
 
 log = logging.getLogger("kdnas")
 
-# Optuna value per objective name, and its direction.
-DIRECTIONS = {"accuracy": "maximize", "params": "minimize", "macs": "minimize", "latency": "minimize"}
-METRIC_NAMES = {"accuracy": "val_accuracy", "params": "params", "macs": "macs", "latency": "latency_ms"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -56,17 +53,16 @@ class Runtime:
 
 def prepare(cfg: StudyConfig) -> Runtime:
     device = resolve_device(cfg.device)
-    resolve_device(cfg.latency.device)
+    resolve_device(cfg.costs.latency.device)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     split = load_split(cfg.data.dataset, cfg.data.val_fraction, cfg.data.test_fraction, cfg.data.seed).to(device)
     store = ArtifactStore(cfg.run_dir / "artifacts")
     latency = LatencyCache(cfg.run_dir / "latency_cache.json")
     teacher, info = get_teacher(cfg, split, store, device)
     assert cfg.teacher_spec is not None
-    counts = count(cfg.teacher_spec, split.input_shape, split.num_classes)
+    counts = count(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.counter)
     info.update(params=counts.params, macs=counts.macs)
-    info.update(latency.get_or_measure(cfg.teacher_spec, build(cfg.teacher_spec, split.input_shape, split.num_classes),
-                                       split.input_shape, split.num_classes, cfg.latency))
+    info.update(latency.get_or_measure(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.latency))
     # The training split is used without random augmentation, so the teacher's outputs on it are fixed:
     # computing them once replaces a teacher forward pass in every step of every trial.
     logits = predict(teacher, split.train_x)
@@ -84,9 +80,24 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     trial.set_user_attr("candidate", cand.to_dict())
     trial.set_user_attr("student", cand.student.label())
     trial.set_user_attr("method", cand.method.label())
-    counts = count(cand.student, split.input_shape, split.num_classes)
+    counts = count(cand.student, split.input_shape, split.num_classes, cfg.costs.counter)
     trial.set_user_attr("params", counts.params)
     trial.set_user_attr("macs", counts.macs)
+    # Latency does not depend on the weights: measured before training, so a hard limit costs no training.
+    lat = rt.latency.get_or_measure(cand.student, split.input_shape, split.num_classes, cfg.costs.latency)
+    for key, value in lat.items():
+        trial.set_user_attr(key, value)
+    costs = {"params": counts.params, "macs": counts.macs, "latency_ms": lat["latency_ms"]}
+    violated = {}
+    for key, value in constraints(costs, cfg.score.limits).items():
+        trial.set_constraint(key, value)
+        if value > 0:
+            violated[key] = value
+    if violated:
+        reason = "; ".join(f"over score.limits.{k}: {costs[k.removeprefix('max_')]:.4g} > "
+                           f"{getattr(cfg.score.limits, k):.4g}" for k in violated)
+        trial.set_user_attr("fail_reason", reason)
+        raise optuna.TrialPruned(reason)
 
     seed = trial_seed(cfg.seed, trial.number)
     trial.set_user_attr("seed", seed)
@@ -105,16 +116,17 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     val_acc = accuracy(model, split.val_x, split.val_y)
     test_acc = accuracy(model, split.test_x, split.test_y)
     weights = rt.store.put_content("students", model.state_dict())
-    lat = rt.latency.get_or_measure(cand.student, model, split.input_shape, split.num_classes, cfg.latency)
     trial.set_user_attr("teacher", rt.teacher_info.get("cache_key") or rt.teacher_info.get("checkpoint"))
     trial.set_user_attr("weights", weights)
     trial.set_user_attr("val_accuracy", val_acc)
     trial.set_user_attr("test_accuracy", test_acc)
-    trial.set_user_attr("latency_ms", lat["latency_ms"])
-    trial.set_user_attr("latency_iqr_ms", lat["latency_iqr_ms"])
     trial.set_user_attr("loss_history", history)
     trial.set_user_attr("train_seconds", train_s)
     trial.set_user_attr("trial_seconds", time.perf_counter() - t0)
+    score = combined_score(val_acc, costs, cfg.score)
+    trial.set_user_attr("score", score)
+    if cfg.score.mode == "score":
+        return (score,)
     values = {"accuracy": val_acc, "params": counts.params, "macs": counts.macs, "latency": lat["latency_ms"]}
     return tuple(float(values[o]) for o in cfg.objectives)
 
@@ -139,21 +151,25 @@ def make_objective(rt: Runtime) -> Callable[[optuna.Trial], tuple[float, ...]]:
 def open_study(cfg: StudyConfig, create: bool) -> optuna.Study:
     """Open the study in its storage; with ``create``, create it (or resume it when it exists)."""
     storage = open_storage(cfg, create=create)
-    directions = [DIRECTIONS[o] for o in cfg.objectives]
+    score_mode = cfg.score.mode == "score"
+    directions = ["maximize"] if score_mode else [DIRECTIONS[o] for o in cfg.objectives]
     if not create:
         try:
             return optuna.load_study(study_name=cfg.name, storage=storage)
         except KeyError:
             raise KdnasError(f"no study named {cfg.name!r} in {mask_url(cfg.storage_url())}; run `kdnas search` first") from None
     study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions, load_if_exists=True)
-    if [d.name.lower() for d in study.directions] != directions:
+    stored_mode = study.user_attrs.get("score_mode", cfg.score.mode)
+    if [d.name.lower() for d in study.directions] != directions or stored_mode != cfg.score.mode:
         raise KdnasError(
             f"{cfg.path}: objectives: the study {cfg.name!r} in storage was created with "
-            f"{study.user_attrs.get('objectives')} ({[d.name.lower() for d in study.directions]}), "
-            f"but the study file asks for {cfg.objectives}; use a new study name"
+            f"{study.user_attrs.get('objectives')} ({[d.name.lower() for d in study.directions]}, score.mode "
+            f"{stored_mode}), but the study file asks for {cfg.objectives} (score.mode {cfg.score.mode}); "
+            f"use a new study name"
         )
-    study.set_metric_names([METRIC_NAMES[o] for o in cfg.objectives])
-    study.set_user_attr("objectives", list(cfg.objectives))
+    study.set_metric_names(["score"] if score_mode else [METRIC_NAMES[o] for o in cfg.objectives])
+    study.set_user_attr("objectives", list(cfg.objectives))  # in score mode too: the report's front and hypervolume
+    study.set_user_attr("score_mode", cfg.score.mode)
     return study
 
 
@@ -167,10 +183,11 @@ def make_sampler(cfg: StudyConfig, n_existing: int) -> optuna.samplers.BaseSampl
 
 
 def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    """The completed, feasible trials on the Pareto front of the measured objectives (in score mode too)."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE and feasible(t)]
     if not done:
         return []
-    mask = pareto_mask([t.values for t in done], [d.name.lower() for d in study.directions])
+    mask = measured_front([t.user_attrs for t in done], study.user_attrs["objectives"])
     return [t for t, m in zip(done, mask) if m]
 
 

@@ -31,6 +31,7 @@ search:
   space: space.yaml
   trials: 3
 objectives: [accuracy, params, latency]
+costs: {{latency: {{min_seconds: 0.05, max_seconds: 0.3}}}}  # tests check that latency is measured, not its precision
 """
 
 

@@ -1,0 +1,14 @@
+"""Costs of an architecture: parameters, MACs/FLOPs (counter selectable), measured latency and its cache.
+
+Units are explicit in every name: ``params`` (count), ``macs`` (multiply-accumulates), ``flops`` (2 per
+multiply-accumulate), ``latency_ms`` (milliseconds per batch).
+"""
+
+from kdnas.costs._config import CostsConfig
+from kdnas.costs._counts import COUNTERS, Counts, count
+from kdnas.costs._latency import DEVICE, DTYPES, Latency, LatencyCache, LatencySetting, measure_calls, measure_latency
+
+__all__ = [
+    "COUNTERS", "CostsConfig", "Counts", "DEVICE", "DTYPES", "Latency", "LatencyCache", "LatencySetting", "count",
+    "measure_calls", "measure_latency",
+]
