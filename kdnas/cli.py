@@ -97,7 +97,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
     flags = {"device": args.device, "batch_size": args.batch_size, "threads": args.threads, "dtype": args.dtype,
              "min_seconds": args.min_seconds, "max_seconds": args.max_seconds}
     setting = None if args.no_latency else check_setting({k: v for k, v in flags.items() if v is not None}, "kdnas profile")
-    result = profile(spec, shape, args.classes, args.counter, setting)
+    table = None
+    if args.estimate and setting is not None:
+        from kdnas.costs import LatencyTable
+
+        table = LatencyTable()
+    result = profile(spec, shape, args.classes, args.counter, setting, table)
     print(json.dumps(result, indent=1) if args.json else format_profile(result))
     return 0
 
@@ -142,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--min-seconds", type=float, help="measure latency at least this long (default 0.5)")
     sp.add_argument("--max-seconds", type=float, help="and at most this long (default 10)")
     sp.add_argument("--no-latency", action="store_true", help="count only; do not measure latency")
+    sp.add_argument("--estimate", action="store_true", help="also estimate latency from the per-layer lookup table")
     return p
 
 

@@ -33,6 +33,21 @@ def test_json_has_every_cost_with_its_unit(arch: Path, capsys) -> None:
     assert 0 < out["latency_ms"] <= out["latency_raw_ms"] <= out["latency_median_ms"]
 
 
+def test_lookup_table_estimate_is_built_once_and_reused(arch: Path, tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("KDNAS_CACHE_DIR", str(tmp_path / "cache"))
+    argv = ["profile", str(arch), "--input", "1,8,8", "--classes", "10", "--json", "--estimate", *QUICK]
+    assert main(argv) == 0
+    first = json.loads(capsys.readouterr().out)
+    table = tmp_path / "cache" / "latency_table.json"
+    entries = json.loads(table.read_text())
+    # plain_cnn [8, 16] without hidden layer: conv, BN, ReLU, max-pool, conv, BN, ReLU, max-pool, avg-pool,
+    # flatten, linear; the two max-pools see different shapes, so every layer call is its own entry.
+    assert len(entries) == 11 and first["latency_estimate_ms"] == pytest.approx(sum(entries.values()))
+    assert main(argv) == 0
+    assert json.loads(capsys.readouterr().out)["latency_estimate_ms"] == first["latency_estimate_ms"]
+    assert json.loads(table.read_text()) == entries, "nothing new to time"
+
+
 def test_human_output_and_count_only(arch: Path, capsys) -> None:
     assert main(["profile", str(arch), "--input", "3,16,16", "--classes", "5", *QUICK]) == 0
     out = capsys.readouterr().out

@@ -7,8 +7,9 @@ multiply-accumulate), ``latency_ms`` (milliseconds per batch).
 from kdnas.costs._config import CostsConfig
 from kdnas.costs._counts import COUNTERS, Counts, count
 from kdnas.costs._latency import DEVICE, DTYPES, Latency, LatencyCache, LatencySetting, measure_calls, measure_latency
+from kdnas.costs._table import LatencyTable
 
 __all__ = [
-    "COUNTERS", "CostsConfig", "Counts", "DEVICE", "DTYPES", "Latency", "LatencyCache", "LatencySetting", "count",
+    "COUNTERS", "CostsConfig", "Counts", "DEVICE", "DTYPES", "Latency", "LatencyCache", "LatencySetting", "LatencyTable", "count",
     "measure_calls", "measure_latency",
 ]

@@ -224,7 +224,7 @@ def measure_calls(fns: Sequence[Callable[[], object]], setting: LatencySetting, 
     # rounds: scale them by how far the probe stayed above its floor. Longer calls find fewer quiet moments
     # than the probe's 0.45 ms ones, so this under-corrects them rather than over-corrects; the bound only
     # guards against a probe that met something the workloads did not.
-    scale = max(probe.floor / probe_ms, 1 / (1 + _MAX_CORRECTION))
+    scale = 1.0 if probe.floor is None else max(probe.floor / probe_ms, 1 / (1 + _MAX_CORRECTION))
     return [w.result(scale, probe_ms) for w in work]
 
 

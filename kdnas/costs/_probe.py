@@ -46,12 +46,17 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+def machine() -> list[str]:
+    """What a remembered timing depends on besides the workload: this host, its CPU and PyTorch."""
+    return [platform.node(), _cpu_model(), torch.__version__]
+
+
 class Probe:
     """The probe workload and its remembered floor (ms, 5th-fastest call) on this machine."""
 
     def __init__(self, estimator: str, path: Path | None = None):
         self.path = path or cache_dir() / "latency_probe.json"
-        self.key = digest([estimator, platform.node(), _cpu_model(), torch.__version__, PROBE_SPEC])
+        self.key = digest([estimator, machine(), PROBE_SPEC])
         self.floor = self._read().get(self.key)
 
     def _read(self) -> dict:

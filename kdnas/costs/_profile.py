@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -9,6 +10,7 @@ import torch
 from kdnas._schema import Collector, load_yaml, parse_section
 from kdnas.costs._counts import COUNTERS, count
 from kdnas.costs._latency import LatencySetting, measure_latency
+from kdnas.costs._table import LatencyTable
 from kdnas.errors import KdnasError
 from kdnas.models import ArchSpec, build, make_spec
 
@@ -38,8 +40,9 @@ def check_setting(raw: dict, where: str) -> LatencySetting:
 
 
 def profile(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int, counter: str = "flop_counter",
-            setting: LatencySetting | None = None) -> dict:
-    """Params, MACs, FLOPs and (unless ``setting`` is None) measured latency, as one JSON-able dict."""
+            setting: LatencySetting | None = None, table: LatencyTable | None = None) -> dict:
+    """Params, MACs, FLOPs and (unless ``setting`` is None) measured latency, as one JSON-able dict; with a
+    ``table``, also the lookup-table estimate ``latency_estimate_ms``."""
     if num_classes < 1:
         raise KdnasError(f"--classes: `classes >= 1` must hold, but got classes={num_classes}")
     COUNTERS.get(counter)  # unknown names fail here, listing the valid ones
@@ -54,6 +57,8 @@ def profile(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int,
         with torch.random.fork_rng(devices=[]):
             model = build(spec, input_shape, num_classes)
         out["latency_setting"] = setting.identity()
+        if table is not None:
+            out["latency_estimate_ms"] = table.estimate(copy.deepcopy(model), input_shape, setting)
         out.update(measure_latency(model, input_shape, setting).to_dict())
     return out
 
@@ -73,6 +78,9 @@ def format_profile(p: dict) -> str:
         lines.append(f"  latency  {p['latency_ms']:>11.3f} ms   per batch of {s['batch_size']} on {s['device']}, {threads}, "
                      f"{s['dtype']}: 5th-fastest of {p['latency_calls']:,} calls in {p['latency_seconds']:.1f} s "
                      f"(median {p['latency_median_ms']:.3f} ms, IQR {p['latency_iqr_ms']:.3f} ms)")
+        if "latency_estimate_ms" in p:
+            lines.append(f"  estimate {p['latency_estimate_ms']:>11.3f} ms   sum of the layers in the lookup table "
+                         f"(no residual adds or Python overhead: for ranking)")
         if not p["latency_stable"]:
             lines.append("  warning: the latency floor was not confirmed before max_seconds: the machine was busy "
                          "throughout; run again on a quieter machine or raise --max-seconds")
