@@ -67,7 +67,8 @@ def main() -> None:
                 sys.exit(f"run {i} failed:\n{out.stderr}")
             r = json.loads(out.stdout)
             rows.append(r)
-            print(f"run {i}: latency_ms {r['latency_ms']:.4f}  median_ms {r['latency_median_ms']:.4f}  "
+            print(f"run {i}: latency_ms {r['latency_ms']:.4f}  raw_ms {r['latency_raw_ms']:.4f}  "
+                  f"median_ms {r['latency_median_ms']:.4f}  "
                   f"probe {r['latency_probe_ms'] or 0:.4f}  calls {r['latency_calls']:>6}  {r['latency_seconds']:.1f} s  "
                   f"{'confirmed' if r['latency_stable'] else 'NOT confirmed'}", flush=True)
     finally:

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import kdnas.costs._latency as latency_module
-from kdnas.costs import DTYPES, LatencyCache, LatencySetting, count, measure_calls, measure_latency
+import kdnas.costs._timing as timing
+from kdnas.costs import DTYPES, Chain, LatencyCache, LatencySetting, count, measure_calls, measure_latency
 from kdnas.costs._probe import Probe
 from kdnas.models import build, make_spec
 from tests._util import REPO
@@ -40,6 +41,21 @@ def test_resnet20_cifar_macs_match_the_literature() -> None:
     assert 40e6 < c.macs < 41e6
 
 
+@pytest.mark.parametrize("raw", [TINY, {"family": "plain_cnn", "hidden": 8}, {"family": "mobilenetv2", "width": 0.25}],
+                         ids=lambda r: r["family"])
+def test_a_pass_timed_step_by_step_is_the_forward_pass(raw: dict) -> None:
+    model = build(make_spec(raw), (3, 16, 16), 10).eval()
+    x = torch.randn(2, 3, 16, 16)
+    chain = Chain.of(model, x)
+    assert len(chain.steps) > len(model.chain()), "Sequentials are opened into finer steps"
+    assert not any(type(step) is torch.nn.Sequential for step in chain.steps)
+    y = chain.x
+    with torch.no_grad():
+        for step in chain.steps:
+            y = step(y)
+        torch.testing.assert_close(y, model(x))
+
+
 def busy(n: int):
     """Pure-Python work whose cost is proportional to ``n``."""
     return lambda: sum(range(n))
@@ -47,7 +63,8 @@ def busy(n: int):
 
 def test_interleaved_floors_rank_work_in_proportion() -> None:
     # Twice the work must measure about twice the time, whatever else the machine does meanwhile.
-    one, two = measure_calls([busy(20_000), busy(40_000)], LatencySetting(min_seconds=0.1, max_seconds=1.0))
+    one, two = measure_calls([[Chain.call(busy(20_000))], [Chain.call(busy(40_000))]],
+                             LatencySetting(min_seconds=0.1, max_seconds=1.0))
     assert 1.7 < two.latency_ms / one.latency_ms < 2.3
     for r in (one, two):
         assert r.latency_raw_ms <= r.latency_median_ms  # the floor is the fast end of the calls
@@ -66,11 +83,11 @@ def test_every_dtype_measures_on_cpu(dtype: str) -> None:
 def test_a_probe_that_never_reaches_its_floor_flags_and_bounds_the_correction(tmp_path: Path) -> None:
     # A remembered floor ten times below what the probe can do: the machine never looks quiet, so nothing is
     # confirmed, and the correction stops at its bound instead of dividing by ten.
-    probe = Probe(latency_module.ESTIMATOR, tmp_path / "probe.json")
+    probe = Probe(timing.ESTIMATOR, tmp_path / "probe.json")
     probe.remember(0.01)
-    (r,) = measure_calls([busy(20_000)], QUICK, probe)
+    (r,) = measure_calls([[Chain.call(busy(20_000))]], QUICK, probe)
     assert not r.latency_stable
-    assert r.latency_ms == pytest.approx(r.latency_raw_ms / (1 + latency_module._MAX_CORRECTION))
+    assert r.latency_ms == pytest.approx(r.latency_raw_ms / (1 + timing._MAX_CORRECTION))
     assert json.loads((tmp_path / "probe.json").read_text()) == {probe.key: 0.01}, "the floor only goes down"
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from kdnas.costs._latency import LatencySetting
+from kdnas.costs._setting import LatencySetting
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,6 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -66,11 +65,11 @@ class Probe:
         except (OSError, ValueError):
             return {}
 
-    def workload(self) -> Callable[[], object]:
+    def workload(self) -> tuple[torch.nn.Module, torch.Tensor]:
+        """The probe network and its input."""
         with torch.random.fork_rng(devices=[]):
             model = build(make_spec(PROBE_SPEC), PROBE_INPUT, 10).eval()
-        x = torch.zeros(1, *PROBE_INPUT)
-        return lambda: model(x)
+        return model, torch.zeros(1, *PROBE_INPUT)
 
     def quiet(self, estimate: float, tolerance: float) -> bool:
         """Whether ``estimate`` reached the remembered floor; without a memory, nothing can be said: True."""

@@ -9,7 +9,8 @@ import torch
 
 from kdnas._schema import Collector, load_yaml, parse_section
 from kdnas.costs._counts import COUNTERS, count
-from kdnas.costs._latency import LatencySetting, measure_latency
+from kdnas.costs._latency import measure_latency
+from kdnas.costs._setting import LatencySetting
 from kdnas.costs._table import LatencyTable
 from kdnas.errors import KdnasError
 from kdnas.models import ArchSpec, build, make_spec

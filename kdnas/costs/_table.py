@@ -15,7 +15,6 @@ latency) and skipping a measurement where a rough figure is enough.
 from __future__ import annotations
 
 import copy
-import functools
 import json
 from dataclasses import replace
 from pathlib import Path
@@ -24,7 +23,8 @@ import torch
 from torch import nn
 
 from kdnas.artifacts import atomic_write_bytes
-from kdnas.costs._latency import DTYPES, ESTIMATOR, LatencySetting, measure_calls
+from kdnas.costs._setting import DTYPES, LatencySetting
+from kdnas.costs._timing import ESTIMATOR, Chain, measure_calls
 from kdnas.costs._probe import cache_dir, machine
 from kdnas.models import digest
 
@@ -69,9 +69,9 @@ class LatencyTable:
         calls = [(self.key(m, s, setting), m, s) for m, s in leaf_calls(model, x)]
         missing = {k: (m, s) for k, m, s in calls if k not in self._data}
         if missing:
-            fns = [functools.partial(copy.deepcopy(m), torch.randn(s, generator=torch.Generator().manual_seed(0))
-                                     .to(device=device, dtype=dtype)) for m, s in missing.values()]
-            measured = measure_calls(fns, replace(setting, min_seconds=_LAYER_MIN_SECONDS))
+            layers = [[Chain([copy.deepcopy(m)], torch.randn(s, generator=torch.Generator().manual_seed(0))
+                             .to(device=device, dtype=dtype))] for m, s in missing.values()]
+            measured = measure_calls(layers, replace(setting, min_seconds=_LAYER_MIN_SECONDS))
             self._data.update({k: r.latency_ms for k, r in zip(missing, measured)})
             atomic_write_bytes(self.path, json.dumps(self._data, indent=1).encode())
         return sum(self._data[k] for k, _, _ in calls)
