@@ -55,7 +55,9 @@ def main() -> None:
 
     arch = Path(tempfile.mkdtemp()) / "arch.yaml"
     arch.write_text(args.arch + "\n")
-    neighbours = [subprocess.Popen([sys.executable, __file__, "--_load", "3600"]) for _ in range(args.load)]
+    # Bounded, so that neighbours never outlive a killed benchmark by long: runs take at most ~max_seconds.
+    budget = str(args.runs * 15 + 30)
+    neighbours = [subprocess.Popen([sys.executable, __file__, "--_load", budget]) for _ in range(args.load)]
     rows = []
     try:
         time.sleep(1.0 if neighbours else 0)  # let the neighbours get going

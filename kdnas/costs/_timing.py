@@ -6,12 +6,12 @@ model varied by 60-140 % between processes), but a neighbour only ever adds time
 distribution is what stays put. docs/costs.md has the measurements behind each choice below, and
 benchmarks/latency_stability.py repeats them.
 
-- The clock: on CPU with one thread, the thread's CPU time, which leaves out the time the thread waited for
-  the core while another process ran; otherwise wall-clock time (synchronised on CUDA).
 - On CPU a pass is timed step by step (a :class:`Chain`: a network's stem, blocks and head, whose
   composition is its forward pass), and the floor of each step is taken separately: a quiet moment then has
   to last one step (tens of microseconds), not the whole pass, and long passes are measured as well as short
-  ones. The clock's own cost per step, calibrated at the start, is subtracted. On CUDA and MPS a pass is
+  ones. The clock is the wall clock (``perf_counter_ns``, 50 ns a read; the thread's CPU time costs a system
+  call, 1 µs here), and its own cost per step, calibrated at the start, is subtracted; a step during which
+  the scheduler ran another process is one slow sample, which the floor ignores. On CUDA and MPS a pass is
   timed whole, synchronised, in blocks long enough to hide the synchronisation.
 - The floor of a step is its 5th-fastest sample: a fixed rank, not a percentile, because under heavy load
   fewer than 1 % of the samples run undisturbed and a percentile then lands among the disturbed ones.
@@ -45,7 +45,7 @@ from kdnas.costs._probe import Probe
 from kdnas.costs._setting import Latency, LatencySetting
 
 # Part of every cache key: figures taken with another estimator must not be mixed with these.
-ESTIMATOR = "stepwise-5th-fastest/2"
+ESTIMATOR = "stepwise-5th-fastest/3"
 
 _RANK = 5  # the 5th-fastest sample: one or two mis-timed samples cannot set the figure
 _MIN_SAMPLES = 20
@@ -185,12 +185,10 @@ def _clock_overhead_ms(clock: Callable[[], int]) -> float:
 def measure_calls(workloads: Sequence[Sequence[Chain]], setting: LatencySetting, probe: Probe | None = None) -> list[Latency]:
     """Latency of each workload (its chains already on ``setting.device``; a workload's passes rotate over
     its chains), all measured interleaved; see the module docstring. ``probe`` defaults to the machine's
-    :class:`Probe`; it is used with the CPU clock only."""
+    :class:`Probe`; it is used on CPU only."""
     device = torch.device(setting.device)
-    # CPU time excludes waiting for the core; it is per thread, so it is only right with one thread.
-    cpu_time = device.type == "cpu" and setting.threads == 1
-    clock = time.thread_time_ns if cpu_time else time.perf_counter_ns
-    probe = (probe or Probe(ESTIMATOR)) if cpu_time else None
+    clock = time.perf_counter_ns
+    probe = (probe or Probe(ESTIMATOR)) if device.type == "cpu" else None
     threads = torch.get_num_threads()
     torch.set_num_threads(setting.threads)
     try:
