@@ -96,7 +96,7 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     if violated:
         reason = "; ".join(f"over score.limits.{k}: {costs[k.removeprefix('max_')]:.4g} > "
                            f"{getattr(cfg.score.limits, k):.4g}" for k in violated)
-        trial.set_user_attr("fail_reason", reason)
+        trial.set_user_attr("prune_reason", reason)
         raise optuna.TrialPruned(reason)
 
     seed = trial_seed(cfg.seed, trial.number)
@@ -228,7 +228,8 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
             progress(f"{head} val {ua['val_accuracy']:6.1%}  {ua['params']:>9,} params  {ua['latency_ms']:7.3f} ms  "
                      f"{ua['student']} {ua['method']}  ({ua['trial_seconds']:.1f}s) | front {len(front)}, best val {best:.1%}")
         else:
-            progress(f"{head} {trial.state.name}: {trial.user_attrs.get('fail_reason', '')}")
+            reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason", "")
+            progress(f"{head} {trial.state.name}: {reason}")
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's per-trial logs
     study.optimize(make_objective(rt), n_trials=n_new, timeout=cfg.search.timeout,

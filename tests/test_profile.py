@@ -30,7 +30,7 @@ def test_json_has_every_cost_with_its_unit(arch: Path, capsys) -> None:
     assert (out["params"], out["macs"], out["flops"]) == (expected.params, expected.macs, 2 * expected.macs)
     assert out["counter"] == "thop" and out["input_shape"] == [1, 8, 8]
     assert out["latency_setting"] == {"device": "cpu", "batch_size": 2, "threads": 1, "dtype": "bfloat16"}
-    assert 0 < out["latency_ms"] <= out["latency_raw_ms"] <= out["latency_median_ms"]
+    assert 0 < out["latency_raw_ms"] <= out["latency_median_ms"] and out["latency_ms"] > 0
 
 
 def test_lookup_table_estimate_is_built_once_and_reused(arch: Path, tmp_path: Path, capsys, monkeypatch) -> None:

@@ -50,7 +50,7 @@ def test_hard_latency_limit_prunes_before_training(tiny_study: Path, tmp_path: P
     assert [t.state.name for t in trials] == ["PRUNED", "PRUNED"]
     for t in trials:
         assert t.constraints["max_latency_ms"] > 0
-        assert t.user_attrs["fail_reason"].startswith("over score.limits.max_latency_ms:")
+        assert t.user_attrs["prune_reason"].startswith("over score.limits.max_latency_ms:")
         assert "weights" not in t.user_attrs and "val_accuracy" not in t.user_attrs, "must not train"
     assert "PRUNED: over score.limits.max_latency_ms" in capsys.readouterr().out
 

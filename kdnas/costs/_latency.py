@@ -70,6 +70,8 @@ class LatencyCache:
             # fork_rng: building draws random weights, and measuring must not change what a trial trains after it.
             with torch.random.fork_rng(devices=[]):
                 model = build(spec, input_shape, num_classes)
-            self._data[key] = measure_latency(model, input_shape, setting).to_dict()
+            measured = measure_latency(model, input_shape, setting).to_dict()
+            self._reload()  # keep what other workers wrote while this one measured
+            self._data.setdefault(key, measured)
             atomic_write_bytes(self.path, json.dumps(self._data, indent=1).encode())
         return self._data[key]

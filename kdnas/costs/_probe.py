@@ -1,11 +1,14 @@
-"""A reference workload that tells whether the machine had a quiet moment while a latency was measured.
+"""A fixed reference workload, timed interleaved with every latency measurement, and its usual floor.
 
-A run of calls that are all slowed by a busy neighbour can look just like a floor: tight at the bottom and
-not improving. Nothing inside one measurement tells the two apart, so the probe brings outside knowledge:
-a fixed small network, timed interleaved with the measured workloads, whose best time on this machine is
-remembered across processes in a small JSON file. When the probe reaches its remembered floor during a
-measurement, the machine was quiet then, and the workloads measured around it saw the same quiet moments.
-The remembered floor only ever goes down, so a first record taken on a busy machine corrects itself.
+Two things differ from one measuring process to the next and slow everything it times alike: how busy the
+machine was while it measured, and where the process's code and tensors landed in memory (2-4 %). Nothing
+inside one measurement can tell them apart from the workload's own speed; a reference can. The probe, a
+fixed small network, is timed in the same rounds as the workloads, and its floor in each process is
+remembered in a small JSON file: the median of the last ``_KEEP`` figures is its usual floor on this machine.
+A measurement scales its workloads by usual / observed probe floor, and counts as quiet only when the probe
+came within a tolerance of its usual floor (a run slowed throughout can look like a floor of its own).
+The median, unlike a minimum, does not keep moving down as lucky processes come along, so figures taken
+early and late in a study are scaled alike.
 
 The file is ``$KDNAS_CACHE_DIR/latency_probe.json`` (default ``$XDG_CACHE_HOME/kdnas`` or ``~/.cache/kdnas``),
 keyed by host, CPU model, PyTorch version and estimator; deleting it only costs the knowledge.
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -27,6 +31,7 @@ from kdnas.models import build, digest, make_spec
 # of the digits studies, so it is slowed by the same neighbours; small enough to cost little of each round.
 PROBE_SPEC = {"family": "resnet_cifar", "depth": 8, "width": 0.25}
 PROBE_INPUT = (1, 8, 8)
+_KEEP = 25  # figures kept per machine: enough for a stable median, recent enough to follow a changed machine
 
 
 def cache_dir() -> Path:
@@ -51,12 +56,18 @@ def machine() -> list[str]:
 
 
 class Probe:
-    """The probe workload and its remembered floor (ms, 5th-fastest call) on this machine."""
+    """The probe workload and its usual floor (ms) on this machine; ``floor`` is None until one is known."""
 
     def __init__(self, estimator: str, path: Path | None = None):
         self.path = path or cache_dir() / "latency_probe.json"
         self.key = digest([estimator, machine(), PROBE_SPEC])
-        self.floor = self._read().get(self.key)
+        self.floor = self._usual(self._read().get(self.key))
+
+    @staticmethod
+    def _usual(figures) -> float | None:
+        if not isinstance(figures, list) or not figures:
+            return None
+        return float(statistics.median(figures))
 
     def _read(self) -> dict:
         try:
@@ -72,15 +83,14 @@ class Probe:
         return model, torch.zeros(1, *PROBE_INPUT)
 
     def quiet(self, estimate: float, tolerance: float) -> bool:
-        """Whether ``estimate`` reached the remembered floor; without a memory, nothing can be said: True."""
+        """Whether ``estimate`` came within ``tolerance`` of the usual floor; without one, nothing can be said: True."""
         return self.floor is None or estimate <= (1 + tolerance) * self.floor
 
     def remember(self, estimate: float) -> None:
-        if self.floor is not None and estimate >= self.floor:
-            return
-        self.floor = estimate
-        data = self._read()  # another process may have written meanwhile: keep the lower of the two
-        data[self.key] = min(estimate, data.get(self.key, estimate))
+        """Add this process's probe floor to the file (the usual floor of this object is left as it was)."""
+        data = self._read()  # other processes may have written meanwhile
+        figures = data.get(self.key) if isinstance(data.get(self.key), list) else []
+        data[self.key] = (figures + [estimate])[-_KEEP:]
         try:
             atomic_write_bytes(self.path, json.dumps(data, indent=1).encode())
         except OSError:

@@ -77,8 +77,8 @@ def format_profile(p: dict) -> str:
         s = p["latency_setting"]
         threads = f"{s['threads']} thread{'s' if s['threads'] > 1 else ''}"
         lines.append(f"  latency  {p['latency_ms']:>11.3f} ms   per batch of {s['batch_size']} on {s['device']}, {threads}, "
-                     f"{s['dtype']}: 5th-fastest of {p['latency_calls']:,} calls in {p['latency_seconds']:.1f} s "
-                     f"(median {p['latency_median_ms']:.3f} ms, IQR {p['latency_iqr_ms']:.3f} ms)")
+                     f"{s['dtype']}: the floor of {p['latency_calls']:,} passes in {p['latency_seconds']:.1f} s "
+                     f"(their median {p['latency_median_ms']:.3f} ms, IQR {p['latency_iqr_ms']:.3f} ms)")
         if "latency_estimate_ms" in p:
             lines.append(f"  estimate {p['latency_estimate_ms']:>11.3f} ms   sum of the layers in the lookup table "
                          f"(no residual adds or Python overhead: for ranking)")

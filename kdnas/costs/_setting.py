@@ -43,14 +43,14 @@ class LatencySetting:
 class Latency:
     """One measurement; the field names are the trial attributes and report columns (all times in ms per batch)."""
 
-    latency_ms: float  # the floor estimate: latency_raw_ms scaled by the probe (see the module docstring)
-    latency_raw_ms: float  # the 5th-fastest call
-    latency_median_ms: float  # median call: what the machine gave while we measured, not reproducible
-    latency_iqr_ms: float  # interquartile range of the calls
-    latency_calls: int  # samples taken
+    latency_ms: float  # the floor estimate: latency_raw_ms scaled by the probe (kdnas/costs/_timing.py)
+    latency_raw_ms: float  # the sum of each step's 5th-fastest sample (the 5th-fastest pass off the CPU)
+    latency_median_ms: float  # median pass: what the machine gave while we measured, not reproducible
+    latency_iqr_ms: float  # interquartile range of the passes
+    latency_calls: int  # passes timed
     latency_seconds: float  # time spent measuring (wall-clock)
     latency_stable: bool  # the floor was confirmed before max_seconds
-    latency_probe_ms: float | None  # the probe's 5th-fastest call in the same rounds (None: no probe)
+    latency_probe_ms: float | None  # the probe's floor in the same rounds (None: no probe)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -51,10 +51,14 @@ class LatencyTable:
 
     def __init__(self, path: Path | None = None):
         self.path = path or cache_dir() / "latency_table.json"
+        self._data: dict[str, float] = self._read()
+
+    def _read(self) -> dict[str, float]:
         try:
-            self._data: dict[str, float] = json.loads(self.path.read_text())
+            data = json.loads(self.path.read_text())
+            return data if isinstance(data, dict) else {}
         except (OSError, ValueError):
-            self._data = {}
+            return {}  # missing or damaged: only costs timing the layers again
 
     @staticmethod
     def key(layer: nn.Module, shape: tuple[int, ...], setting: LatencySetting) -> str:
@@ -72,6 +76,6 @@ class LatencyTable:
             layers = [[Chain([copy.deepcopy(m)], torch.randn(s, generator=torch.Generator().manual_seed(0))
                              .to(device=device, dtype=dtype))] for m, s in missing.values()]
             measured = measure_calls(layers, replace(setting, min_seconds=_LAYER_MIN_SECONDS))
-            self._data.update({k: r.latency_ms for k, r in zip(missing, measured)})
+            self._data = {**self._read(), **{k: r.latency_ms for k, r in zip(missing, measured)}, **self._data}
             atomic_write_bytes(self.path, json.dumps(self._data, indent=1).encode())
         return sum(self._data[k] for k, _, _ in calls)

@@ -16,15 +16,15 @@ benchmarks/latency_stability.py repeats them.
 - The floor of a step is its 5th-fastest sample: a fixed rank, not a percentile, because under heavy load
   fewer than 1 % of the samples run undisturbed and a percentile then lands among the disturbed ones.
 - All workloads are timed in rounds of 0.1 s that interleave them in a shuffled order, so that they all see
-  the same conditions, together with a probe (kdnas/costs/_probe.py: a fixed small network with a
-  remembered floor on this machine). What kept the probe above its floor (a neighbour, this process's memory
-  layout) kept the workloads above theirs: ``latency_ms`` is the raw figure scaled by probe floor / probe
-  figure (by at most ``_MAX_CORRECTION``).
+  the same conditions, together with a probe (kdnas/costs/_probe.py: a fixed small network whose usual
+  floor on this machine is remembered). What made the probe slower or faster than usual (a neighbour, this
+  process's memory layout) did the same to the workloads: ``latency_ms`` is the raw figure scaled by
+  usual / observed probe floor (by at most ``_MAX_CORRECTION`` either way).
 - Rounds go on until every workload is confirmed, or for ``max_seconds``. Confirmed: ``min_seconds`` of
   timing and ``_MIN_SAMPLES`` samples; a tight cluster at the bottom (the ``_SUPPORT``-th fastest samples
   within ``_TIGHT`` of the fastest: the samples of quiet moments, not a few lucky ones); no improvement over
   ``_DRIFT`` in the second half (a run still finding faster samples has not seen its quiet moments yet);
-  and the probe within ``_PROBE_TOLERANCE`` of its floor (a run slowed throughout can look like a floor).
+  and the probe within ``_PROBE_TOLERANCE`` of its usual floor (a run slowed throughout can look like a floor).
   A figure that is not confirmed is kept but flagged: ``latency_stable: false``.
 """
 
@@ -45,15 +45,15 @@ from kdnas.costs._probe import Probe
 from kdnas.costs._setting import Latency, LatencySetting
 
 # Part of every cache key: figures taken with another estimator must not be mixed with these.
-ESTIMATOR = "stepwise-5th-fastest/3"
+ESTIMATOR = "stepwise-5th-fastest/4"
 
 _RANK = 5  # the 5th-fastest sample: one or two mis-timed samples cannot set the figure
 _MIN_SAMPLES = 20
 _SUPPORT = 10  # the 10th-fastest samples ...
 _TIGHT = 0.03  # ... within 3 % of the fastest ones
 _DRIFT = 0.01  # the estimate moved less than 1 % over the second half of the measurement
-# The probe's floor differs by 2-3 % between processes (memory layout), and its memory keeps the lowest one;
-# a disturbed run is 15 % slower or more. 6 % tells them apart without waiting for a lucky layout.
+# The probe's floor differs by 2-4 % between processes (memory layout); a disturbed run is 15 % slower or
+# more. 6 % over its usual floor tells them apart.
 _PROBE_TOLERANCE = 0.06
 _MAX_CORRECTION = 0.25  # guards against a probe that met a disturbance the workloads did not
 _ROUND_S = 0.1  # one round of interleaving; short, so every workload sees the same conditions
@@ -219,7 +219,8 @@ def measure_calls(workloads: Sequence[Sequence[Chain]], setting: LatencySetting,
     probe_ms = reference.estimate()
     if len(reference.samples) >= _MIN_SAMPLES:
         probe.remember(probe_ms)
-    # What slowed the probe (a neighbour, this process's memory layout) slowed the workloads timed in the same
-    # rounds: scale them by how far the probe stayed above its floor.
-    scale = 1.0 if probe.floor is None else max(probe.floor / probe_ms, 1 / (1 + _MAX_CORRECTION))
+    # What made the probe slower or faster than usual (a neighbour, this process's memory layout) did the same
+    # to the workloads timed in the same rounds: scale them by usual / observed probe floor.
+    scale = 1.0 if probe.floor is None else float(np.clip(probe.floor / probe_ms, 1 / (1 + _MAX_CORRECTION),
+                                                           1 + _MAX_CORRECTION))
     return [w.result(scale, probe_ms) for w in work]
