@@ -38,7 +38,7 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "duration_s": t.duration.total_seconds() if t.duration else None,
             "seed": ua.get("seed"),
             "pareto": False,
-            "fail_reason": ua.get("fail_reason"),
+            "fail_reason": ua.get("fail_reason") or ua.get("prune_reason"),
             "architecture": json.dumps(cand.get("student")) if cand else None,
             "method_params": json.dumps(cand.get("method")) if cand else None,
             "score": ua.get("score"),
