@@ -3,7 +3,7 @@
 Each run is a fresh process (`python -m kdnas.cli profile ... --json`), one after the other. Printed side by
 side: the floor estimate kdnas reports (``latency_ms``, the 5th-fastest call) and the plain median of the same
 samples (``latency_median_ms``), which is what a median-of-blocks measurement reports; for each, the max
-relative deviation between runs (max / min - 1). ``--load K`` keeps K extra processes busy training a small
+relative deviation between runs (max / min - 1) and how many pairs of runs agree within 5 %. ``--load K`` keeps K extra processes busy training a small
 CNN (one thread each) for the whole benchmark, on top of whatever else the machine is doing.
 
     PYTHONPATH=. python benchmarks/latency_stability.py --runs 8
@@ -83,7 +83,10 @@ def main() -> None:
           f"load average {loadavg}")
     for key, what in (("latency_ms", "floor estimate (kdnas latency_ms)"), ("latency_median_ms", "median of the same calls")):
         v = [r[key] for r in rows]
-        print(f"  {what:36s} max relative deviation {max(v) / min(v) - 1:6.1%}   (min {min(v):.4f}, max {max(v):.4f} ms)")
+        pairs = [(a, b) for i, a in enumerate(v) for b in v[i + 1:]]
+        close = sum(max(a, b) / min(a, b) - 1 < 0.05 for a, b in pairs)
+        print(f"  {what:36s} max relative deviation {max(v) / min(v) - 1:6.1%}   (min {min(v):.4f}, max {max(v):.4f} ms); "
+              f"pairs of runs within 5 %: {close} of {len(pairs)}")
 
 
 if __name__ == "__main__":
