@@ -166,6 +166,25 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
+def cmd_profile(args: argparse.Namespace) -> int:
+    import json
+
+    from kdnas.costs._profile import check_setting, format_profile, load_arch, profile
+
+    spec = load_arch(Path(args.arch))
+    flags = {"device": args.device, "batch_size": args.batch_size, "threads": args.threads, "dtype": args.dtype,
+             "min_seconds": args.min_seconds, "max_seconds": args.max_seconds}
+    setting = None if args.no_latency else check_setting({k: v for k, v in flags.items() if v is not None}, "kdnas profile")
+    table = None
+    if args.estimate and setting is not None:
+        from kdnas.costs import LatencyTable
+
+        table = LatencyTable()
+    result = profile(spec, args.input, args.classes, args.counter, setting, table)
+    print(json.dumps(result, indent=1) if args.json else format_profile(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kdnas", description="Search small, fast students by knowledge distillation.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -221,6 +240,22 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--classes", type=int, help="class count (default: the study's, else 10)")
     sp.add_argument("--json", action="store_true", help="print JSON")
     sp.set_defaults(func=cmd_space)
+    sp = sub.add_parser("profile", help="print params, MACs, FLOPs and latency of one architecture",
+                        description="print params, MACs, FLOPs and latency of one architecture")
+    sp.set_defaults(func=cmd_profile)
+    sp.add_argument("arch", help="architecture file (YAML), e.g. {family: resnet_cifar, depth: 20}")
+    sp.add_argument("--input", required=True, type=_shape, help="input shape C,H,W, e.g. 3,32,32")
+    sp.add_argument("--classes", type=int, required=True, help="number of classes")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument("--counter", default="flop_counter", help="MAC counter: flop_counter (default), fvcore, thop")
+    sp.add_argument("--device", help="latency device: cpu (default), cuda, cuda:N, mps")
+    sp.add_argument("--batch-size", type=int, help="latency batch size (default 1)")
+    sp.add_argument("--threads", type=int, help="latency threads (default 1)")
+    sp.add_argument("--dtype", help="latency dtype: float32 (default), float16, bfloat16")
+    sp.add_argument("--min-seconds", type=float, help="measure latency at least this long (default 0.5)")
+    sp.add_argument("--max-seconds", type=float, help="and at most this long (default 10)")
+    sp.add_argument("--no-latency", action="store_true", help="count only; do not measure latency")
+    sp.add_argument("--estimate", action="store_true", help="also estimate latency from the per-layer lookup table")
     return p
 
 
@@ -242,7 +277,10 @@ def setup_logging() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit_:  # --help (0) or a bad flag (2, one line already printed)
+        return int(exit_.code or 0)
     setup_logging()
     try:
         return args.func(args)

@@ -12,14 +12,15 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from kdnas._schema import Collector, is_missing, load_yaml, parse_section
-from kdnas.costs import LatencySetting
+from kdnas.costs import DEVICE, CostsConfig
 from kdnas.data import DataConfig, check_data_root
 from kdnas.early_stop import EarlyStopping
 from kdnas.models import ArchSpec, check_spec
+from kdnas.score import METRIC_NAMES, ScoreConfig
 from kdnas.space import SearchSpace, check_space
 from kdnas.train import TrainRecipe
 
-OBJECTIVES = ("accuracy", "params", "macs", "latency")
+OBJECTIVES = tuple(METRIC_NAMES)  # accuracy, params, macs, latency
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ class ParallelConfig:
 
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
-_DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
+_DEVICE = DEVICE
 _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 
@@ -120,7 +121,8 @@ class StudyConfig:
     data: DataConfig = field(default_factory=DataConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
     assistants: AssistantConfig = field(default_factory=AssistantConfig)
-    latency: LatencySetting = field(default_factory=LatencySetting)
+    costs: CostsConfig = field(default_factory=CostsConfig)  # how MACs are counted, where latency is measured
+    score: ScoreConfig = field(default_factory=ScoreConfig)  # pareto or one combined score; hard limits
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
     # Filled in by load_study, not read from the file:
     path: Path = field(default=Path("."), init=False, compare=False)
@@ -138,8 +140,6 @@ class StudyConfig:
             shown = "***@" + self.storage.rsplit("@", 1)[1] if "@" in self.storage else self.storage  # may hold a password
             report("storage", "expected a database URL such as sqlite:///path/study.db or "
                    f"postgresql://user:password@host/db, got {shown!r}")
-        if not _DEVICE.match(self.latency.device):
-            report("latency.device", f"expected cpu, cuda, cuda:N or mps, got {self.latency.device!r}")
         if self.threads is not None and self.threads < 1:
             report("threads", f"`threads >= 1` must hold, but got threads={self.threads}")
         for i, obj in enumerate(self.objectives):

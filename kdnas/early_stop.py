@@ -75,8 +75,13 @@ def stop_reason(rule: EarlyStopping, trial: optuna.Trial, key: str, accuracy: fl
 
 
 def checkpoint_hook(rule: EarlyStopping, trial: optuna.Trial, epochs: int, params: int,
-                    val_accuracy: Callable[[], float]) -> Callable[[int, float], None] | None:
-    """An ``on_epoch`` callback for ``fit`` that evaluates at the checkpoints and raises ``TrialPruned``."""
+                    val_accuracy: Callable[[], float],
+                    objective: Callable[[float], float] | None = None) -> Callable[[int, float], None] | None:
+    """An ``on_epoch`` callback for ``fit`` that evaluates at the checkpoints and raises ``TrialPruned``.
+
+    ``objective`` turns the checkpoint's accuracy into what a single-objective study maximises (its combined
+    score), which is what Optuna's pruner compares between trials.
+    """
     at = rule.epochs(epochs)
     if not rule.enabled or not at:
         return None
@@ -92,9 +97,10 @@ def checkpoint_hook(rule: EarlyStopping, trial: optuna.Trial, epochs: int, param
         curve[key] = acc
         trial.set_user_attr("val_curve", dict(curve))
         if single:
-            trial.report(acc, done)
-            reason = f"early stop after epoch {key}: Optuna's median pruner (val accuracy {acc:.1%})" \
-                if trial.should_prune() else None
+            value = objective(acc) if objective is not None else acc
+            trial.report(value, done)
+            what = f"score {value:.4f}, val accuracy {acc:.1%}" if objective is not None else f"val accuracy {acc:.1%}"
+            reason = f"early stop after epoch {key}: Optuna's median pruner ({what})" if trial.should_prune() else None
         else:
             reason = stop_reason(rule, trial, key, acc, params)
         if reason is not None:

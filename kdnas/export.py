@@ -30,7 +30,7 @@ from kdnas.artifacts import ArtifactStore, load_state_dict
 from kdnas.config import StudyConfig
 from kdnas.errors import KdnasError
 from kdnas.models import KDNet, build, make_spec
-from kdnas.score import pareto_mask
+from kdnas.study import front_trials
 
 BUNDLE_FORMAT = 1
 FORMATS = ("pt2", "onnx")
@@ -58,10 +58,9 @@ def parse_pick(expr: str) -> list[tuple[str, str, float]]:
 def pick_trial(study: optuna.Study, expr: str) -> optuna.trial.FrozenTrial:
     """Among the Pareto-optimal trials that meet every condition, the most accurate (then the smallest)."""
     conditions = parse_pick(expr)
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
-    if not done:
-        raise KdnasError(f"study {study.study_name!r} has no completed trial to pick from")
-    front = [t for t, m in zip(done, pareto_mask([t.values for t in done], [d.name.lower() for d in study.directions])) if m]
+    front = front_trials(study)  # of the measured objectives, in score mode too; infeasible trials left out
+    if not front:
+        raise KdnasError(f"study {study.study_name!r} has no completed, feasible trial to pick from")
     ok = [t for t in front if all(_OPS[op](t.user_attrs[k], v) for k, op, v in conditions)]
     if not ok:
         smallest = min(front, key=lambda t: t.user_attrs["params"])
@@ -157,8 +156,8 @@ def export_trial(cfg: StudyConfig, study: optuna.Study, number: int, out: Path, 
     student = {"format": BUNDLE_FORMAT, "spec": ua["candidate"]["student"],
                "input_shape": data.get("input_shape"), "num_classes": data.get("num_classes")}
     recipe = _recipe(cfg, study, t)
-    costs = {"params": ua.get("params"), "macs": ua.get("macs"), "latency_ms": ua.get("latency_ms"),
-             "latency_iqr_ms": ua.get("latency_iqr_ms"), "latency_setting": vars(cfg.latency)}
+    costs = {k: v for k, v in ua.items() if k in ("params", "macs", "score") or k.startswith("latency_")}
+    costs.update(counter=cfg.costs.counter, latency_setting=cfg.costs.latency.identity())
     guides = {"teacher.pt": _teacher_weights(cfg, store, recipe)}
     for a in recipe["chain"]["assistants"]:
         guides[f"{a['key']}.pt"] = store.path("assistants", a["key"])

@@ -138,3 +138,16 @@ def plot_importances(importances: dict[str, float], path: Path, title: str) -> P
     ax.set_xlabel("importance for validation accuracy (PED-ANOVA, sums to 1)")
     ax.set_title(title)
     return save(fig, path)
+
+
+def plot_hypervolume(series: pd.Series, objectives: list[str], path: Path, title: str) -> Path:
+    """Hypervolume of the front of trials 0..n against n (a step line: it only changes when the front does)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
+    ax.step(series.index, series.to_numpy(), where="post", color="C0", lw=1.5)
+    ax.set_xlabel("trial number")
+    ax.set_ylabel("hypervolume (normalised, 0 to 1)")
+    ax.set_title(f"{title}\nfront of trials 0..n over {', '.join(objectives)}; 1 - accuracy and cost / teacher's, "
+                 "reference point 1", fontsize=8)
+    ax.grid(True, alpha=0.25)
+    return save(fig, path)

@@ -1,4 +1,4 @@
-"""Study -> DataFrame -> trials.csv, pareto.png, summary.md. Reads only the storage."""
+"""Study -> DataFrame -> trials.csv, pareto.png, hypervolume.png, summary.md. Reads only the storage."""
 
 from __future__ import annotations
 
@@ -12,12 +12,12 @@ import pandas as pd
 from kdnas import plots
 from kdnas.artifacts import atomic_write_bytes
 from kdnas.report_html import write_html
-from kdnas.score import pareto_mask
+from kdnas.score import METRIC_NAMES, feasible, hypervolume_history, measured_front, normalise
 
 COLUMNS = [
     "number", "state", "val_accuracy", "test_accuracy", "params", "macs", "latency_ms", "latency_iqr_ms",
     "student", "method", "chain", "chain_length", "duration_s", "seed", "pareto", "reason", "architecture",
-    "method_params", "chain_spec",
+    "method_params", "chain_spec", "score", "latency_median_ms", "latency_stable", "feasible",
 ]
 
 
@@ -55,13 +55,32 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
             "architecture": json.dumps(cand.get("student")) if cand else None,
             "method_params": json.dumps(cand.get("method")) if cand else None,
             "chain_spec": json.dumps(cand.get("chain")) if cand else None,
+            "score": ua.get("score"),
+            "latency_median_ms": ua.get("latency_median_ms"),
+            "latency_stable": ua.get("latency_stable"),
+            "feasible": feasible(t),
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
-    done = df["state"] == "COMPLETE"
+    done = (df["state"] == "COMPLETE") & df["feasible"]
     if done.any():
-        values = [t.values for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
-        df.loc[done, "pareto"] = pareto_mask(values, [d.name.lower() for d in study.directions])
+        attrs = [t.user_attrs for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and feasible(t)]
+        df.loc[done, "pareto"] = measured_front(attrs, study.user_attrs["objectives"])
     return df
+
+
+def hypervolume_series(study: optuna.Study, df: pd.DataFrame) -> pd.Series | None:
+    """Hypervolume of the front of trials 0..n, for every trial number n (kdnas.score has the normalisation);
+    None when the teacher's costs, which normalise them, are not stored."""
+    objectives = study.user_attrs["objectives"]
+    teacher = study.user_attrs.get("teacher") or {}
+    if any(o != "accuracy" and teacher.get(METRIC_NAMES[o]) is None for o in objectives):
+        return None
+    ok = (df["state"] == "COMPLETE") & df["feasible"]
+    rows = [t.user_attrs for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and feasible(t)]
+    history = hypervolume_history(normalise(rows, objectives, teacher)) if rows else []
+    series = pd.Series(float("nan"), index=df["number"].to_numpy(), name="hypervolume")
+    series[df.loc[ok, "number"].to_numpy()] = history
+    return series.ffill().fillna(0.0)
 
 
 def _fmt_int(v) -> str:
@@ -80,7 +99,7 @@ def method_table(df: pd.DataFrame) -> list[str]:
     return lines
 
 
-def summary_markdown(study: optuna.Study, df: pd.DataFrame) -> str:
+def summary_markdown(study: optuna.Study, df: pd.DataFrame, hv: pd.Series | None = None) -> str:
     teacher = study.user_attrs.get("teacher") or {}
     data = study.user_attrs.get("data") or {}
     counts = df["state"].value_counts().to_dict()
@@ -93,7 +112,15 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame) -> str:
         lines.append(f"Teacher: `{json.dumps(teacher.get('spec'))}`, {_fmt_int(teacher.get('params'))} params, "
                      f"{_fmt_int(teacher.get('macs'))} MACs, {teacher.get('latency_ms', float('nan')):.3f} ms, "
                      f"val {teacher.get('val_accuracy', float('nan')):.1%}, test {teacher.get('test_accuracy', float('nan')):.1%}.")
-    lines += ["", f"## Pareto-optimal trials ({', '.join(study.metric_names or [])})", ""]
+    objectives = study.user_attrs.get("objectives", [])
+    if hv is not None and len(hv):
+        lines.append(f"Hypervolume: {hv.iloc[-1]:.4f} (objectives {', '.join(objectives)}, each normalised: "
+                     f"1 - accuracy, cost / teacher's cost; reference point 1; history in `hypervolume.png`).")
+    scored = df.dropna(subset=["score"])
+    if study.user_attrs.get("score_mode") == "score" and len(scored):
+        best = scored.loc[scored["score"].astype(float).idxmax()]
+        lines.append(f"Best combined score: {best['score']:.4f}, trial {int(best['number'])} (`{best['student']}`).")
+    lines += ["", f"## Pareto-optimal trials ({', '.join(objectives)})", ""]
     front = df[df["pareto"].astype(bool)].sort_values("params")  # astype: with no trials the column is not bool
     lines.append("| trial | val acc | test acc | params | MACs | latency (ms) | student | method | chain |")
     lines.append("|---:|---:|---:|---:|---:|---:|---|---|---|")
@@ -109,7 +136,7 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame) -> str:
             lines += ["", f"## {title}", ""]
             lines += [f"- trial {int(r['number'])}: {r['reason'] or 'no reason recorded (interrupted?)'}" for _, r in rows.iterrows()]
     lines += ["", "Files: `trials.csv` (every trial), `report.html` (everything in one page), `pareto.png` "
-              "(accuracy vs parameters, MACs and latency), `effects.png` (gain over labels-only by method and chain "
+              "(accuracy vs parameters, MACs and latency), `hypervolume.png` (hypervolume of the front, trial by trial), `effects.png` (gain over labels-only by method and chain "
               "length), `importances.png`."]
     return "\n".join(lines) + "\n"
 
@@ -145,7 +172,11 @@ def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
         ("Parameter importances", plots.plot_importances(importances(study), out_dir / "importances.png",
                                                          f"{name}: what matters for validation accuracy")),
     ]
-    summary = summary_markdown(study, df)
+    hv = hypervolume_series(study, df)
+    if hv is not None:
+        figures.insert(1, ("Hypervolume over trials", plots.plot_hypervolume(
+            hv, study.user_attrs["objectives"], out_dir / "hypervolume.png", f"{name}: hypervolume")))
+    summary = summary_markdown(study, df, hv)
     md = out_dir / "summary.md"
     atomic_write_bytes(md, summary.encode())
     intro = [line.replace("**", "").replace("`", "") for line in summary.splitlines()[1:6] if line and not line.startswith("#")]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import os
 import time
 from dataclasses import astuple, dataclass, field
@@ -22,19 +21,16 @@ from kdnas.early_stop import checkpoint_hook
 from kdnas.errors import KdnasError, TrialFailure
 from kdnas.liveness import WorkerLock, mark, sweep
 from kdnas.models import ArchSpec, build, digest
-from kdnas.score import pareto_mask
+from kdnas.score import DIRECTIONS, METRIC_NAMES, combined_score, constraints, feasible, measured_front
 from kdnas.space import MethodSpec, screen
 from kdnas.storage import check_storage, is_local, mask_url, open_storage
 from kdnas.teacher import get_teacher
-from kdnas.teacher_logits import TeacherLogits, teacher_logits
+from kdnas.teacher_logits import teacher_logits
 from kdnas.train import accuracy, fit
 from kdnas.workers import Tickets, optimize, run_pool, threads_per_worker
 
 log = logging.getLogger("kdnas")
 
-# Optuna value per objective name, and its direction.
-DIRECTIONS = {"accuracy": "maximize", "params": "minimize", "macs": "minimize", "latency": "minimize"}
-METRIC_NAMES = {"accuracy": "val_accuracy", "params": "params", "macs": "macs", "latency": "latency_ms"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -61,23 +57,22 @@ class Runtime:
 
     def counts(self, spec: ArchSpec) -> Counts:
         if spec not in self._counts:
-            self._counts[spec] = count(spec, self.split.input_shape, self.split.num_classes)
+            self._counts[spec] = count(spec, self.split.input_shape, self.split.num_classes, self.cfg.costs.counter)
         return self._counts[spec]
 
 
 def prepare(cfg: StudyConfig, threads: int | None = None) -> Runtime:
     device = resolve_device(cfg.device)
-    resolve_device(cfg.latency.device)
+    resolve_device(cfg.costs.latency.device)
     torch.set_num_threads(threads or cfg.threads or os.cpu_count() or 1)
     split = load_split(cfg.data, device, cfg.path)
     store = ArtifactStore(cfg.run_dir / "artifacts")
     latency = LatencyCache(cfg.run_dir / "latency_cache.json")
     teacher, info = get_teacher(cfg, split, store, device)
     assert cfg.teacher_spec is not None
-    counts = count(cfg.teacher_spec, split.input_shape, split.num_classes)
+    counts = count(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.counter)
     info.update(params=counts.params, macs=counts.macs)
-    info.update(latency.get_or_measure(cfg.teacher_spec, build(cfg.teacher_spec, split.input_shape, split.num_classes),
-                                       split.input_shape, split.num_classes, cfg.latency))
+    info.update(latency.get_or_measure(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.latency))
     identity = info.get("cache_key") or info["checkpoint_sha256"]
     augment = cfg.student.train.augment.active
     logits = teacher_logits(teacher, identity, split, store, random_augment=augment)
@@ -112,6 +107,21 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     if not screened.ok:  # rejected in milliseconds, before any training
         trial.set_user_attr("prune_reason", screened.reason)
         raise optuna.TrialPruned(screened.reason)
+    # Latency does not depend on the weights: measured before training, so a hard limit costs no training.
+    lat = rt.latency.get_or_measure(cand.student, split.input_shape, split.num_classes, cfg.costs.latency)
+    for key, value in lat.items():
+        trial.set_user_attr(key, value)
+    costs = {"params": counts.params, "macs": counts.macs, "latency_ms": lat["latency_ms"]}
+    violated = {}
+    for key, value in constraints(costs, cfg.score.limits).items():
+        trial.set_constraint(key, value)
+        if value > 0:
+            violated[key] = value
+    if violated:
+        reason = "; ".join(f"over score.limits.{k}: {costs[k.removeprefix('max_')]:.4g} > "
+                           f"{getattr(cfg.score.limits, k):.4g}" for k in violated)
+        trial.set_user_attr("prune_reason", reason)
+        raise optuna.TrialPruned(reason)
 
     seed = trial_seed(cfg.seed, trial.number)
     trial.set_user_attr("seed", seed)
@@ -123,7 +133,8 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     hp = resolve_hyperparameters(cand.method.name, cand.method.hyperparameters)
     trial.set_user_attr("method_hyperparameters", hp)  # defaults included: the values the run used
     stop = checkpoint_hook(cfg.search.early_stopping, trial, cfg.student.train.epochs, counts.params,
-                           lambda: accuracy(model, split.val))
+                           lambda: accuracy(model, split.val),
+                           (lambda acc: combined_score(acc, costs, cfg.score)) if cfg.score.mode == "score" else None)
     t_train = time.perf_counter()
     with guided_loss(cand.method, model, guides, split.train, cfg.assistants.drop_rate, seed) as (loss_fn, adapters):
         history = fit(model, split.train, cfg.student.train, loss_fn, seed, on_epoch=stop, extra=adapters)
@@ -131,15 +142,16 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     val_acc = accuracy(model, split.val)
     test_acc = accuracy(model, split.test)
     weights = rt.store.put_content("students", model.state_dict())
-    lat = rt.latency.get_or_measure(cand.student, model, split.input_shape, split.num_classes, cfg.latency)
     trial.set_user_attr("weights", weights)
     trial.set_user_attr("val_accuracy", val_acc)
     trial.set_user_attr("test_accuracy", test_acc)
-    trial.set_user_attr("latency_ms", lat["latency_ms"])
-    trial.set_user_attr("latency_iqr_ms", lat["latency_iqr_ms"])
     trial.set_user_attr("loss_history", history)
     trial.set_user_attr("train_seconds", train_s)
     trial.set_user_attr("trial_seconds", time.perf_counter() - t0)
+    score = combined_score(val_acc, costs, cfg.score)
+    trial.set_user_attr("score", score)
+    if cfg.score.mode == "score":
+        return (score,)
     values = {"accuracy": val_acc, "params": counts.params, "macs": counts.macs, "latency": lat["latency_ms"]}
     return tuple(float(values[o]) for o in cfg.objectives)
 
@@ -177,21 +189,25 @@ def make_objective(rt: Runtime, lock: WorkerLock | None = None) -> Callable[[opt
 def open_study(cfg: StudyConfig, create: bool, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
     """Open the study in its storage; with ``create``, create it (or resume it when it exists)."""
     storage = storage or open_storage(cfg, create=create)
-    directions = [DIRECTIONS[o] for o in cfg.objectives]
+    score_mode = cfg.score.mode == "score"
+    directions = ["maximize"] if score_mode else [DIRECTIONS[o] for o in cfg.objectives]
     if not create:
         try:
             return optuna.load_study(study_name=cfg.name, storage=storage)
         except KeyError:
             raise KdnasError(f"no study named {cfg.name!r} in {mask_url(cfg.storage_url())}; run `kdnas search` first") from None
     study = optuna.create_study(study_name=cfg.name, storage=storage, directions=directions, load_if_exists=True)
-    if [d.name.lower() for d in study.directions] != directions:
+    stored_mode = study.user_attrs.get("score_mode", cfg.score.mode)
+    if [d.name.lower() for d in study.directions] != directions or stored_mode != cfg.score.mode:
         raise KdnasError(
             f"{cfg.path}: objectives: the study {cfg.name!r} in storage was created with "
-            f"{study.user_attrs.get('objectives')} ({[d.name.lower() for d in study.directions]}), "
-            f"but the study file asks for {cfg.objectives}; use a new study name"
+            f"{study.user_attrs.get('objectives')} ({[d.name.lower() for d in study.directions]}, score.mode "
+            f"{stored_mode}), but the study file asks for {cfg.objectives} (score.mode {cfg.score.mode}); "
+            f"use a new study name"
         )
-    study.set_metric_names([METRIC_NAMES[o] for o in cfg.objectives])
-    study.set_user_attr("objectives", list(cfg.objectives))
+    study.set_metric_names(["score"] if score_mode else [METRIC_NAMES[o] for o in cfg.objectives])
+    study.set_user_attr("objectives", list(cfg.objectives))  # in score mode too: the report's front and hypervolume
+    study.set_user_attr("score_mode", cfg.score.mode)
     return study
 
 
@@ -208,10 +224,11 @@ def make_sampler(cfg: StudyConfig, n_existing: int, worker: int = 0) -> optuna.s
 
 
 def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    """The completed, feasible trials on the Pareto front of the measured objectives (in score mode too)."""
+    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE and feasible(t)]
     if not done:
         return []
-    mask = pareto_mask([t.values for t in done], [d.name.lower() for d in study.directions])
+    mask = measured_front([t.user_attrs for t in done], study.user_attrs["objectives"])
     return [t for t, m in zip(done, mask) if m]
 
 

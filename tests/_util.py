@@ -34,6 +34,7 @@ search:
   space: space.yaml
   trials: 3
 objectives: [accuracy, params, latency]
+costs: {{latency: {{min_seconds: 0.05, max_seconds: 0.3}}}}  # tests check that latency is measured, not its precision
 """
 
 
@@ -54,3 +55,23 @@ def working_dir(folder: Path) -> Iterator[Path]:
         yield folder
     finally:
         os.chdir(old)
+
+
+def shipped_study(path: Path, folder: Path) -> Path:
+    """A shipped study file as a user who has its data runs it. Studies that read a local folder
+    (``data.root``: CIFAR) get a copy in ``folder`` whose root holds tiny files in the real on-disk format."""
+    import yaml
+
+    from tests._datafiles import write_cifar
+
+    data = yaml.safe_load(path.read_text()).get("data", {})
+    if "root" not in data:
+        return path
+    writers = {"cifar10": lambda root: write_cifar(root), "cifar100": lambda root: write_cifar(root, hundred=True)}
+    root = folder / "data"
+    writers[data["dataset"]](root)
+    text = path.read_text().replace(f"root: {data['root']}", f"root: {root}", 1)
+    text = text.replace("space: ../search_spaces/", f"space: {REPO}/search_spaces/", 1)
+    copy = folder / path.name
+    copy.write_text(text)
+    return copy

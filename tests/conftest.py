@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from tests._util import write_tiny_study
 # Tests run on 2 cores next to other work: one thread each keeps timings predictable.
 torch.set_num_threads(1)
 os.environ.setdefault("MPLBACKEND", "Agg")
+# The latency probe remembers its floor in a cache folder: tests keep theirs away from the user's.
+os.environ.setdefault("KDNAS_CACHE_DIR", tempfile.mkdtemp(prefix="kdnas-tests-"))
 
 
 @pytest.fixture

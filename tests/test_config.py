@@ -10,13 +10,18 @@ from kdnas.cli import main
 from kdnas.config import load_study
 from kdnas.errors import ConfigError
 from kdnas.space import load_space
-from tests._util import REPO, write_tiny_study
+from tests._util import REPO, shipped_study, write_tiny_study
 
 
 @pytest.mark.parametrize("study", sorted((REPO / "studies").glob("*.yaml")), ids=lambda p: p.name)
-def test_shipped_studies_are_valid(study: Path) -> None:
-    cfg = load_study(study)
+def test_shipped_studies_are_valid(study: Path, tmp_path: Path) -> None:
+    cfg = load_study(shipped_study(study, tmp_path))
     assert cfg.space.families
+
+
+def test_a_shipped_study_without_its_data_says_where_to_put_it() -> None:
+    with pytest.raises(ConfigError, match=r"cifar10.yaml: data.root: folder not found: .*data \(set data.download: true"):
+        load_study(REPO / "studies/cifar10.yaml")
 
 
 @pytest.mark.parametrize("space", sorted((REPO / "search_spaces").glob("*.yaml")), ids=lambda p: p.name)

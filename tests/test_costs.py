@@ -1,22 +1,37 @@
+"""Costs: hand counts, the latency estimator on real workloads, its probe and its cache."""
+
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-from kdnas.costs import LatencyCache, LatencySetting, count
+import kdnas.costs._latency as latency_module
+import kdnas.costs._timing as timing
+from kdnas.costs import DTYPES, Chain, LatencyCache, LatencySetting, count, measure_calls, measure_latency
+from kdnas.costs._probe import Probe
 from kdnas.models import build, make_spec
+from tests._util import REPO
+
+# Enough to exercise every path; precision is the benchmark's business (benchmarks/latency_stability.py).
+QUICK = LatencySetting(min_seconds=0.02, max_seconds=0.2)
+TINY = {"family": "resnet_cifar", "depth": 8, "width": 0.25}
 
 
 def test_resnet8_macs_hand_count() -> None:
     # 8x8 input, widths 4/8/16 (width 0.25). Conv MACs = H_out*W_out*C_in*C_out*9; fc = 16*10.
-    spec = make_spec({"family": "resnet_cifar", "depth": 8, "width": 0.25})
+    spec = make_spec(TINY)
     c = count(spec, (1, 8, 8), 10)
     stem = 64 * 1 * 4 * 9
     s1 = 2 * 64 * 4 * 4 * 9
     s2 = 16 * 4 * 8 * 9 + 16 * 8 * 8 * 9
     s3 = 4 * 8 * 16 * 9 + 4 * 16 * 16 * 9
     assert c.macs == stem + s1 + s2 + s3 + 16 * 10
+    assert c.flops == 2 * c.macs
     assert c.params == sum(p.numel() for p in build(spec, (1, 8, 8), 10).parameters())
 
 
@@ -26,32 +41,119 @@ def test_resnet20_cifar_macs_match_the_literature() -> None:
     assert 40e6 < c.macs < 41e6
 
 
-def test_latency_is_measured_once_per_spec_and_setting(tmp_path: Path, monkeypatch) -> None:
-    import kdnas.costs as costs
+@pytest.mark.parametrize("raw", [TINY, {"family": "plain_cnn", "hidden": 8}, {"family": "mobilenetv2", "width": 0.25}],
+                         ids=lambda r: r["family"])
+def test_a_pass_timed_step_by_step_is_the_forward_pass(raw: dict) -> None:
+    model = build(make_spec(raw), (3, 16, 16), 10).eval()
+    x = torch.randn(2, 3, 16, 16)
+    chain = Chain.of(model, x)
+    assert len(chain.steps) > len(model.chain()), "Sequentials are opened into finer steps"
+    assert not any(type(step) is torch.nn.Sequential for step in chain.steps)
+    y = chain.x
+    with torch.no_grad():
+        for step in chain.steps:
+            y = step(y)
+        torch.testing.assert_close(y, model(x))
 
+
+def busy(n: int):
+    """Pure-Python work whose cost is proportional to ``n``."""
+    return lambda: sum(range(n))
+
+
+def test_interleaved_floors_rank_work_in_proportion() -> None:
+    # Twice the work must measure about twice the time, whatever else the machine does meanwhile.
+    one, two = measure_calls([[Chain.call(busy(20_000))], [Chain.call(busy(40_000))]],
+                             LatencySetting(min_seconds=0.1, max_seconds=1.0))
+    assert 1.7 < two.latency_ms / one.latency_ms < 2.3
+    for r in (one, two):
+        assert r.latency_raw_ms <= r.latency_median_ms  # the floor is the fast end of the calls
+        assert abs(r.latency_ms / r.latency_raw_ms - 1) <= timing._MAX_CORRECTION + 1e-9  # bounded correction
+        assert r.latency_calls >= 20 and r.latency_probe_ms is not None
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_every_dtype_measures_on_cpu(dtype: str) -> None:
+    spec = make_spec(TINY)
+    r = measure_latency(build(spec, (1, 8, 8), 10), (1, 8, 8), LatencySetting(dtype=dtype, min_seconds=0.02, max_seconds=0.2))
+    assert 0 < r.latency_ms < r.latency_median_ms + r.latency_iqr_ms + 1e-9
+    assert isinstance(r.latency_stable, bool)
+
+
+def test_a_probe_that_never_reaches_its_usual_floor_flags_and_bounds_the_correction(tmp_path: Path) -> None:
+    # A usual floor ten times below what the probe can do: the machine never looks quiet, so nothing is
+    # confirmed, and the correction stops at its bound instead of dividing by ten.
+    path = tmp_path / "probe.json"
+    probe = Probe(timing.ESTIMATOR, path)
+    path.write_text(json.dumps({probe.key: [0.01] * 5}))
+    probe = Probe(timing.ESTIMATOR, path)
+    (r,) = measure_calls([[Chain.call(busy(20_000))]], QUICK, probe)
+    assert not r.latency_stable
+    assert r.latency_ms == pytest.approx(r.latency_raw_ms / (1 + timing._MAX_CORRECTION))
+    figures = json.loads(path.read_text())[probe.key]
+    assert figures[:5] == [0.01] * 5 and len(figures) == 6 and figures[-1] == r.latency_probe_ms
+
+
+def test_probe_usual_floor_is_the_median_of_recent_figures_and_survives_damage(tmp_path: Path) -> None:
+    path = tmp_path / "probe.json"
+    path.write_text("{not json")
+    probe = Probe("x", path)
+    assert probe.floor is None and probe.quiet(123.0, 0.06)  # nothing known: no evidence against quiet
+    for figure in (0.5, 0.7, 0.4, 0.45, 0.9):
+        probe.remember(figure)
+    again = Probe("x", path)
+    assert again.floor == 0.5  # the median: one lucky or unlucky process does not move it
+    assert again.quiet(0.52, 0.06) and not again.quiet(0.6, 0.06)
+    assert Probe("another estimator", path).floor is None
+    for _ in range(40):
+        again.remember(1.0)
+    assert len(json.loads(path.read_text())[again.key]) == 25 and Probe("x", path).floor == 1.0  # recent ones
+
+
+def test_latency_is_measured_once_per_spec_and_setting(tmp_path: Path, monkeypatch) -> None:
     calls = []
-    real = costs.measure_latency
+    real = latency_module.measure_latency
 
     def counting(*a, **k):
         calls.append(1)
-        return real(*a, **k, repeats=3)
+        return real(*a, **k)
 
-    monkeypatch.setattr(costs, "measure_latency", counting)
-    spec = make_spec({"family": "resnet_cifar", "depth": 8, "width": 0.25})
-    model = build(spec, (1, 8, 8), 10)
+    monkeypatch.setattr(latency_module, "measure_latency", counting)
+    spec = make_spec(TINY)
     cache = LatencyCache(tmp_path / "lat.json")
-    first = cache.get_or_measure(spec, model, (1, 8, 8), 10, LatencySetting())
+    first = cache.get_or_measure(spec, (1, 8, 8), 10, QUICK)
     assert first["latency_ms"] > 0 and first["latency_iqr_ms"] >= 0
-    assert cache.get_or_measure(spec, model, (1, 8, 8), 10, LatencySetting()) == first
-    # a second process (a new cache object on the same file) reuses it too
-    assert LatencyCache(tmp_path / "lat.json").get_or_measure(spec, model, (1, 8, 8), 10, LatencySetting()) == first
+    assert cache.get_or_measure(spec, (1, 8, 8), 10, QUICK) == first
+    # another process (a new cache object on the same file) reuses it, and so does a longer time budget
+    longer = LatencySetting(min_seconds=1.0, max_seconds=20.0)
+    assert LatencyCache(tmp_path / "lat.json").get_or_measure(spec, (1, 8, 8), 10, longer) == first
     assert len(calls) == 1
-    cache.get_or_measure(spec, model, (1, 8, 8), 10, LatencySetting(batch_size=4))
-    assert len(calls) == 2
+    for other in (LatencySetting(batch_size=4, max_seconds=0.2), LatencySetting(dtype="bfloat16", max_seconds=0.2)):
+        cache.get_or_measure(spec, (1, 8, 8), 10, other)
+    assert len(calls) == 3
+
+
+def test_measuring_leaves_the_random_state_alone(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    expected = torch.rand(3)
+    torch.manual_seed(0)
+    LatencyCache(tmp_path / "lat.json").get_or_measure(make_spec(TINY), (1, 8, 8), 10, QUICK)
+    torch.testing.assert_close(torch.rand(3), expected)
 
 
 def test_damaged_latency_cache_is_remeasured_not_fatal(tmp_path: Path) -> None:
     (tmp_path / "lat.json").write_text("{not json")
-    spec = make_spec({"family": "resnet_cifar", "depth": 8, "width": 0.25})
-    out = LatencyCache(tmp_path / "lat.json").get_or_measure(spec, build(spec, (1, 8, 8), 10), (1, 8, 8), 10, LatencySetting())
+    out = LatencyCache(tmp_path / "lat.json").get_or_measure(make_spec(TINY), (1, 8, 8), 10, QUICK)
     assert out["latency_ms"] > 0
+
+
+@pytest.mark.slow
+def test_two_profile_processes_agree_within_5_percent(tmp_path: Path) -> None:
+    # The acceptance criterion, end to end: separate `kdnas profile` processes on one architecture.
+    arch = tmp_path / "arch.yaml"
+    arch.write_text("{family: resnet_cifar, depth: 8, width: 0.25}\n")
+    cmd = [sys.executable, "-m", "kdnas.cli", "profile", str(arch), "--input", "1,8,8", "--classes", "10", "--json"]
+    env = {"PYTHONPATH": str(REPO), "KDNAS_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    figures = [json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True, env=env).stdout)["latency_ms"]
+               for _ in range(2)]
+    assert max(figures) / min(figures) - 1 < 0.05, figures

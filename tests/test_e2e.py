@@ -37,6 +37,9 @@ def test_search_report_resume_export(tiny_study: Path, tmp_path: Path, capsys) -
     summary = (report / "summary.md").read_text()
     assert "## Pareto-optimal trials" in summary and "Teacher:" in summary
     assert (report / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (report / "hypervolume.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # 0 is possible here: the students are the teacher's size or half of it, with rough test-budget latencies.
+    assert 0 <= float(summary.split("Hypervolume: ")[1].split()[0]) <= 1
 
     # Resume: same study, new trials added, teacher reused from the cache.
     teachers = list((tmp_path / "runs/tiny/artifacts/teachers").glob("*.pt"))

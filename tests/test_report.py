@@ -35,10 +35,12 @@ def test_report_files_and_self_contained_html(tiny_study: Path, tmp_path: Path, 
     (tmp_path / "space.yaml").write_text(space)
     assert main(["search", str(tiny_study), "--trials", "5"]) == 0
     out = tmp_path / "reports/tiny"
-    for name in ("trials.csv", "summary.md", "report.html", "pareto.png", "effects.png", "importances.png"):
+    for name in ("trials.csv", "summary.md", "report.html", "pareto.png", "hypervolume.png", "effects.png",
+                 "importances.png"):
         assert (out / name).stat().st_size > 0, name
     page = (out / "report.html").read_text()
-    assert page.count("data:image/png;base64,") == 3
+    assert page.count("data:image/png;base64,") == 4
+    assert "Hypervolume over trials" in page and "Hypervolume: " in (out / "summary.md").read_text()
     assert "<script" not in page and not re.search(r"""(src|href)=["']?https?:""", page), "must open with no network"
     assert "Pareto-optimal trials" in page and "All trials (5)" in page
     df = pd.read_csv(out / "trials.csv")

@@ -11,7 +11,7 @@ from kdnas.cli import main
 from kdnas.config import load_study
 from kdnas.costs import count
 from kdnas.space import load_space
-from tests._util import REPO
+from tests._util import REPO, shipped_study
 
 SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))
 STUDIES = sorted((REPO / "studies").glob("*.yaml"))
@@ -41,10 +41,12 @@ def test_shipped_spaces_sample_feasible_ordered_candidates(path: Path, capsys) -
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: p.name)
-def test_shipped_studies_sample_feasible_ordered_candidates(path: Path, capsys) -> None:
+def test_shipped_studies_sample_feasible_ordered_candidates(path: Path, tmp_path: Path, capsys) -> None:
+    path = shipped_study(path, tmp_path)
     cfg = load_study(path)
     rows = _sample(path, capsys)
-    teacher = count(cfg.teacher_spec, (1, 8, 8) if cfg.data.dataset == "digits" else (1, 28, 28), 10).params
+    shape = {"digits": (1, 8, 8), "cifar10": (3, 32, 32), "cifar100": (3, 32, 32)}.get(cfg.data.dataset, (1, 28, 28))
+    teacher = count(cfg.teacher_spec, shape, 100 if cfg.data.dataset == "cifar100" else 10).params
     _check(rows, cfg.space, teacher)
 
 

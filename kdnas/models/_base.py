@@ -46,6 +46,10 @@ class StagedNet(KDNet):
             x = stage(x)
         return self.classifier(self.pool(self.neck(x)))
 
+    def chain(self) -> list[nn.Module]:
+        """The modules whose composition is ``forward``, in order (kdnas.costs times a pass step by step)."""
+        return [self.stem, *self.stages, self.neck, self.pool, self.classifier]
+
     def feature_modules(self) -> dict[str, nn.Module]:
         names = {"stem": self.stem}
         names.update({f"stage{i + 1}": s for i, s in enumerate(self.stages)})

@@ -1,0 +1,79 @@
+"""Latency of a network: measured (kdnas/costs/_timing.py has how and why) and cached per architecture."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from kdnas.artifacts import atomic_write_bytes, file_lock
+from kdnas.costs._setting import DTYPES, Latency, LatencySetting
+from kdnas.costs._timing import ESTIMATOR, Chain, measure_calls
+from kdnas.models import ArchSpec, build, digest
+
+_COPIES = 3  # copies of one model in one process differ by up to 2 % (where their tensors land in memory)
+
+
+def measure_latency(model: nn.Module, input_shape: tuple[int, int, int], setting: LatencySetting) -> Latency:
+    """Latency of ``model`` on a batch of ``setting.batch_size`` inputs; moves the model to the setting.
+
+    The passes rotate over ``_COPIES`` copies of the model, each with its own input, and their samples are
+    pooled: where a copy's tensors landed in memory changes its speed by a few percent, and the floor of the
+    pool is the best of them, which varies less between processes than any one copy's.
+    """
+    device = torch.device(setting.device)
+    dtype = DTYPES[setting.dtype]
+    model = model.to(device=device, dtype=dtype).eval()
+    chains = []
+    for i in range(_COPIES):
+        # A generator of its own: measuring must not move the global random state a trial trains with.
+        x = torch.randn(setting.batch_size, *input_shape, generator=torch.Generator().manual_seed(i))
+        chains.append(Chain.of(copy.deepcopy(model), x.to(device=device, dtype=dtype)))
+    start = time.perf_counter()
+    (result,) = measure_calls([chains], setting)
+    return replace(result, latency_seconds=time.perf_counter() - start)
+
+
+class LatencyCache:
+    """Latencies keyed by (spec, input shape, classes, device, batch size, threads, dtype), in one JSON file.
+
+    The same architecture is never timed twice in a study, by this process or by another worker that shares
+    the run folder; the file is rewritten atomically.
+    """
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._data: dict[str, dict] = {}
+        self._reload()
+
+    def _reload(self) -> None:
+        try:
+            self._data.update(json.loads(self.path.read_text()))
+        except (OSError, ValueError):
+            pass  # missing or damaged: a damaged cache only costs re-measuring
+
+    @staticmethod
+    def key(spec: ArchSpec, input_shape, num_classes: int, setting: LatencySetting) -> str:
+        return digest([ESTIMATOR, spec.to_dict(), list(input_shape), num_classes, setting.identity()])
+
+    def get_or_measure(self, spec: ArchSpec, input_shape, num_classes: int, setting: LatencySetting) -> dict:
+        """The cached figures of ``spec`` at ``setting`` (a :class:`Latency` as a dict), measured if missing."""
+        key = self.key(spec, input_shape, num_classes, setting)
+        if key not in self._data:
+            self._reload()  # another worker may have measured it meanwhile
+        if key not in self._data:
+            # fork_rng: building draws random weights, and measuring must not change what a trial trains after it.
+            with torch.random.fork_rng(devices=[]):
+                model = build(spec, input_shape, num_classes)
+            measured = measure_latency(model, input_shape, setting).to_dict()
+            # Read-merge-write under a lock: concurrent workers each add their entries, none is lost.
+            with file_lock(self.path.with_name(self.path.name + ".lock")):
+                self._reload()
+                self._data.setdefault(key, measured)
+                atomic_write_bytes(self.path, json.dumps(self._data, indent=1).encode())
+        return self._data[key]
