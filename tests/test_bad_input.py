@@ -89,6 +89,15 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
     ("zero trials", _nothing, ["--trials", "0"], r"search\.trials: `trials >= 1` must hold, but got trials=0"),
     ("negative timeout", _nothing, ["--timeout", "-5"], r"search\.timeout: `timeout > 0` must hold"),
     ("bad device", _nothing, ["--device", "gpu"], r"study\.yaml: device: expected cpu, cuda, cuda:N or mps, got 'gpu'"),
+    ("missing data root", edit("data: {dataset: digits, val_fraction: 0.2, test_fraction: 0.2, seed: 0}",
+                               "data: {dataset: cifar10, root: no_such_folder}"), [],
+     r"study\.yaml: data\.root: folder not found: .*no_such_folder \(set data\.download: true"),
+    ("data root for embedded data", edit("seed: 0}", "seed: 0, root: .}"), [],
+     r"data\.root: dataset 'digits' is embedded in kdnas and reads no folder; remove data\.root"),
+    ("unknown MAC counter", edit("costs: {latency:", "costs: {counter: ptflops, latency:"), [],
+     r"costs\.counter: expected one of 'flop_counter', 'fvcore', 'thop', got 'ptflops'"),
+    ("score rewarding cost", edit("seed: 0\n", "seed: 0\nscore: {mode: score, targets: {params: 1000}, above: 0.5}\n"), [],
+     r"score\.above: "),
 ]
 if not torch.cuda.is_available():
     CASES.append(("absent device", _nothing, ["--device", "cuda"], r"device 'cuda' was asked for, but CUDA is not available"))
