@@ -322,8 +322,11 @@ def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: Worker
             ua = trial.user_attrs
             front = front_trials(study)
             best = max(t.user_attrs["val_accuracy"] for t in front)
+            tail = f"front {len(front)}, best val {best:.1%}"
+            if cfg.score.mode == "score":
+                tail = f"score {ua['score']:.4f}, best {study.best_value:.4f} | {tail}"
             progress(f"{head} val {ua['val_accuracy']:6.1%}  {ua['params']:>9,} params  {ua['latency_ms']:7.3f} ms  "
-                     f"{ua['student']} {ua['method']} {ua['chain']}  ({ua['trial_seconds']:.1f}s) | front {len(front)}, best val {best:.1%}")
+                     f"{ua['student']} {ua['method']} {ua['chain']}  ({ua['trial_seconds']:.1f}s) | {tail}")
         else:
             reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason", "")
             progress(f"{head} {trial.state.name}: {reason}")

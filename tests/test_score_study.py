@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import optuna
@@ -23,6 +24,7 @@ def load(name: str = "tiny") -> optuna.Study:
 def test_score_study_maximises_the_combined_score(tiny_study: Path, tmp_path: Path, capsys) -> None:
     tiny_study.write_text(tiny_study.read_text() + "score: {mode: score, targets: {params: 3000, latency_ms: 0.5}}\n")
     assert main(["search", str(tiny_study), "--trials", "2"]) == 0
+    assert re.search(r"\| score 0\.\d{4}, best 0\.\d{4} \| front", capsys.readouterr().out), "progress shows the score"
     study = load()
     assert [d.name for d in study.directions] == ["MAXIMIZE"] and study.metric_names == ["score"]
     cfg = load_study(tiny_study).score
