@@ -206,10 +206,11 @@ def markdown(df: pd.DataFrame, study_name: str, command: str, selected: int, com
                      f"{_num(x['rho'])} (p {_num(x['rho_p'], '.2g')}) | {x['n']} |")
     if len(done) >= 2:
         best_brief = done.iloc[0]
-        best_full = done.loc[done["full_val_accuracy"].idxmax()]
+        top = done["full_val_accuracy"].max()
+        best_full = ", ".join(f"#{int(n)}" for n in sorted(done.loc[done["full_val_accuracy"] == top, "trial"]))
         lines += ["", f"The best trial by brief validation accuracy, #{int(best_brief['trial'])}, reaches "
-                      f"{_pct(best_brief['full_val_accuracy'])} when fully trained; the best fully trained one is "
-                      f"#{int(best_full['trial'])} at {_pct(best_full['full_val_accuracy'])}. Mean change from brief to "
+                      f"{_pct(best_brief['full_val_accuracy'])} when fully trained; the best when fully trained: "
+                      f"{best_full} at {_pct(top)}. Mean change from brief to "
                       f"full validation accuracy: {100 * (done['full_val_accuracy'] - done['brief_val_accuracy']).mean():+.1f} points."]
     lines += ["", "Tau is the share of trial pairs that the two trainings order alike minus the share they order "
                   "differently (1: the same ranking, 0: unrelated, -1: reversed); rho is the correlation of the two "
@@ -259,38 +260,37 @@ def run_fidelity(cfg: StudyConfig, top: int, epochs: int | None = None, device: 
     say(f"retraining {len(chosen)} of {completed} completed trials of {cfg.name!r} "
         f"({sum(t.number in front for t in chosen)} Pareto-optimal): {', '.join(f'#{t.number}' for t in chosen)}; "
         f"bundles in {folder}")
-    rows: dict[int, dict] = {}
+    plan = []
+    for t in chosen:
+        s = int(t.user_attrs["seed"]) if seed is None else trial_seed(seed, t.number)
+        plan.append((t, s, folder / bundle_name(t.number, epochs, s)))
+    # Trials an earlier run finished count at once: an interrupted run's files still show all that is done.
+    rows = {t.number: _row(t, front, recipe, bundle, s) for t, s, bundle in plan
+            if (recipe := _finished(bundle)) is not None}
+    if rows:
+        say(f"done earlier: {', '.join(f'#{n}' for n in sorted(rows))}")
+    todo = [p for p in plan if p[0].number not in rows]
     paths: list[Path] = []
 
     def table() -> pd.DataFrame:
         return pd.DataFrame([rows[n] for n in sorted(rows)], columns=COLUMNS)
 
     try:
-        for i, t in enumerate(chosen, start=1):
-            s = int(t.user_attrs["seed"]) if seed is None else trial_seed(seed, t.number)
-            bundle = folder / bundle_name(t.number, epochs, s)
-            head = f"[{i}/{len(chosen)}] trial {t.number}"
-            recipe = _finished(bundle)
-            reason = None
-            if recipe is not None:
-                say(f"{head}: done earlier")
-            else:
-                if not bundle.is_dir():
-                    _prepare_bundle(cfg, study, t.number, bundle, s)
-                t0 = time.perf_counter()
-                try:
-                    train_bundle(bundle, epochs, device, threads, say=lambda line, h=head: say(f"{h} {line}"))
-                    recipe = _finished(bundle)
-                except TrialFailure as err:  # the full run diverged where the brief one did not: a result too
-                    reason = f"full training failed: {err.reason}"
-                    say(f"{head}: {reason}")
-                say(f"{head}: trained in {time.perf_counter() - t0:.0f}s")
-            rows[t.number] = _row(t, front, recipe, bundle, s, reason)
-            r = rows[t.number]
-            if recipe is not None:
-                say(f"{head}: brief val {_pct(r['brief_val_accuracy'])} -> full val {_pct(r['full_val_accuracy'])} "
-                    f"(test {_pct(r['brief_test_accuracy'])} -> {_pct(r['full_test_accuracy'])})")
-            out_dir.mkdir(parents=True, exist_ok=True)
+        for i, (t, s, bundle) in enumerate(todo, start=1):
+            head = f"[{i}/{len(todo)}] trial {t.number}"
+            if not bundle.is_dir():
+                _prepare_bundle(cfg, study, t.number, bundle, s)
+            t0 = time.perf_counter()
+            recipe, reason = None, None
+            try:
+                train_bundle(bundle, epochs, device, threads, say=lambda line, h=head: say(f"{h} {line}"))
+                recipe = _finished(bundle)
+            except TrialFailure as err:  # the full run diverged where the brief one did not: a result too
+                reason = f"full training failed: {err.reason}"
+            r = rows[t.number] = _row(t, front, recipe, bundle, s, reason)
+            say(f"{head}: brief val {_pct(r['brief_val_accuracy'])} -> full val {_pct(r['full_val_accuracy'])} "
+                f"(test {_pct(r['brief_test_accuracy'])} -> {_pct(r['full_test_accuracy'])}), "
+                f"{time.perf_counter() - t0:.0f}s" + (f"; {reason}" if reason else ""))
             atomic_write_bytes(out_dir / CSV_NAME, table().to_csv(index=False).encode())
     finally:
         if rows:  # also when interrupted: the files describe what is done so far

@@ -169,8 +169,10 @@ def plot_fidelity(df: pd.DataFrame, stats: dict[str, dict[str, float]], path: Pa
         on = done["pareto"].astype(bool).to_numpy()
         ax.scatter(x[~on], y[~on], s=36, color="C0", zorder=3, label="other trials")
         ax.scatter(x[on], y[on], s=36, color="C1", zorder=3, label="Pareto-optimal (brief)")
-        for n, xi, yi in zip(done["trial"], x, y):
-            ax.annotate(f"#{int(n)}", (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        # One label per point: trials with the same accuracies (a few hundred images: ties are common) share it.
+        for (xi, yi), group in done.assign(x=x, y=y).groupby(["x", "y"], sort=False):
+            text = ",".join(f"#{int(n)}" for n in sorted(group["trial"]))
+            ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
         if len(done):
             lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
             pad = max(0.5, 0.05 * (hi - lo))
