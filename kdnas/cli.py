@@ -251,14 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
     sp.set_defaults(func=cmd_train)
     sp = add("fidelity", cmd_fidelity, "retrain K completed trials with the full budget and measure how well brief "
                                        "training ranked them (Kendall tau, Spearman rho); resumes if interrupted")
-    sp.add_argument("--top", type=int, required=True, metavar="K", help="how many trials: the Pareto-optimal ones, then a spread "
-                                                           "of the others by brief validation accuracy")
+    sp.add_argument("--top", type=int, required=True, metavar="K",
+                    help="how many trials: the Pareto-optimal ones, then a spread of the others by brief val accuracy")
     sp.add_argument("--epochs", type=int, metavar="E",
                     help="epochs for each stage (default: the full recipe `kdnas export` suggests)")
     sp.add_argument("--threads", type=int, metavar="T", help="torch threads (default: the study's threads)")
     sp.add_argument("--device", metavar="D", help="training device: cpu, cuda, cuda:N (default: the study's device)")
-    sp.add_argument("--seed", type=int, metavar="S", help="train trial N with the seed a search with this study seed gives it "
-                                             "(default: each trial's own seed)")
+    sp.add_argument("--seed", type=int, metavar="S", help="train each trial with the seed a search with study seed S "
+                                                          "gives it (default: each trial's own seed)")
     sp.add_argument("--storage", help="Optuna storage URL")
     sp = add("dashboard", cmd_dashboard, "open optuna-dashboard on the study's storage")
     sp.add_argument("--storage", help="Optuna storage URL")
