@@ -75,7 +75,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     configs = [load_study(path, overrides) for path in [args.study, *args.more]]
     studies = [open_study(cfg, create=False) for cfg in configs]
     if len(studies) == 1:
-        paths = write_report(studies[0], Path(args.out) if args.out else configs[0].report_dir)
+        # `kdnas fidelity` writes its results beside the study's own report; --out elsewhere still shows them.
+        paths = write_report(studies[0], Path(args.out) if args.out else configs[0].report_dir,
+                             fidelity_csv=configs[0].report_dir / "fidelity.csv")
     else:
         if not args.out:
             raise KdnasError("comparing several studies needs --out DIR")
@@ -103,6 +105,27 @@ def cmd_train(args: argparse.Namespace) -> int:
     result = train_bundle(args.bundle, args.epochs, args.device, threads=args.threads)
     print(f"trained {args.bundle} for {result['epochs']} epochs: val {result['val_accuracy']:.2%}, "
           f"test {result['test_accuracy']:.2%}; weights in {Path(args.bundle) / 'weights_full.pt'}")
+    return 0
+
+
+def cmd_fidelity(args: argparse.Namespace) -> int:
+    from kdnas.config import load_study
+    from kdnas.fidelity import agreement, describe, run_fidelity
+
+    cfg = load_study(args.study, {"storage": args.storage} if args.storage else None)
+    flags = [f"--{k} {v}" for k, v in (("top", args.top), ("epochs", args.epochs), ("threads", args.threads),
+                                       ("device", args.device), ("seed", args.seed)) if v is not None]
+    command = " ".join(["kdnas fidelity", args.study, *flags])
+    try:
+        df, paths = run_fidelity(cfg, args.top, args.epochs, args.device, args.threads, args.seed, command,
+                                 say=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        print("interrupted: finished trials are kept; run the same command again to continue", file=sys.stderr)
+        return 130
+    stats = agreement(df)
+    print(f"brief vs full validation accuracy: {describe(stats['val'])}")
+    print(f"brief vs full test accuracy (reported only): {describe(stats['test'])}")
+    print(f"files: {', '.join(str(p) for p in paths)}")
     return 0
 
 
@@ -226,6 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--threads", type=int, help="torch threads (default: all cores); results repeat exactly only "
                                                 "with the same thread count")
     sp.set_defaults(func=cmd_train)
+    sp = add("fidelity", cmd_fidelity, "retrain K completed trials with the full budget and measure how well brief "
+                                       "training ranked them (Kendall tau, Spearman rho); resumes if interrupted")
+    sp.add_argument("--top", type=int, required=True, metavar="K",
+                    help="how many trials: the Pareto-optimal ones, then a spread of the others by brief val accuracy")
+    sp.add_argument("--epochs", type=int, metavar="E",
+                    help="epochs for each stage (default: the full recipe `kdnas export` suggests)")
+    sp.add_argument("--threads", type=int, metavar="T", help="torch threads (default: the study's threads)")
+    sp.add_argument("--device", metavar="D", help="training device: cpu, cuda, cuda:N (default: the study's device)")
+    sp.add_argument("--seed", type=int, metavar="S", help="train each trial with the seed a search with study seed S "
+                                                          "gives it (default: each trial's own seed)")
+    sp.add_argument("--storage", help="Optuna storage URL")
     sp = add("dashboard", cmd_dashboard, "open optuna-dashboard on the study's storage")
     sp.add_argument("--storage", help="Optuna storage URL")
     sp.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")

@@ -151,3 +151,38 @@ def plot_hypervolume(series: pd.Series, objectives: list[str], path: Path, title
                  "reference point 1", fontsize=8)
     ax.grid(True, alpha=0.25)
     return save(fig, path)
+
+
+def plot_fidelity(df: pd.DataFrame, stats: dict[str, dict[str, float]], path: Path, title: str) -> Path:
+    """Full against brief accuracy of the retrained trials (``kdnas fidelity``), validation and test side by
+    side, with trial numbers and the line y = x; ``stats`` holds Kendall's tau and Spearman's rho per split."""
+    plt = _plt()
+
+    def num(v: float) -> str:
+        return "undefined" if np.isnan(v) else f"{v:.2f}"
+
+    val = stats["val"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 5.2), constrained_layout=True)
+    for ax, (split, name) in zip(axes, [("val", "validation (used for selection)"), ("test", "test (reported only)")]):
+        done = df.dropna(subset=[f"brief_{split}_accuracy", f"full_{split}_accuracy"])
+        x, y = 100 * done[f"brief_{split}_accuracy"].astype(float), 100 * done[f"full_{split}_accuracy"].astype(float)
+        on = done["pareto"].astype(bool).to_numpy()
+        ax.scatter(x[~on], y[~on], s=36, color="C0", zorder=3, label="other trials")
+        ax.scatter(x[on], y[on], s=36, color="C1", zorder=3, label="Pareto-optimal (brief)")
+        # One label per point: trials with the same accuracies (a few hundred images: ties are common) share it.
+        for (xi, yi), group in done.assign(x=x, y=y).groupby(["x", "y"], sort=False):
+            text = ",".join(f"#{int(n)}" for n in sorted(group["trial"]))
+            ax.annotate(text, (xi, yi), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        if len(done):
+            lo, hi = min(x.min(), y.min()), max(x.max(), y.max())
+            pad = max(0.5, 0.05 * (hi - lo))
+            ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ls="--", color="0.5", lw=1, label="y = x (no change)")
+        st = stats[split]
+        ax.set_title(f"{name}: tau {num(st['tau'])}, rho {num(st['rho'])}", fontsize=9)
+        ax.set_xlabel(f"brief training: {split} accuracy (%)")
+        ax.set_ylabel(f"full training: {split} accuracy (%)")
+        ax.grid(True, alpha=0.25)
+        ax.legend(loc="lower right", fontsize=7)
+    fig.suptitle(f"{title}\nvalidation: Kendall tau {num(val['tau'])}, Spearman rho {num(val['rho'])} "
+                 f"over {val['n']} trials", fontsize=10)
+    return save(fig, path)

@@ -9,7 +9,7 @@ from pathlib import Path
 import optuna
 import pandas as pd
 
-from kdnas import plots
+from kdnas import fidelity, plots
 from kdnas.artifacts import atomic_write_bytes
 from kdnas.report_html import write_html
 from kdnas.score import METRIC_NAMES, feasible, hypervolume_history, measured_front, normalise
@@ -99,7 +99,8 @@ def method_table(df: pd.DataFrame) -> list[str]:
     return lines
 
 
-def summary_markdown(study: optuna.Study, df: pd.DataFrame, hv: pd.Series | None = None) -> str:
+def summary_markdown(study: optuna.Study, df: pd.DataFrame, hv: pd.Series | None = None,
+                     fidelity_df: pd.DataFrame | None = None) -> str:
     teacher = study.user_attrs.get("teacher") or {}
     data = study.user_attrs.get("data") or {}
     counts = df["state"].value_counts().to_dict()
@@ -130,6 +131,8 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, hv: pd.Series | None
     if not len(front):
         lines.append("| – | no completed trial yet | | | | | | | |")
     lines += method_table(df)
+    if fidelity_df is not None:
+        lines += fidelity.summary_lines(fidelity_df)
     for state, title in (("FAIL", "Failed trials"), ("PRUNED", "Pruned or rejected trials")):
         rows = df[df["state"] == state]
         if len(rows):
@@ -156,8 +159,9 @@ def importances(study: optuna.Study) -> dict[str, float]:
         return {}
 
 
-def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
-    """Write the report files into ``out_dir``; return their paths."""
+def write_report(study: optuna.Study, out_dir: Path, fidelity_csv: Path | None = None) -> list[Path]:
+    """Write the report files into ``out_dir``; return their paths. With a ``fidelity.csv`` (``kdnas fidelity``;
+    by default the one in ``out_dir``), ``fidelity.png`` and a fidelity section are added."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     df = trials_frame(study)
@@ -176,7 +180,11 @@ def write_report(study: optuna.Study, out_dir: Path) -> list[Path]:
     if hv is not None:
         figures.insert(1, ("Hypervolume over trials", plots.plot_hypervolume(
             hv, study.user_attrs["objectives"], out_dir / "hypervolume.png", f"{name}: hypervolume")))
-    summary = summary_markdown(study, df, hv)
+    fid = fidelity.read_fidelity(fidelity_csv if fidelity_csv is not None else out_dir / fidelity.CSV_NAME)
+    if fid is not None:
+        figures.append((fidelity.caption(fid), plots.plot_fidelity(fid, fidelity.agreement(fid), out_dir / "fidelity.png",
+                                                                   f"{name}: brief vs full training")))
+    summary = summary_markdown(study, df, hv, fid)
     md = out_dir / "summary.md"
     atomic_write_bytes(md, summary.encode())
     intro = [line.replace("**", "").replace("`", "") for line in summary.splitlines()[1:6] if line and not line.startswith("#")]

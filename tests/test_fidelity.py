@@ -1,0 +1,141 @@
+"""`kdnas fidelity`: which trials are retrained, the files and their statistics, resume after Ctrl-C, bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import optuna
+import pandas as pd
+import pytest
+from scipy import stats
+
+from kdnas import fidelity
+from kdnas.cli import main
+from tests._util import working_dir, write_tiny_study
+
+ARGS = ["--top", "3", "--epochs", "2", "--threads", "1"]
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """A finished 4-trial tiny study (module-scoped: searched once for every test here)."""
+    folder = tmp_path_factory.mktemp("fidelity")
+    with working_dir(folder):
+        study = write_tiny_study(folder)
+        assert main(["search", str(study), "--trials", "4"]) == 0
+    return folder
+
+
+def test_spread_takes_both_ends_and_even_steps() -> None:
+    items = list(range(10))
+    assert fidelity.spread(items, 2) == [0, 9]
+    assert fidelity.spread(items, 4) == [0, 3, 6, 9]
+    assert fidelity.spread(items, 1) == [5]
+    assert fidelity.spread(items, 0) == [] and fidelity.spread(items, 12) == items
+    assert len(set(fidelity.spread(items, 9))) == 9
+
+
+def _fake_study(points: list[tuple[float, int]]) -> optuna.Study:
+    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
+    study.set_user_attr("objectives", ["accuracy", "params", "latency"])
+    for acc, params in points:
+        study.add_trial(optuna.trial.create_trial(
+            values=[acc, params, 1.0], user_attrs={"val_accuracy": acc, "params": params, "latency_ms": 1.0}))
+    return study
+
+
+def test_selection_takes_the_front_then_a_spread_of_the_others() -> None:
+    # Trials 0 and 1 form the front; the other six are dominated, ranked 2 > 3 > ... > 7 by accuracy.
+    study = _fake_study([(0.9, 10), (0.95, 20), (0.85, 20), (0.8, 20), (0.75, 20), (0.7, 20), (0.65, 20), (0.6, 20)])
+    chosen, front = fidelity.select_trials(study, 4)
+    assert front == {0, 1}
+    assert [t.number for t in chosen] == [0, 1, 2, 7]  # the front, then the best and the worst of the others
+    chosen, _ = fidelity.select_trials(study, 5)
+    assert [t.number for t in chosen] == [0, 1, 2, 5, 7]  # positions 0, 2.5 (rounded up) and 5 of the six others
+    assert [t.number for t in fidelity.select_trials(study, 50)[0]] == list(range(8))
+
+
+def test_interrupted_run_resumes_and_writes_consistent_files(finished: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(finished)
+    calls: list[str] = []
+    interrupt = [True]
+    real = fidelity.train_bundle
+
+    def counting(bundle, epochs, device, threads, say):
+        calls.append(Path(bundle).name)
+
+        def ctrl_c_in_the_second_trial(line: str) -> None:
+            say(line)
+            if interrupt[0] and len(calls) == 2 and line.startswith("student: epoch 1/"):
+                interrupt[0] = False
+                raise KeyboardInterrupt
+
+        return real(bundle, epochs, device, threads, say=ctrl_c_in_the_second_trial)
+
+    monkeypatch.setattr(fidelity, "train_bundle", counting)
+    assert main(["fidelity", "study.yaml", *ARGS]) == 130
+    assert "run the same command again to continue" in capsys.readouterr().err
+    kept = pd.read_csv("reports/tiny/fidelity.csv")
+    assert len(kept) == 1 and kept["full_val_accuracy"].notna().all()  # the finished trial is kept
+    first_done = int(kept["trial"].iloc[0])
+    assert (finished / "runs/tiny/fidelity" / calls[1] / "train/state.pt").is_file()
+
+    first = list(calls)
+    calls.clear()
+    assert main(["fidelity", "study.yaml", *ARGS]) == 0
+    out = capsys.readouterr().out
+    assert f"done earlier: #{first_done}\n" in out and "[1/2]" in out and "student: resuming after epoch 1/2" in out
+    assert calls[0] == first[1] and len(calls) == 2  # the first trial is not trained again
+
+    calls.clear()
+    assert main(["fidelity", "study.yaml", *ARGS]) == 0
+    assert calls == [] and "[1/" not in capsys.readouterr().out
+
+    df = pd.read_csv("reports/tiny/fidelity.csv")
+    trials = pd.read_csv("reports/tiny/trials.csv")
+    assert len(df) == 3 and set(trials.loc[trials["pareto"], "number"]) <= set(df["trial"])
+    assert (df["epochs"] == 2).all() and df["full_val_accuracy"].between(0, 1).all()
+    brief = trials.set_index("number").loc[df["trial"], "val_accuracy"].to_numpy()
+    assert list(df["brief_val_accuracy"]) == pytest.approx(list(brief))
+    tau = stats.kendalltau(df["brief_val_accuracy"], df["full_val_accuracy"]).statistic
+    rho = stats.spearmanr(df["brief_val_accuracy"], df["full_val_accuracy"]).statistic
+    ours = fidelity.agreement(df)["val"]
+    assert -1 <= ours["tau"] <= 1 and ours["tau"] == pytest.approx(tau) and ours["rho"] == pytest.approx(rho)
+    md = (finished / "reports/tiny/fidelity.md").read_text()
+    assert f"{tau:.2f}" in md and "kdnas fidelity study.yaml --top 3 --epochs 2" in md
+    assert (finished / "reports/tiny/fidelity.png").stat().st_size > 0
+
+    # The study's report shows it too.
+    assert main(["report", "study.yaml"]) == 0
+    page = (finished / "reports/tiny/report.html").read_text()
+    assert fidelity.caption(df) in page and page.count("data:image/png;base64,") == 5
+    summary = (finished / "reports/tiny/summary.md").read_text()
+    assert "Does brief training rank like full training?" in summary and f"Kendall tau {tau:.2f}" in summary
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--top", "1"], "`top >= 2` must hold"),
+    (["--top", "3", "--epochs", "0"], "`epochs >= 1` must hold"),
+    (["--top", "3", "--threads", "0"], "`threads >= 1` must hold"),
+])
+def test_bad_numbers_exit_2_and_write_nothing(finished: Path, tmp_path: Path, monkeypatch, capsys, argv, message) -> None:
+    monkeypatch.chdir(tmp_path)  # an empty folder: whatever would be written would show up here
+    assert main(["fidelity", str(finished / "study.yaml"), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("kdnas: error:") == 1
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_or_unfinished_study_exits_2_and_writes_nothing(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    study = write_tiny_study(tmp_path)
+    assert main(["fidelity", str(tmp_path / "missing.yaml"), "--top", "3"]) == 2
+    assert main(["fidelity", str(study), "--top", "3"]) == 2
+    assert "no study database" in capsys.readouterr().err
+    (tmp_path / "runs/tiny").mkdir(parents=True)
+    optuna.create_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db",
+                        directions=["maximize", "minimize", "minimize"])
+    assert main(["fidelity", str(study), "--top", "3"]) == 2
+    assert "has 0 completed trials" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs", "space.yaml", "study.yaml"]
+    assert {p.name for p in (tmp_path / "runs/tiny").iterdir()} <= {"study.db", "study.db-wal", "study.db-shm"}  # SQLite's own
