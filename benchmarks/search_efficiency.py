@@ -11,8 +11,8 @@ adds nothing, as a repeated candidate does in a real search (kdnas does not skip
 of trials 0..n-1 is computed by the report's own code (``kdnas.report.hypervolume_series``): each objective
 normalised by the teacher's costs, reference point 1.
 
-    PYTHONPATH=. python benchmarks/search_efficiency.py            # 84 candidates: ~10-20 min the first time
-    PYTHONPATH=. python benchmarks/search_efficiency.py --quick    # 12 candidates, 2 epochs: ~1-2 min
+    PYTHONPATH=. python benchmarks/search_efficiency.py            # 84 candidates: ~11 min the first time (2-core CPU)
+    PYTHONPATH=. python benchmarks/search_efficiency.py --quick    # 12 candidates, 2 epochs: ~1 min
 
 Samplers: ``tpe`` and ``random`` exactly as ``kdnas.study.make_sampler`` builds them (the study seed
 replaced by the run's seed), ``nsga2`` (Optuna's NSGA-II with a population of 10: the default 50 would be
