@@ -340,7 +340,7 @@ def main() -> None:
     title = (f"digits, {len(ok)} candidates (ResNet depth x width x Hinton KD settings), objectives "
              f"{', '.join(objectives)}; {len(seeds)} seeds per sampler")
     plot(curves, full_hv, n_trials, path, title)
-    print(f"\nfigure: {path}; curves: {curves_path}; training {t_train:.0f}s (0 when cached), "
+    print(f"\nfigure: {path}; curves: {curves_path}; teacher and candidates {t_train:.0f}s (loaded when cached), "
           f"total {time.perf_counter() - started:.0f}s")
 
 
