@@ -92,6 +92,11 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
         torch.manual_seed(seed)
         model = build(make_spec(spec, f"recipe.json {stage}"), shape, classes).to(dev)
         state = resume if resume is not None and resume.get("stage") == stage else None
+        if state is not None and state.get("epochs", train.epochs) != train.epochs:
+            # Continuing with another epoch count would splice two learning-rate schedules into one run.
+            raise KdnasError(f"{state_path}: {stage} was interrupted after epoch {state['fit']['epoch']} of "
+                             f"{state['epochs']}, not {train.epochs}; rerun with --epochs {state['epochs']} to "
+                             f"continue it, or remove {state_path} to start this stage over")
         if state is not None:
             say(f"{stage}: resuming after epoch {state['fit']['epoch']}/{train.epochs}")
         else:
@@ -99,7 +104,7 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
         t0 = time.perf_counter()
 
         def checkpoint(fit_state: dict) -> None:
-            buf = {"stage": stage, "fit": fit_state}
+            buf = {"stage": stage, "fit": fit_state, "epochs": train.epochs}
             save_object(state_path, buf)
             say(f"{stage}: epoch {fit_state['epoch']}/{train.epochs}, loss {fit_state['history'][-1]:.4f}")
 

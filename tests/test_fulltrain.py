@@ -91,6 +91,10 @@ def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(bundle: Path
     epoch = _student_epoch(killed / "train/state.pt")
     assert 2 <= epoch < 8, f"expected to kill mid-run, got epoch {epoch}"
     capsys.readouterr()
+    # Another budget would splice two learning-rate schedules into one run: refused, nothing changed.
+    assert main(["train", str(killed), "--epochs", "6", "--threads", "1"]) == 2
+    assert f"student was interrupted after epoch {epoch} of 8, not 6; rerun with --epochs 8" in capsys.readouterr().err
+    assert _student_epoch(killed / "train/state.pt") == epoch
     assert main(["train", str(killed), "--epochs", "8", "--threads", "1"]) == 0
     out = capsys.readouterr().out
     assert "assistant_0: already trained" in out and f"student: resuming after epoch {epoch}/8" in out
