@@ -68,7 +68,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--width", type=float, default=1.0, help="width multiplier of all three networks")
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=0.1)
-    # kdnas's Hinton defaults (docs/methods.md); TAKD's code uses T=5 and searches lambda, DGKD's T=4.
+    # kdnas's Hinton defaults (docs/methods.md), not tuned per condition; TAKD's code uses T=5 and searches lambda.
     ap.add_argument("--temperature", type=float, default=4.0)
     ap.add_argument("--alpha", type=float, default=0.9, help="share of the distillation term in every KD loss")
     ap.add_argument("--drop-rate", type=float, default=0.5, help="DGKD: chance of dropping each guide per batch")
