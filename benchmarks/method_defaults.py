@@ -18,7 +18,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kdnas.data import load_split
+from kdnas.data import DataConfig, load_split
 from kdnas.distill import METHODS, make_loss
 from kdnas.errors import TrialFailure
 from kdnas.models import build, make_spec
@@ -35,11 +35,11 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     args = ap.parse_args()
     torch.set_num_threads(1)
-    d = load_split("digits", 0.2, 0.2, 0)
+    d = load_split(DataConfig("digits", val_fraction=0.2, test_fraction=0.2, seed=0))
     torch.manual_seed(0)
     teacher = build(make_spec({"family": "resnet_cifar", "depth": 20, "width": 1.0}), d.input_shape, 10)
-    fit(teacher, d.train_x, d.train_y, TrainRecipe(epochs=15, lr=0.1), lambda o, b: F.cross_entropy(o, b.y), 0)
-    print(f"teacher ResNet-20: val {accuracy(teacher.eval(), d.val_x, d.val_y):.1%}")
+    fit(teacher, d.train, TrainRecipe(epochs=15, lr=0.1), lambda o, b: F.cross_entropy(o, b.y), 0)
+    print(f"teacher ResNet-20: val {accuracy(teacher.eval(), d.val):.1%}")
     runs = [("none", {})] + [r for name, ref in REFERENCE for r in ((name, {}), (name, ref))]
     for arch in STUDENTS:
         print(f"\nstudent {arch}, {args.epochs} epochs, lr 0.1, mean over seeds {args.seeds}")
@@ -51,10 +51,10 @@ def main() -> None:
                 torch.manual_seed(seed)
                 student = build(make_spec(arch), d.input_shape, 10)
                 try:
-                    with make_loss((name, hp), student, teacher, d.train_x) as (loss_fn, adapters):
-                        fit(student, d.train_x, d.train_y, TrainRecipe(epochs=args.epochs, lr=0.1), loss_fn, seed,
+                    with make_loss((name, hp), student, teacher, d.train) as (loss_fn, adapters):
+                        fit(student, d.train, TrainRecipe(epochs=args.epochs, lr=0.1), loss_fn, seed,
                             extra=adapters)
-                    accs.append(accuracy(student, d.val_x, d.val_y))
+                    accs.append(accuracy(student, d.val))
                 except TrialFailure:
                     accs.append(float("nan"))
             label = ("reference " if hp else "default ") + str(shown)

@@ -35,8 +35,8 @@ def make_loss(
 
     Use it as a context manager; it yields ``(loss_fn, adapters)``::
 
-        with make_loss(spec, student, teacher, train_x, teacher_logits=cached) as (loss_fn, adapters):
-            fit(student, train_x, train_y, recipe, loss_fn, seed, extra=adapters)
+        with make_loss(spec, student, teacher, split.train, teacher_logits=cached) as (loss_fn, adapters):
+            fit(student, split.train, recipe, loss_fn, seed, extra=adapters)
 
     ``method`` is a ``MethodSpec`` (or a ``(name, {hyperparameter: value})`` pair); missing hyperparameters
     take their defaults, bad ones raise :class:`~kdnas.errors.KdnasError`. ``loss_fn(student_logits, batch)``
