@@ -72,8 +72,8 @@ def kdnas_search(study: Path, cwd: Path, args: list[str], log: Path | None = Non
                  python: list[str] | None = None) -> tuple[float, float]:
     """Run `python -m kdnas.cli search STUDY ARGS` in ``cwd`` (output appended to ``log``); return its wall
     seconds and its CPU seconds (user + system, the process and its children). With one torch thread the
-    CPU time is the work done, which other processes on a shared machine barely change; the wall time is
-    what a user waits for. ``python`` replaces ``[sys.executable, "-m", "kdnas.cli"]`` (a wrapper that
+    CPU time is the work done, which other processes on a shared machine change much less; the wall time
+    is what a user waits for. ``python`` replaces ``[sys.executable, "-m", "kdnas.cli"]`` (a wrapper that
     patches first)."""
     cmd = [*(python or [sys.executable, "-m", "kdnas.cli"]), "search", str(study), *args]
     out = open(log, "a") if log else subprocess.DEVNULL

@@ -149,7 +149,7 @@ def main() -> None:
     if args.quick:
         args.rounds, args.trials = 1, 3
 
-    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="kdnas-caches-"))
+    tmp = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="kdnas-caches-"))
     tmp.mkdir(parents=True, exist_ok=True)
     try:
         run(args, tmp)
