@@ -1,0 +1,162 @@
+"""Helpers shared by the study-level benchmarks (caches.py, overhead.py, early_stopping.py).
+
+Each benchmark runs real `kdnas search` commands on study files derived from the shipped ones: the shipped
+file is read with ``yaml.safe_load``, keys are overridden, and the result is written into a temporary
+folder, with the paths it names (search space, data root, teacher checkpoint) made absolute so that they
+still point at the repository. Every study runs in a folder of its own (kdnas writes ``runs/<name>/`` and
+``reports/<name>/`` under the current directory), so nothing in the repository is touched.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent  # the repository
+STUDIES = ROOT / "studies"
+
+
+def merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` merged into it, section by section (a value of None deletes the key)."""
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if value is None:
+            out.pop(key, None)
+        elif isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def derive(src: str | Path, dest: Path, overrides: dict[str, Any]) -> Path:
+    """Write ``src`` with ``overrides`` merged in as ``dest/<name>.yaml``; return its path."""
+    src = Path(src)
+    if not src.is_file() and (STUDIES / src).is_file():
+        src = STUDIES / src
+    raw = yaml.safe_load(src.read_text())
+    raw = merge(raw, overrides)
+
+    def absolute(rel: str) -> str:
+        p = Path(rel).expanduser()
+        return str(p if p.is_absolute() else (src.parent / p).resolve())
+
+    raw["search"]["space"] = absolute(raw["search"]["space"])
+    if isinstance(raw.get("data"), dict) and raw["data"].get("root"):
+        raw["data"]["root"] = absolute(raw["data"]["root"])
+    if isinstance(raw.get("teacher"), dict) and raw["teacher"].get("checkpoint"):
+        raw["teacher"]["checkpoint"] = absolute(raw["teacher"]["checkpoint"])
+    dest.mkdir(parents=True, exist_ok=True)
+    path = dest / f"{raw['name']}.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def child_env() -> dict[str, str]:
+    """The environment for a child process: kdnas importable from this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), *filter(None, [env.get("PYTHONPATH")])])
+    return env
+
+
+def kdnas_search(study: Path, cwd: Path, args: list[str], log: Path | None = None,
+                 python: list[str] | None = None) -> tuple[float, float]:
+    """Run `python -m kdnas.cli search STUDY ARGS` in ``cwd`` (output appended to ``log``); return its wall
+    seconds and its CPU seconds (user + system, the process and its children). With one torch thread the
+    CPU time is the work done, which other processes on a shared machine change much less; the wall time
+    is what a user waits for. ``python`` replaces ``[sys.executable, "-m", "kdnas.cli"]`` (a wrapper that
+    patches first)."""
+    cmd = [*(python or [sys.executable, "-m", "kdnas.cli"]), "search", str(study), *args]
+    out = open(log, "a") if log else subprocess.DEVNULL
+    try:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t0 = time.perf_counter()
+        rc = subprocess.run(cmd, cwd=cwd, env=child_env(), stdout=out, stderr=subprocess.STDOUT).returncode
+        wall = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    finally:
+        if log:
+            out.close()
+    if rc != 0:
+        sys.exit(f"`{' '.join(cmd)}` in {cwd} exited with {rc}" + (f"; see {log}" if log else ""))
+    return wall, cpu
+
+
+def pretrain_teacher(study: Path, tmp: Path, dests: list[Path]) -> float:
+    """Train the study's teacher once (in a child process, in ``tmp/teacher``) and copy it into the run folder
+    of each of ``dests``, so that every side starts with it cached; return the training seconds."""
+    folder = tmp / "teacher"
+    folder.mkdir(parents=True, exist_ok=True)
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "teacher", str(study)], cwd=folder,
+                         env=child_env(), capture_output=True, text=True)
+    if out.returncode:
+        sys.exit(f"training the teacher of {study} failed:\n{out.stderr}")
+    seconds = float(out.stdout.strip().splitlines()[-1])
+    name = Path(study).stem
+    for d in dests:
+        shutil.copytree(folder / "runs" / name / "artifacts" / "teachers", d / "runs" / name / "artifacts" / "teachers",
+                        dirs_exist_ok=True)
+    return seconds
+
+
+def _train_teacher(study: str) -> None:
+    """Child process: train (or load) the study's teacher into runs/<name>/artifacts here; print seconds."""
+    import torch
+
+    from kdnas.artifacts import ArtifactStore
+    from kdnas.config import load_study
+    from kdnas.data import load_split
+    from kdnas.study import resolve_device
+    from kdnas.teacher import get_teacher
+
+    cfg = load_study(study)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    device = resolve_device(cfg.device)
+    split = load_split(cfg.data, device, cfg.path)
+    _, info = get_teacher(cfg, split, ArtifactStore(cfg.run_dir / "artifacts"), device)
+    print(info["seconds"])
+
+
+def trials(cwd: Path, study: Path):
+    """The stored trials of the study run in ``cwd`` (read through kdnas, as `kdnas report` does)."""
+    import warnings
+
+    study = Path(study).resolve()
+    prev = os.getcwd()
+    os.chdir(cwd)
+    try:
+        warnings.simplefilter("ignore")  # Optuna's experimental-feature warnings on opening the storage
+        from kdnas.config import load_study
+        from kdnas.study import open_study
+
+        return open_study(load_study(study), create=False).get_trials(deepcopy=False)
+    finally:
+        os.chdir(prev)
+
+
+def machine() -> str:
+    """A one-line description of this machine, for the figures."""
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return f"{os.cpu_count()} cores, {model}, load {load:.1f}"
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["teacher"]:
+    _train_teacher(sys.argv[2])

