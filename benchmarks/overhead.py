@@ -109,7 +109,11 @@ def instrument(ledger: Ledger) -> None:
     w("kdnas.study", "open_study", "storage: open and check")
     w("kdnas.study", "count", "counting params and MACs")
     w("kdnas.study", "screen", "screening candidates")
-    w("kdnas.costs", "measure_latency", "latency measurement")
+    costs = importlib.import_module("kdnas.costs")
+    measure = getattr(costs, "measure_latency", None)
+    w(costs, "measure_latency", "latency measurement")
+    if measure is not None and measure.__module__ != costs.__name__:  # a package: wrap it where it is called
+        w(measure.__module__, "measure_latency", "latency measurement")
     w("kdnas.study", "front_trials", "progress lines (Pareto front per trial)")
     w("kdnas.study", "sweep", "liveness sweep of dead workers' trials")
     w("kdnas.early_stop", "stop_reason", "early-stopping rule (reads peers from storage)")
