@@ -9,20 +9,34 @@ still point at the repository. Every study runs in a folder of its own (kdnas wr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import resource
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent  # the repository
 STUDIES = ROOT / "studies"
+
+
+@contextlib.contextmanager
+def work_folder(keep: str | None, prefix: str) -> Iterator[Path]:
+    """Where a benchmark's studies run: ``keep`` (absolute, kept) or a temporary folder removed at the end."""
+    folder = Path(keep).resolve() if keep else Path(tempfile.mkdtemp(prefix=prefix))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        yield folder
+    finally:
+        if not keep:
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def merge(base: dict, over: dict) -> dict:

@@ -149,13 +149,8 @@ def main() -> None:
     if args.quick:
         args.rounds, args.trials = 1, 3
 
-    tmp = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="kdnas-caches-"))
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
+    with _studies.work_folder(args.keep, "kdnas-caches-") as tmp:
         run(args, tmp)
-    finally:
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run(args, tmp: Path) -> None:

@@ -33,9 +33,7 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
 
@@ -58,13 +56,8 @@ def main() -> None:
     if args.quick:
         args.rounds, args.timeout = 1, 12
 
-    tmp = Path(args.keep).resolve() if args.keep else Path(tempfile.mkdtemp(prefix="kdnas-early-stopping-"))
-    tmp.mkdir(parents=True, exist_ok=True)
-    try:
+    with _studies.work_folder(args.keep, "kdnas-early-stopping-") as tmp:
         run(args, tmp)
-    finally:
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def reason_kind(reason: str) -> str:

@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
-import shutil
 import sys
 import tempfile
 import time
@@ -147,8 +146,11 @@ def main() -> None:
 
     if args.keep:
         args.keep = str(Path(args.keep).resolve())  # the command runs in it: a relative path would move
-    tmp = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="kdnas-overhead-"))
-    tmp.mkdir(parents=True, exist_ok=True)
+    with _studies.work_folder(args.keep, "kdnas-overhead-") as tmp:
+        measure(args, tmp)
+
+
+def measure(args, tmp: Path) -> None:
     overrides: dict = {"threads": args.threads, "search": {"trials": args.trials}}
     if args.quick:
         overrides["search"]["trials"] = args.trials = 2
@@ -163,8 +165,6 @@ def main() -> None:
         run(args, study)
     finally:
         os.chdir(prev)
-        if not args.keep:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run(args, study: Path) -> None:

@@ -46,6 +46,16 @@ def write_tiny_study(folder: Path, teacher_width: float = 0.5, teacher_epochs: i
 
 
 
+def searched_tiny_study(folder: Path, trials: int = 4) -> Path:
+    """``folder`` holding a tiny study searched for ``trials`` trials (for module-scoped fixtures); returns it."""
+    from kdnas.cli import main
+
+    with working_dir(folder):
+        study = write_tiny_study(folder)
+        assert main(["search", str(study), "--trials", str(trials)]) == 0
+    return folder
+
+
 @contextlib.contextmanager
 def working_dir(folder: Path) -> Iterator[Path]:
     """Run in ``folder`` (runs/ and reports/ land there), for module-scoped fixtures that monkeypatch cannot serve."""

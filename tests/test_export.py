@@ -13,17 +13,13 @@ from kdnas import load_student
 from kdnas.cli import main
 from kdnas.errors import KdnasError
 from kdnas.export import parse_pick, pick_trial
-from tests._util import working_dir, write_tiny_study
+from tests._util import searched_tiny_study
 
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A finished 4-trial tiny study (module-scoped: searched once for every test here)."""
-    folder = tmp_path_factory.mktemp("export")
-    with working_dir(folder):
-        study = write_tiny_study(folder)
-        assert main(["search", str(study), "--trials", "4"]) == 0
-    return folder
+    return searched_tiny_study(tmp_path_factory.mktemp("export"))
 
 
 @pytest.fixture

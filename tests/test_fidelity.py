@@ -11,7 +11,7 @@ from scipy import stats
 
 from kdnas import fidelity
 from kdnas.cli import main
-from tests._util import working_dir, write_tiny_study
+from tests._util import searched_tiny_study, write_tiny_study
 
 ARGS = ["--top", "3", "--epochs", "2", "--threads", "1"]
 
@@ -19,11 +19,7 @@ ARGS = ["--top", "3", "--epochs", "2", "--threads", "1"]
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
     """A finished 4-trial tiny study (module-scoped: searched once for every test here)."""
-    folder = tmp_path_factory.mktemp("fidelity")
-    with working_dir(folder):
-        study = write_tiny_study(folder)
-        assert main(["search", str(study), "--trials", "4"]) == 0
-    return folder
+    return searched_tiny_study(tmp_path_factory.mktemp("fidelity"))
 
 
 def test_spread_takes_both_ends_and_even_steps() -> None:
