@@ -152,8 +152,8 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     trial.set_user_attr("score", score)
     if cfg.score.mode == "score":
         return (score,)
-    values = {"accuracy": val_acc, "params": counts.params, "macs": counts.macs, "latency": lat["latency_ms"]}
-    return tuple(float(values[o]) for o in cfg.objectives)
+    measured = {"val_accuracy": val_acc, **costs}  # keyed like the trial attributes that METRIC_NAMES names
+    return tuple(float(measured[METRIC_NAMES[o]]) for o in cfg.objectives)
 
 
 def _first_line(err: BaseException) -> str:
