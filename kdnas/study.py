@@ -13,7 +13,7 @@ import torch
 
 from kdnas.artifacts import ArtifactStore
 from kdnas.config import StudyConfig
-from kdnas.costs import Counts, LatencyCache, count
+from kdnas.costs import Counts, LatencyCache, count, resolve_device
 from kdnas.data import DataSplit, load_split
 from kdnas.distill import resolve_hyperparameters
 from kdnas.distill.chain import AssistantPool, Guide, guided_loss
@@ -31,14 +31,6 @@ from kdnas.workers import Tickets, optimize, run_pool, threads_per_worker
 
 log = logging.getLogger("kdnas")
 
-
-
-def resolve_device(name: str) -> torch.device:
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise KdnasError(f"device {name!r} was asked for, but CUDA is not available on this machine")
-    if name == "mps" and not torch.backends.mps.is_available():
-        raise KdnasError("device 'mps' was asked for, but MPS is not available on this machine")
-    return torch.device(name)
 
 
 @dataclass

@@ -7,11 +7,11 @@ multiply-accumulate), ``latency_ms`` (milliseconds per batch).
 from kdnas.costs._config import CostsConfig
 from kdnas.costs._counts import COUNTERS, Counts, count
 from kdnas.costs._latency import LatencyCache, measure_latency
-from kdnas.costs._setting import DEVICE, DTYPES, Latency, LatencySetting
+from kdnas.costs._setting import DEVICE, DTYPES, Latency, LatencySetting, resolve_device
 from kdnas.costs._timing import Chain, measure_calls
 from kdnas.costs._table import LatencyTable
 
 __all__ = [
     "COUNTERS", "Chain", "CostsConfig", "Counts", "DEVICE", "DTYPES", "Latency", "LatencyCache", "LatencySetting", "LatencyTable", "count",
-    "measure_calls", "measure_latency",
+    "measure_calls", "measure_latency", "resolve_device",
 ]

@@ -10,7 +10,7 @@ import torch
 from kdnas._schema import Collector, load_yaml, parse_section
 from kdnas.costs._counts import COUNTERS, count
 from kdnas.costs._latency import measure_latency
-from kdnas.costs._setting import LatencySetting
+from kdnas.costs._setting import LatencySetting, resolve_device
 from kdnas.costs._table import LatencyTable
 from kdnas.errors import KdnasError
 from kdnas.models import ArchSpec, build, make_spec
@@ -26,10 +26,10 @@ def check_setting(raw: dict, where: str) -> LatencySetting:
     problems = Collector(where)
     setting = parse_section(LatencySetting, raw, "", problems.add)
     problems.raise_if_any()
-    if setting.device.startswith("cuda") and not torch.cuda.is_available():
-        raise KdnasError(f"{where}: device {setting.device!r} was asked for, but CUDA is not available on this machine")
-    if setting.device == "mps" and not torch.backends.mps.is_available():
-        raise KdnasError(f"{where}: device 'mps' was asked for, but MPS is not available on this machine")
+    try:
+        resolve_device(setting.device)
+    except KdnasError as err:
+        raise KdnasError(f"{where}: {err}") from None
     return setting
 
 

@@ -8,8 +8,19 @@ from typing import Literal
 
 import torch
 
+from kdnas.errors import KdnasError
+
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def resolve_device(name: str) -> torch.device:
+    """``name`` as a device, or a one-line error when this machine does not have it."""
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise KdnasError(f"device {name!r} was asked for, but CUDA is not available on this machine")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise KdnasError("device 'mps' was asked for, but MPS is not available on this machine")
+    return torch.device(name)
 
 
 @dataclass(frozen=True)
