@@ -31,7 +31,8 @@ from kdnas.config import StudyConfig
 from kdnas.errors import KdnasError, TrialFailure
 from kdnas.export import export_trial
 from kdnas.fulltrain import train_bundle
-from kdnas.study import front_trials, open_study, resolve_device, trial_seed
+from kdnas.costs import resolve_device
+from kdnas.study import front_trials, open_study, trial_seed
 
 CSV_NAME = "fidelity.csv"
 COLUMNS = [

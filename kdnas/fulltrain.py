@@ -56,7 +56,7 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
     meta = _read_json(bundle / "student.json")
     if epochs is not None and epochs < 1:
         raise KdnasError(f"--epochs: `epochs >= 1` must hold, but got epochs={epochs}")
-    from kdnas.study import resolve_device
+    from kdnas.costs import resolve_device
 
     dev = resolve_device(device)
     if threads is not None:
