@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import resource
 import sys
 import tempfile
 import time
@@ -113,6 +114,7 @@ def instrument(ledger: Ledger) -> None:
     w(costs, "measure_latency", "latency measurement")
     if measure is not None and measure.__module__ != costs.__name__:  # a package: wrap it where it is called
         w(measure.__module__, "measure_latency", "latency measurement")
+    w(costs.LatencyService, "_wait", "latency: waiting for the background process")
     w("kdnas.study", "front_trials", "progress lines (Pareto front per trial)")
     w("kdnas.study", "sweep", "liveness sweep of dead workers' trials")
     w("kdnas.early_stop", "stop_reason", "early-stopping rule (reads peers from storage)")
@@ -218,8 +220,10 @@ def run(args, study: Path) -> None:
             print(f"    {name:66s} {sec:8.2f}s {100 * sec / wall:6.2f}%  ({calls} calls)")
     print(f"\ntraining (fit): {train:.1f}s = teacher {teacher:.1f}s + assistants "
           f"{ledger.fit_incl.get(f'{FIT}: assistants', 0.0):.1f}s + students {ledger.fit_incl.get(f'{FIT}: students', 0.0):.1f}s")
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     print(f"total wall: {wall:.1f}s (imports {imports:.1f}s + `kdnas search` {command:.1f}s); this process's cpu time "
-          f"{time.process_time() - cpu0:.1f}s")
+          f"{time.process_time() - cpu0:.1f}s; its child processes' (the background latency process) "
+          f"{children.ru_utime + children.ru_stime:.1f}s")
     print(f"non-training share: {100 * (wall - train) / wall:.1f}% ({wall - train:.1f}s of {wall:.1f}s), "
           f"{100 * (wall - train) / (wall - teacher):.1f}% without the teacher's training "
           f"({wall - train:.1f}s of {wall - teacher:.1f}s); target <= 5%")

@@ -13,7 +13,7 @@ import torch
 
 from kdnas.artifacts import ArtifactStore
 from kdnas.config import StudyConfig
-from kdnas.costs import Counts, LatencyCache, count, resolve_device
+from kdnas.costs import Counts, LatencyCache, LatencyService, count, resolve_device, use_background
 from kdnas.data import DataSplit, load_split
 from kdnas.distill import resolve_hyperparameters
 from kdnas.distill.chain import AssistantPool, Guide, guided_loss
@@ -47,27 +47,42 @@ class Runtime:
     assistants: AssistantPool
     _counts: dict = field(default_factory=dict)
 
+    def close(self) -> None:
+        self.latency.close()
+
     def counts(self, spec: ArchSpec) -> Counts:
         if spec not in self._counts:
             self._counts[spec] = count(spec, self.split.input_shape, self.split.num_classes, self.cfg.costs.counter)
         return self._counts[spec]
 
 
-def prepare(cfg: StudyConfig, threads: int | None = None) -> Runtime:
+def prepare(cfg: StudyConfig, threads: int | None = None, workers: int = 1) -> Runtime:
+    """What every trial of this process needs; ``threads`` per process, ``workers`` processes in all."""
     device = resolve_device(cfg.device)
     resolve_device(cfg.costs.latency.device)
     torch.set_num_threads(threads or cfg.threads or os.cpu_count() or 1)
+    # Started first: the child's imports overlap with loading the data and the teacher.
+    background = use_background(cfg.costs.latency, device, torch.get_num_threads() * workers)
+    latency = LatencyCache(cfg.run_dir / "latency_cache.json", LatencyService() if background else None)
+    try:
+        return _prepare(cfg, device, latency)
+    except BaseException:
+        latency.close()
+        raise
+
+
+def _prepare(cfg: StudyConfig, device: torch.device, latency: LatencyCache) -> Runtime:
     split = load_split(cfg.data, device, cfg.path)
     store = ArtifactStore(cfg.run_dir / "artifacts")
-    latency = LatencyCache(cfg.run_dir / "latency_cache.json")
     teacher, info = get_teacher(cfg, split, store, device)
     assert cfg.teacher_spec is not None
     counts = count(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.counter)
     info.update(params=counts.params, macs=counts.macs)
-    info.update(latency.get_or_measure(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.latency))
+    teacher_latency = latency.request(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.latency)
     identity = info.get("cache_key") or info["checkpoint_sha256"]
     augment = cfg.student.train.augment.active
     logits = teacher_logits(teacher, identity, split, store, random_augment=augment)
+    info.update(teacher_latency())
     info["logits_cached"] = logits.cached
     guide = Guide("teacher", identity, teacher, logits, info)
     a = cfg.assistants
@@ -99,21 +114,16 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     if not screened.ok:  # rejected in milliseconds, before any training
         trial.set_user_attr("prune_reason", screened.reason)
         raise optuna.TrialPruned(screened.reason)
-    # Latency does not depend on the weights: measured before training, so a hard limit costs no training.
-    lat = rt.latency.get_or_measure(cand.student, split.input_shape, split.num_classes, cfg.costs.latency)
-    for key, value in lat.items():
-        trial.set_user_attr(key, value)
-    costs = {"params": counts.params, "macs": counts.macs, "latency_ms": lat["latency_ms"]}
-    violated = {}
-    for key, value in constraints(costs, cfg.score.limits).items():
-        trial.set_constraint(key, value)
-        if value > 0:
-            violated[key] = value
-    if violated:
-        reason = "; ".join(f"over score.limits.{k}: {costs[k.removeprefix('max_')]:.4g} > "
-                           f"{getattr(cfg.score.limits, k):.4g}" for k in violated)
-        trial.set_user_attr("prune_reason", reason)
-        raise optuna.TrialPruned(reason)
+    # Latency does not depend on the weights. It is measured before training, or beside it in the background
+    # process (see kdnas/costs/_background.py); with a latency limit it is waited for before training, so
+    # that a candidate over the limit is never trained.
+    pending = rt.latency.request(cand.student, split.input_shape, split.num_classes, cfg.costs.latency)
+
+    def cost_figures() -> dict[str, float]:
+        return {"params": counts.params, "macs": counts.macs, "latency_ms": pending()["latency_ms"]}
+
+    if cfg.score.limits.max_latency_ms is not None:
+        _check_limits(trial, cost_figures(), cfg.score.limits)
 
     seed = trial_seed(cfg.seed, trial.number)
     trial.set_user_attr("seed", seed)
@@ -126,11 +136,17 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     trial.set_user_attr("method_hyperparameters", hp)  # defaults included: the values the run used
     stop = checkpoint_hook(cfg.search.early_stopping, trial, cfg.student.train.epochs, counts.params,
                            lambda: accuracy(model, split.val),
-                           (lambda acc: combined_score(acc, costs, cfg.score)) if cfg.score.mode == "score" else None)
+                           (lambda acc: combined_score(acc, cost_figures(), cfg.score)) if cfg.score.mode == "score" else None)
     t_train = time.perf_counter()
-    with guided_loss(cand.method, model, guides, split.train, cfg.assistants.drop_rate, seed) as (loss_fn, adapters):
-        history = fit(model, split.train, cfg.student.train, loss_fn, seed, on_epoch=stop, extra=adapters)
+    try:
+        with guided_loss(cand.method, model, guides, split.train, cfg.assistants.drop_rate, seed) as (loss_fn, adapters):
+            history = fit(model, split.train, cfg.student.train, loss_fn, seed, on_epoch=stop, extra=adapters)
+    except optuna.TrialPruned:
+        _record_latency(trial, pending())  # a stopped trial keeps its costs, like a completed one
+        raise
     train_s = time.perf_counter() - t_train
+    _record_latency(trial, pending())
+    costs = cost_figures()
     val_acc = accuracy(model, split.val)
     test_acc = accuracy(model, split.test)
     weights = rt.store.put_content("students", model.state_dict())
@@ -146,6 +162,25 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
         return (score,)
     measured = {"val_accuracy": val_acc, **costs}  # keyed like the trial attributes that METRIC_NAMES names
     return tuple(float(measured[METRIC_NAMES[o]]) for o in cfg.objectives)
+
+
+def _record_latency(trial: optuna.Trial, figures: dict) -> None:
+    for key, value in figures.items():
+        trial.set_user_attr(key, value)
+
+
+def _check_limits(trial: optuna.Trial, costs: dict[str, float], limits) -> None:
+    """Set the trial's Optuna constraints; over a limit, prune it (before any training) with the reason."""
+    violated = {}
+    for key, value in constraints(costs, limits).items():
+        trial.set_constraint(key, value)
+        if value > 0:
+            violated[key] = value
+    if violated:
+        reason = "; ".join(f"over score.limits.{k}: {costs[k.removeprefix('max_')]:.4g} > "
+                           f"{getattr(limits, k):.4g}" for k in violated)
+        trial.set_user_attr("prune_reason", reason)
+        raise optuna.TrialPruned(reason)
 
 
 def _first_line(err: BaseException) -> str:
@@ -238,8 +273,13 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
     started = time.time()
     # Before anything is written: an unreachable storage, then a teacher checkpoint that does not load.
     storage = check_storage(cfg)
-    rt = prepare(cfg)
-    study = open_study(cfg, create=True, storage=storage)
+    n = min(cfg.parallel.workers, cfg.search.trials)
+    rt = prepare(cfg, workers=n)
+    try:
+        study = open_study(cfg, create=True, storage=storage)
+    except BaseException:
+        rt.close()
+        raise
     lock = WorkerLock(cfg.run_dir)
     try:
         n_before = len(study.trials)
@@ -257,7 +297,6 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
                                      "input_shape": list(rt.split.input_shape), "num_classes": rt.split.num_classes})
         for line in sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry):
             progress(line)
-        n = min(cfg.parallel.workers, cfg.search.trials)
         # The study's wall clock counts from the start of the command, teacher training included; a trial
         # that is running when it ends finishes (no new one starts).
         deadline = None if cfg.search.timeout is None else started + cfg.search.timeout
@@ -268,6 +307,7 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
         if n == 1:
             _run_trials(cfg, rt, study, lock, Tickets(cfg.search.trials, shared=False), deadline, finished, 0, progress, started)
             return study
+        rt.close()  # the workers measure their own candidates
         threads = threads_per_worker(cfg.threads, n)
         progress(f"starting {n} workers with {threads} torch thread{'s' * (threads > 1)} each")
         tickets = Tickets(cfg.search.trials, shared=True)
@@ -281,6 +321,7 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
         overrides = {**cfg.overrides, "parallel": {**cfg.overrides.get("parallel", {}), "workers": n}}
         run_pool(n, lambda i: (i, str(cfg.path), overrides, tickets, deadline, threads, finished, started), on_exit)
     finally:
+        rt.close()
         lock.close()
     return study
 
@@ -290,13 +331,16 @@ def run_worker(cfg: StudyConfig, index: int, tickets: Tickets, deadline: float |
     """One worker process of ``kdnas search --workers N``: it loads what the parent prepared and runs trials."""
     if not tickets.left():  # its peers, started sooner, took every trial
         return
-    rt = prepare(cfg, threads)
-    study = open_study(cfg, create=False)
-    lock = WorkerLock(cfg.run_dir)
+    rt = prepare(cfg, threads, workers=cfg.parallel.workers)
+    lock = None
     try:
+        study = open_study(cfg, create=False)
+        lock = WorkerLock(cfg.run_dir)
         _run_trials(cfg, rt, study, lock, tickets, deadline, finished, index, _print, started, prefix=f"w{index} ")
     finally:
-        lock.close()
+        rt.close()
+        if lock is not None:
+            lock.close()
 
 
 def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: WorkerLock, tickets: Tickets,

@@ -85,8 +85,22 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
         "spec": cfg.teacher_spec.to_dict(),
         **source,
         "trained_now": trained,
-        "val_accuracy": accuracy(model, split.val),
-        "test_accuracy": accuracy(model, split.test),
+        **_evaluation(model, source, split, store),
         "seconds": time.perf_counter() - t0,
     }
     return model, info
+
+
+def _evaluation(model: KDNet, source: dict, split: DataSplit, store: ArtifactStore) -> dict:
+    """The teacher's val and test accuracy, computed once per teacher and split: every later command, and
+    every worker of ``--workers N``, reads them back."""
+    key = digest([source.get("cache_key") or source["checkpoint_sha256"], split.fingerprint])
+    try:
+        scores = store.get_json("teacher_eval", key)
+        if set(scores) == {"val_accuracy", "test_accuracy"}:
+            return scores
+    except (OSError, ValueError):
+        pass  # not computed yet, or damaged: computing it again costs seconds
+    scores = {"val_accuracy": accuracy(model, split.val), "test_accuracy": accuracy(model, split.test)}
+    store.put_json("teacher_eval", key, scores)
+    return scores

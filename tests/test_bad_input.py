@@ -96,6 +96,8 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
      r"data\.root: dataset 'digits' is embedded in kdnas and reads no folder; remove data\.root"),
     ("unknown MAC counter", edit("costs: {latency:", "costs: {counter: ptflops, latency:"), [],
      r"costs\.counter: expected one of 'flop_counter', 'fvcore', 'thop', got 'ptflops'"),
+    ("background latency neither a boolean nor auto", edit("costs: {latency: {", "costs: {latency: {background: sometimes, "), [],
+     r"costs\.latency\.background: expected .*'auto'.*got 'sometimes'"),
     ("score rewarding cost", edit("seed: 0\n", "seed: 0\nscore: {mode: score, targets: {params: 1000}, above: 0.5}\n"), [],
      r"score\.above: "),
 ]

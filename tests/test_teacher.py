@@ -34,3 +34,26 @@ def test_teacher_key_covers_what_determines_it(tiny_study: Path) -> None:
     changed = load_study(tiny_study, {"teacher": {"arch": {"family": "resnet_cifar", "depth": 8, "width": 0.5},
                                                   "seed": 1}})
     assert teacher_key(changed, split) != base
+
+
+def test_teacher_accuracy_is_evaluated_once_per_teacher_and_split(tiny_study: Path, tmp_path: Path, monkeypatch) -> None:
+    import kdnas.teacher as teacher_module
+
+    cfg = load_study(tiny_study)
+    store = ArtifactStore(tmp_path / "store")
+    split = load_split(DataConfig("digits"))
+    _, first = get_teacher(cfg, split, store, torch.device("cpu"))
+    calls = []
+    real = teacher_module.accuracy
+    monkeypatch.setattr(teacher_module, "accuracy", lambda *a: calls.append(1) or real(*a))
+    _, again = get_teacher(cfg, split, store, torch.device("cpu"))  # a later command, or another worker
+    assert not again["trained_now"] and calls == []
+    assert (again["val_accuracy"], again["test_accuracy"]) == (first["val_accuracy"], first["test_accuracy"])
+    # Another split of the same data is another evaluation (and another teacher).
+    get_teacher(cfg, load_split(DataConfig("digits", seed=1)), store, torch.device("cpu"))
+    assert len(calls) == 2
+    # A damaged record is recomputed, not fatal.
+    for path in (store.root / "teacher_eval").glob("*.json"):
+        path.write_text("{not json")
+    _, repaired = get_teacher(cfg, split, store, torch.device("cpu"))
+    assert repaired["val_accuracy"] == first["val_accuracy"] and len(calls) == 4

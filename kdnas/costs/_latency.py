@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import time
 from dataclasses import replace
 from pathlib import Path
+from typing import Callable
 
 import torch
 from torch import nn
 
 from kdnas.artifacts import atomic_write_bytes, file_lock
+from kdnas.costs._background import LatencyService, ServiceError
 from kdnas.costs._setting import DTYPES, Latency, LatencySetting
 from kdnas.costs._timing import ESTIMATOR, Chain, measure_calls
 from kdnas.models import ArchSpec, build, digest
+
+log = logging.getLogger(__name__)
 
 _COPIES = 3  # copies of one model in one process differ by up to 2 % (where their tensors land in memory)
 
@@ -46,8 +51,9 @@ class LatencyCache:
     the run folder; the file is rewritten atomically.
     """
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, service: LatencyService | None = None):
         self.path = path
+        self.service = service
         self._data: dict[str, dict] = {}
         self._reload()
 
@@ -63,17 +69,69 @@ class LatencyCache:
 
     def get_or_measure(self, spec: ArchSpec, input_shape, num_classes: int, setting: LatencySetting) -> dict:
         """The cached figures of ``spec`` at ``setting`` (a :class:`Latency` as a dict), measured if missing."""
+        return self.request(spec, input_shape, num_classes, setting)()
+
+    def request(self, spec: ArchSpec, input_shape, num_classes: int, setting: LatencySetting) -> Callable[[], dict]:
+        """What :meth:`get_or_measure` returns, as a callable: with a ``service``, a missing figure is measured
+        in its child process while the caller goes on, and calling waits for it; without, it is measured now."""
         key = self.key(spec, input_shape, num_classes, setting)
         if key not in self._data:
             self._reload()  # another worker may have measured it meanwhile
+        if key in self._data:
+            figures = self._data[key]
+            return lambda: figures
+        if self.service is not None:
+            try:
+                pending = self.service.submit(spec, input_shape, num_classes, setting)
+            except ServiceError as err:
+                self._give_up_service(err)
+            else:
+                return _once(lambda: self._wait(key, pending, spec, input_shape, num_classes, setting))
+        figures = self._store(key, self._measure(spec, input_shape, num_classes, setting))
+        return lambda: figures
+
+    def _wait(self, key, pending, spec, input_shape, num_classes, setting) -> dict:
+        try:
+            measured = pending()
+        except ServiceError as err:
+            self._give_up_service(err)
+            measured = self._measure(spec, input_shape, num_classes, setting)
+        return self._store(key, measured)
+
+    def _give_up_service(self, err: ServiceError) -> None:
+        log.warning("%s; measuring latency in this process from now on", err)
+        self.service = None
+
+    @staticmethod
+    def _measure(spec: ArchSpec, input_shape, num_classes: int, setting: LatencySetting) -> dict:
+        # fork_rng: building draws random weights, and measuring must not change what a trial trains after it.
+        with torch.random.fork_rng(devices=[]):
+            model = build(spec, input_shape, num_classes)
+        return measure_latency(model, input_shape, setting).to_dict()
+
+    def _store(self, key: str, measured: dict) -> dict:
         if key not in self._data:
-            # fork_rng: building draws random weights, and measuring must not change what a trial trains after it.
-            with torch.random.fork_rng(devices=[]):
-                model = build(spec, input_shape, num_classes)
-            measured = measure_latency(model, input_shape, setting).to_dict()
             # Read-merge-write under a lock: concurrent workers each add their entries, none is lost.
             with file_lock(self.path.with_name(self.path.name + ".lock")):
                 self._reload()
                 self._data.setdefault(key, measured)
                 atomic_write_bytes(self.path, json.dumps(self._data, indent=1).encode())
         return self._data[key]
+
+    def close(self) -> None:
+        """End the background process, if any (a measurement in hand is finished first)."""
+        if self.service is not None:
+            self.service.close()
+            self.service = None
+
+
+def _once(fn: Callable[[], dict]) -> Callable[[], dict]:
+    """``fn``, called at most once: later calls return the first call's result."""
+    result: list[dict] = []
+
+    def call() -> dict:
+        if not result:
+            result.append(fn())
+        return result[0]
+
+    return call

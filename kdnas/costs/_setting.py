@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Literal, Union
 
 import torch
 
@@ -33,6 +33,9 @@ class LatencySetting:
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # on CPUs without native half support, slower
     min_seconds: float = 0.3  # time each architecture at least this long (the probe takes as long again) ...
     max_seconds: float = 10.0  # ... and stop after this long, confirmed or not (a busy machine needs longer)
+    # In a study: measure in a child process while the candidate trains (kdnas/costs/_background.py); auto:
+    # when the device is the CPU and a core is spare.
+    background: Union[bool, Literal["auto"]] = "auto"
 
     def check(self, report) -> None:
         if not DEVICE.match(self.device):

@@ -1,0 +1,75 @@
+"""Inference batch size on CPU: kdnas's evaluation batch (``inference_batch_size``) against 512, its former one.
+
+Every completed trial evaluates its student on val and test, and early stopping evaluates it at checkpoints;
+the teacher's and assistants' logit tables are inference passes too. This times ``kdnas.train.predict`` on
+MNIST-5k's validation part (1,000 real images) for students of ``search_spaces/mixed_families.yaml`` and the
+mnist5k teacher, at both batch sizes, alternating, best of ``--repeats``, one thread, and checks that both
+give the same predictions.
+
+    PYTHONPATH=. python benchmarks/eval_batch.py [--repeats 3] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _studies  # noqa: E402
+
+from kdnas.data import DataConfig, load_split  # noqa: E402
+from kdnas.models import build, make_spec  # noqa: E402
+from kdnas.train import inference_batch_size, predict  # noqa: E402
+
+NETWORKS = [
+    {"family": "mobilenetv2", "blocks": [1, 1, 1], "expansion": 4, "kernel_size": 5, "width": 1.0},
+    {"family": "mobilenetv2", "blocks": [1, 1, 1], "expansion": 4, "kernel_size": 5, "width": 0.5},
+    {"family": "mobilenetv2", "blocks": [1, 2, 2, 2], "expansion": 4, "kernel_size": 3, "width": 0.25},
+    {"family": "resnet_cifar", "depth": 14, "width": 0.75},
+    {"family": "resnet_cifar", "depth": 20, "width": 1.0},  # the mnist5k teacher
+    {"family": "plain_cnn", "channels": [16, 16, 32, 32], "hidden": 0, "kernel_size": 5, "pool_every": 2},
+]
+REFERENCE = 512
+
+
+def best_of(fn, repeats: int) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    val = load_split(DataConfig("mnist5k", val_fraction=0.2, test_fraction=0.2)).val
+    ours = inference_batch_size(val.device)
+    print(f"predict on {len(val)} MNIST-5k val images, {args.threads} thread(s): batch {ours} (kdnas) vs {REFERENCE}; "
+          f"best of {args.repeats}; {_studies.machine()}")
+    ratios = []
+    for raw in NETWORKS:
+        torch.manual_seed(0)
+        model = build(make_spec(raw), val.x.shape[1:], 10)
+        same = torch.equal(predict(model, val, ours).argmax(1), predict(model, val, REFERENCE).argmax(1))
+        t_ref = t_ours = float("inf")
+        for _ in range(args.repeats):  # alternating: both see the same machine
+            t_ref = min(t_ref, best_of(lambda: predict(model, val, REFERENCE), 1))
+            t_ours = min(t_ours, best_of(lambda: predict(model, val, ours), 1))
+        ratios.append(t_ref / t_ours)
+        label = make_spec(raw).label()
+        print(f"  {label[:70]:70s} {REFERENCE}: {t_ref:6.3f}s  {ours}: {t_ours:6.3f}s  {t_ref / t_ours:4.1f}x"
+              f"{'' if same else '  PREDICTIONS DIFFER'}")
+    print(f"speed-up of batch {ours} over {REFERENCE}: {min(ratios):.1f}x to {max(ratios):.1f}x")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,155 @@
+"""Latency measured in a child process, on a spare core, while the study trains the candidate.
+
+Measuring a candidate's latency in the training process costs the study that time on every new
+architecture: 3-10 s here, since right after a training burst the floor estimate takes seconds to settle
+(docs/costs.md, "In a study"). When a core is free, the measurement can run beside the training instead.
+It runs in a process of its own, not a thread: the step-by-step timing is Python-heavy, and under one GIL
+it would slow the training and be slowed by it. The child only builds networks and times them; requests
+and answers are JSON lines over its stdin and stdout, answered in order. It ends when its stdin closes:
+when the study closes it, and when the study's process dies, however it dies (the pipe closes with it).
+
+``background: auto`` (the default) uses it when the latency device is the CPU and a core is spare: fewer
+torch threads in use by the study's workers than cores, by at least ``costs.latency.threads``, or training
+on a GPU (the CPU then mostly waits for it). Measuring a GPU's latency beside a training on a GPU would
+disturb both, so a GPU latency is always measured in the study's process.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import asdict
+from typing import Callable
+
+import torch
+
+from kdnas.costs._setting import LatencySetting
+from kdnas.errors import TrialFailure
+from kdnas.models import ArchSpec
+
+log = logging.getLogger(__name__)
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def use_background(setting: LatencySetting, training_device: torch.device, threads_in_use: int) -> bool:
+    """Whether this study measures latency in a child process (``setting.background``, ``auto`` resolved)."""
+    if setting.background != "auto":
+        return bool(setting.background)
+    if torch.device(setting.device).type != "cpu":
+        return False
+    return training_device.type != "cpu" or usable_cores() - threads_in_use >= setting.threads
+
+
+class ServiceError(RuntimeError):
+    """The child process is gone or answered nonsense; the caller measures in its own process instead."""
+
+
+class LatencyService:
+    """A child process that measures latencies one request at a time, in request order."""
+
+    def __init__(self) -> None:
+        self._proc = subprocess.Popen([sys.executable, "-c", "from kdnas.costs._background import serve; serve()"], stdin=subprocess.PIPE,
+                                      stdout=subprocess.PIPE, text=True, bufsize=1, env=dict(os.environ))
+        self._lock = threading.Lock()
+        self._sent = 0
+        self._answers: dict[int, dict] = {}
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid
+
+    def submit(self, spec: ArchSpec, input_shape, num_classes: int, setting: LatencySetting) -> Callable[[], dict]:
+        """Start measuring ``spec``; the returned callable waits for the figures (a :class:`Latency` as a dict)."""
+        request = {"spec": spec.to_dict(), "input_shape": list(input_shape), "num_classes": num_classes,
+                   "setting": asdict(setting)}
+        with self._lock:
+            number = self._sent
+            try:
+                self._proc.stdin.write(json.dumps(request) + "\n")
+                self._proc.stdin.flush()
+            except (OSError, ValueError) as err:  # a closed pipe: the child is gone
+                raise ServiceError(f"the latency process is gone ({err})") from None
+            self._sent += 1
+        return lambda: self._wait(number)
+
+    def _wait(self, number: int) -> dict:
+        with self._lock:
+            while number not in self._answers:
+                line = self._proc.stdout.readline()
+                if not line:
+                    raise ServiceError(f"the latency process ended (exit code {self._proc.poll()})")
+                try:
+                    answer = json.loads(line)
+                    self._answers[answer.pop("request")] = answer
+                except (ValueError, KeyError, AttributeError):
+                    raise ServiceError(f"the latency process answered {line.strip()[:80]!r}") from None
+            answer = self._answers.pop(number)
+        if "error" in answer:
+            raise TrialFailure(f"latency measurement failed: {answer['error']}")
+        return answer["latency"]
+
+    def close(self) -> None:
+        """End the child (it finishes the measurement in hand, if any, and exits on its closed stdin)."""
+        try:
+            self._proc.stdin.close()
+        except OSError:
+            pass
+        try:
+            self._proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+        self._proc.stdout.close()
+
+
+def _warm_up(seconds: float = 0.3) -> None:
+    """A process's first passes are slow (memory, kernels): run the probe network a moment before any request."""
+    import time
+
+    from kdnas.costs._probe import Probe
+
+    model, x = Probe("warm-up").workload()
+    start = time.perf_counter()
+    with torch.inference_mode():
+        while time.perf_counter() - start < seconds:
+            model(x)
+
+
+def serve() -> None:
+    """The child's loop: one JSON request per stdin line, one JSON answer per stdout line, until stdin closes."""
+    from kdnas.costs._latency import measure_latency
+    from kdnas.models import build, make_spec
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the study's to handle; it closes our stdin
+    answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
+    os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints from libraries go to stderr, not the protocol
+    sys.stdout = sys.stderr
+    torch.set_num_threads(1)
+    _warm_up()
+    for number, line in enumerate(sys.stdin):
+        try:
+            request = json.loads(line)
+            setting = LatencySetting(**request["setting"])
+            torch.set_num_threads(setting.threads)
+            shape = tuple(request["input_shape"])
+            model = build(make_spec(request["spec"]), shape, request["num_classes"])
+            answer = {"latency": measure_latency(model, shape, setting).to_dict()}
+        except Exception as err:  # noqa: BLE001 - every failure goes back to the study, which records it
+            first = (str(err).strip().splitlines() or [""])[0]
+            answer = {"error": f"{type(err).__name__}: {first}"}
+        try:
+            answers.write(json.dumps({"request": number, **answer}) + "\n")
+            answers.flush()
+        except OSError:  # the study is gone
+            return

@@ -1,0 +1,105 @@
+"""Latency measured in a background process while a study trains: the figures, its failures, its lifetime."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+
+import kdnas.costs._background as background
+from kdnas.cli import main
+from kdnas.costs import LatencyCache, LatencyService, LatencySetting, use_background
+from kdnas.errors import TrialFailure
+from kdnas.models import make_spec
+from tests._util import REPO
+
+QUICK = LatencySetting(min_seconds=0.05, max_seconds=0.3)
+TINY = make_spec({"family": "resnet_cifar", "depth": 8, "width": 0.25})
+CPU = torch.device("cpu")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
+def test_auto_measures_in_the_background_only_beside_a_spare_core(monkeypatch) -> None:
+    monkeypatch.setattr(background, "usable_cores", lambda: 4)
+    assert use_background(LatencySetting(), CPU, threads_in_use=3)
+    assert not use_background(LatencySetting(), CPU, threads_in_use=4), "every core trains"
+    assert not use_background(LatencySetting(threads=2), CPU, threads_in_use=3), "one core left, two threads wanted"
+    assert use_background(LatencySetting(), torch.device("cuda"), threads_in_use=4), "a GPU trains; the CPU waits"
+    assert not use_background(LatencySetting(device="cuda"), CPU, threads_in_use=1), "GPU latency beside GPU work"
+    assert use_background(LatencySetting(background=True), CPU, threads_in_use=4)
+    assert not use_background(LatencySetting(background=False), CPU, threads_in_use=1)
+
+
+def test_the_service_measures_in_order_and_reports_a_failure_as_the_trial_reason() -> None:
+    service = LatencyService()
+    try:
+        failing = service.submit(TINY, (0, 8, 8), 10, QUICK)  # an input without channels: the pass raises
+        good = service.submit(TINY, (1, 8, 8), 10, QUICK)
+        figures = good()  # waiting for the later request first keeps the earlier answer for its caller
+        assert figures["latency_ms"] > 0 and figures["latency_calls"] >= 1
+        with pytest.raises(TrialFailure, match=r"^latency measurement failed: RuntimeError: "):
+            failing()
+    finally:
+        service.close()
+    assert not _alive(service.pid)
+
+
+def test_the_latency_process_ends_when_the_study_process_is_killed(tmp_path: Path) -> None:
+    code = ("import sys, time; from kdnas.costs import LatencyService; s = LatencyService(); "
+            "print(s.pid, flush=True); time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)})
+    child = int(parent.stdout.readline())
+    assert _alive(child)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 60  # the child may still be importing torch when its stdin closes
+    while _alive(child) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _alive(child), "an orphaned latency process outlived the study"
+
+
+def test_a_dead_latency_process_costs_only_measuring_in_process(tmp_path: Path, caplog) -> None:
+    service = LatencyService()
+    cache = LatencyCache(tmp_path / "lat.json", service)
+    os.kill(service.pid, signal.SIGKILL)
+    figures = cache.request(TINY, (1, 8, 8), 10, QUICK)()
+    assert figures["latency_ms"] > 0
+    assert cache.service is None and "measuring latency in this process from now on" in caplog.text
+    assert LatencyCache(tmp_path / "lat.json").get_or_measure(TINY, (1, 8, 8), 10, QUICK) == figures, "cached"
+    service.close()
+
+
+@pytest.mark.parametrize("mode", ["false", "true"])
+def test_a_study_records_the_same_latency_figures_either_way(tiny_study: Path, mode: str, monkeypatch) -> None:
+    started = []
+    original = LatencyService.__init__
+
+    def spy(self) -> None:
+        started.append(True)
+        original(self)
+
+    monkeypatch.setattr(LatencyService, "__init__", spy)
+    tiny_study.write_text(tiny_study.read_text().replace("costs: {latency: {", f"costs: {{latency: {{background: {mode}, "))
+    assert main(["search", str(tiny_study), "--trials", "2"]) == 0
+    assert bool(started) == (mode == "true")
+    study = optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db")
+    for t in study.trials:
+        assert t.state.name == "COMPLETE"
+        assert t.values[2] == t.user_attrs["latency_ms"] > 0
+        assert {"latency_raw_ms", "latency_median_ms", "latency_stable", "latency_probe_ms"} <= set(t.user_attrs)
+    assert study.user_attrs["teacher"]["latency_ms"] > 0
