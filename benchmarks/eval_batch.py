@@ -25,14 +25,7 @@ from kdnas.data import DataConfig, load_split  # noqa: E402
 from kdnas.models import build, make_spec  # noqa: E402
 from kdnas.train import inference_batch_size, predict  # noqa: E402
 
-NETWORKS = [
-    {"family": "mobilenetv2", "blocks": [1, 1, 1], "expansion": 4, "kernel_size": 5, "width": 1.0},
-    {"family": "mobilenetv2", "blocks": [1, 1, 1], "expansion": 4, "kernel_size": 5, "width": 0.5},
-    {"family": "mobilenetv2", "blocks": [1, 2, 2, 2], "expansion": 4, "kernel_size": 3, "width": 0.25},
-    {"family": "resnet_cifar", "depth": 14, "width": 0.75},
-    {"family": "resnet_cifar", "depth": 20, "width": 1.0},  # the mnist5k teacher
-    {"family": "plain_cnn", "channels": [16, 16, 32, 32], "hidden": 0, "kernel_size": 5, "pool_every": 2},
-]
+NETWORKS = _studies.MNIST5K_STUDENTS + [{"family": "resnet_cifar", "depth": 20, "width": 1.0}]  # + the mnist5k teacher
 REFERENCE = 512
 
 

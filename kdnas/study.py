@@ -74,11 +74,12 @@ def prepare(cfg: StudyConfig, threads: int | None = None, workers: int = 1) -> R
 def _prepare(cfg: StudyConfig, device: torch.device, latency: LatencyCache) -> Runtime:
     split = load_split(cfg.data, device, cfg.path)
     store = ArtifactStore(cfg.run_dir / "artifacts")
-    teacher, info = get_teacher(cfg, split, store, device)
     assert cfg.teacher_spec is not None
+    # Requested first: in the background it is measured while the teacher trains or loads.
+    teacher_latency = latency.request(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.latency)
+    teacher, info = get_teacher(cfg, split, store, device)
     counts = count(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.counter)
     info.update(params=counts.params, macs=counts.macs)
-    teacher_latency = latency.request(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.latency)
     identity = info.get("cache_key") or info["checkpoint_sha256"]
     augment = cfg.student.train.augment.active
     logits = teacher_logits(teacher, identity, split, store, random_augment=augment)
@@ -114,9 +115,9 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     if not screened.ok:  # rejected in milliseconds, before any training
         trial.set_user_attr("prune_reason", screened.reason)
         raise optuna.TrialPruned(screened.reason)
-    # Latency does not depend on the weights. It is measured before training, or beside it in the background
-    # process (see kdnas/costs/_background.py); with a latency limit it is waited for before training, so
-    # that a candidate over the limit is never trained.
+    # Latency does not depend on the weights: measured beside the training in the background process (see
+    # kdnas/costs/_background.py), or in this process when first needed. With a latency limit it is needed
+    # before training, so that a candidate over the limit is never trained.
     pending = rt.latency.request(cand.student, split.input_shape, split.num_classes, cfg.costs.latency)
 
     def cost_figures() -> dict[str, float]:

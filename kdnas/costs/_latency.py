@@ -73,7 +73,8 @@ class LatencyCache:
 
     def request(self, spec: ArchSpec, input_shape, num_classes: int, setting: LatencySetting) -> Callable[[], dict]:
         """What :meth:`get_or_measure` returns, as a callable: with a ``service``, a missing figure is measured
-        in its child process while the caller goes on, and calling waits for it; without, it is measured now."""
+        in its child process from now on, while the caller goes on, and calling waits for it; without, it is
+        measured in this process when first called. Nothing is written before the call."""
         key = self.key(spec, input_shape, num_classes, setting)
         if key not in self._data:
             self._reload()  # another worker may have measured it meanwhile
@@ -87,8 +88,7 @@ class LatencyCache:
                 self._give_up_service(err)
             else:
                 return _once(lambda: self._wait(key, pending, spec, input_shape, num_classes, setting))
-        figures = self._store(key, self._measure(spec, input_shape, num_classes, setting))
-        return lambda: figures
+        return _once(lambda: self._store(key, self._measure(spec, input_shape, num_classes, setting)))
 
     def _wait(self, key, pending, spec, input_shape, num_classes, setting) -> dict:
         try:
