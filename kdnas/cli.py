@@ -286,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--batch-size", type=int, help="latency batch size (default 1)")
     sp.add_argument("--threads", type=int, help="latency threads (default 1)")
     sp.add_argument("--dtype", help="latency dtype: float32 (default), float16, bfloat16")
-    sp.add_argument("--min-seconds", type=float, help="measure latency at least this long (default 0.5)")
-    sp.add_argument("--max-seconds", type=float, help="and at most this long (default 10)")
+    sp.add_argument("--min-seconds", type=float, help="measure latency at least this long (default 0.3)")
+    sp.add_argument("--max-seconds", type=float, default=10.0,
+                    help="and at most this long (default 10, where a study's default is 3: this is the figure you ship)")
     sp.add_argument("--no-latency", action="store_true", help="count only; do not measure latency")
     sp.add_argument("--estimate", action="store_true", help="also estimate latency from the per-layer lookup table")
     return p

@@ -103,3 +103,21 @@ def test_a_study_records_the_same_latency_figures_either_way(tiny_study: Path, m
         assert t.values[2] == t.user_attrs["latency_ms"] > 0
         assert {"latency_raw_ms", "latency_median_ms", "latency_stable", "latency_probe_ms"} <= set(t.user_attrs)
     assert study.user_attrs["teacher"]["latency_ms"] > 0
+
+
+def test_a_measurement_nobody_waits_for_goes_on_past_max_seconds_within_a_bound(monkeypatch) -> None:
+    import kdnas.costs._timing as timing
+    from kdnas.costs import measure_latency
+    from kdnas.models import build
+
+    monkeypatch.setattr(timing._Workload, "confirm", lambda self, min_seconds: False)  # never confirmed
+    setting = LatencySetting(min_seconds=0.05, max_seconds=0.2)
+
+    def seconds(more) -> float:
+        return measure_latency(build(TINY, (1, 8, 8), 10), (1, 8, 8), setting, more=more).latency_seconds
+
+    bounded = seconds(None)  # in the study's process: max_seconds (plus setting up) bounds it
+    assert bounded < 1.0
+    start = time.perf_counter()
+    assert 1.0 <= seconds(lambda: time.perf_counter() - start < 1.0) < bounded + 1.0, "until someone waits"
+    assert 2.0 <= seconds(lambda: True) < bounded + 2.0, f"at most {timing._EXTENSION} x max_seconds"

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import select
 import signal
 import subprocess
 import sys
@@ -71,20 +72,24 @@ class LatencyService:
 
     def submit(self, spec: ArchSpec, input_shape, num_classes: int, setting: LatencySetting) -> Callable[[], dict]:
         """Start measuring ``spec``; the returned callable waits for the figures (a :class:`Latency` as a dict)."""
-        request = {"spec": spec.to_dict(), "input_shape": list(input_shape), "num_classes": num_classes,
-                   "setting": asdict(setting)}
         with self._lock:
             number = self._sent
-            try:
-                self._proc.stdin.write(json.dumps(request) + "\n")
-                self._proc.stdin.flush()
-            except (OSError, ValueError) as err:  # a closed pipe: the child is gone
-                raise ServiceError(f"the latency process is gone ({err})") from None
+            self._send({"request": number, "spec": spec.to_dict(), "input_shape": list(input_shape),
+                        "num_classes": num_classes, "setting": asdict(setting)})
             self._sent += 1
         return lambda: self._wait(number)
 
+    def _send(self, message: dict) -> None:
+        try:
+            self._proc.stdin.write(json.dumps(message) + "\n")
+            self._proc.stdin.flush()
+        except (OSError, ValueError) as err:  # a closed pipe: the child is gone
+            raise ServiceError(f"the latency process is gone ({err})") from None
+
     def _wait(self, number: int) -> dict:
         with self._lock:
+            if number not in self._answers:
+                self._send({"waiting": number})  # ends a measurement that went on past max_seconds
             while number not in self._answers:
                 line = self._proc.stdout.readline()
                 if not line:
@@ -127,8 +132,37 @@ def _warm_up(seconds: float = 0.3) -> None:
             model(x)
 
 
+class _Lines:
+    """Lines from a file descriptor, read without Python's buffering, so that ``waiting`` can tell whether
+    one has arrived without taking it (``select`` on the descriptor; a buffered reader would hide lines)."""
+
+    def __init__(self, fd: int):
+        self.fd = fd
+        self.buffer = b""
+
+    def waiting(self) -> bool:
+        """Whether a line (or the end of input) is there to read."""
+        return b"\n" in self.buffer or bool(select.select([self.fd], [], [], 0)[0])
+
+    def next(self) -> bytes | None:
+        """The next line, waiting for it; None at the end of input."""
+        while b"\n" not in self.buffer:
+            chunk = os.read(self.fd, 1 << 16)
+            if not chunk:
+                return None
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\n", 1)
+        return line
+
+
 def serve() -> None:
-    """The child's loop: one JSON request per stdin line, one JSON answer per stdout line, until stdin closes."""
+    """The child's loop: one JSON request per stdin line, one JSON answer per stdout line, until stdin closes.
+
+    A measurement that is not confirmed by ``max_seconds`` goes on while nothing new has arrived on stdin:
+    the study is still training and nobody waits for the figure, and every second beside the training
+    improves the floor. The study sends a line when it starts waiting (or its next request); then the
+    measurement ends at once.
+    """
     from kdnas.costs._latency import measure_latency
     from kdnas.models import build, make_spec
 
@@ -138,19 +172,23 @@ def serve() -> None:
     sys.stdout = sys.stderr
     torch.set_num_threads(1)
     _warm_up()
-    for number, line in enumerate(sys.stdin):
+    lines = _Lines(sys.stdin.fileno())
+    while (line := lines.next()) is not None:
+        request = json.loads(line)
+        if "spec" not in request:
+            continue  # someone waiting for a measurement that has already been answered
         try:
-            request = json.loads(line)
             setting = LatencySetting(**request["setting"])
             torch.set_num_threads(setting.threads)
             shape = tuple(request["input_shape"])
             model = build(make_spec(request["spec"]), shape, request["num_classes"])
-            answer = {"latency": measure_latency(model, shape, setting).to_dict()}
+            figures = measure_latency(model, shape, setting, more=lambda: not lines.waiting())
+            answer = {"latency": figures.to_dict()}
         except Exception as err:  # noqa: BLE001 - every failure goes back to the study, which records it
             first = (str(err).strip().splitlines() or [""])[0]
             answer = {"error": f"{type(err).__name__}: {first}"}
         try:
-            answers.write(json.dumps({"request": number, **answer}) + "\n")
+            answers.write(json.dumps({"request": request["request"], **answer}) + "\n")
             answers.flush()
         except OSError:  # the study is gone
             return

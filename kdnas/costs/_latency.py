@@ -24,12 +24,14 @@ log = logging.getLogger(__name__)
 _COPIES = 3  # copies of one model in one process differ by up to 2 % (where their tensors land in memory)
 
 
-def measure_latency(model: nn.Module, input_shape: tuple[int, int, int], setting: LatencySetting) -> Latency:
+def measure_latency(model: nn.Module, input_shape: tuple[int, int, int], setting: LatencySetting,
+                    more: Callable[[], bool] | None = None) -> Latency:
     """Latency of ``model`` on a batch of ``setting.batch_size`` inputs; moves the model to the setting.
 
     The passes rotate over ``_COPIES`` copies of the model, each with its own input, and their samples are
     pooled: where a copy's tensors landed in memory changes its speed by a few percent, and the floor of the
-    pool is the best of them, which varies less between processes than any one copy's.
+    pool is the best of them, which varies less between processes than any one copy's. ``more``: see
+    :func:`~kdnas.costs._timing.measure_calls`.
     """
     device = torch.device(setting.device)
     dtype = DTYPES[setting.dtype]
@@ -40,7 +42,7 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, int, int], setting
         x = torch.randn(setting.batch_size, *input_shape, generator=torch.Generator().manual_seed(i))
         chains.append(Chain.of(copy.deepcopy(model), x.to(device=device, dtype=dtype)))
     start = time.perf_counter()
-    (result,) = measure_calls([chains], setting)
+    (result,) = measure_calls([chains], setting, more=more)
     return replace(result, latency_seconds=time.perf_counter() - start)
 
 
