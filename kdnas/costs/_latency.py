@@ -102,7 +102,7 @@ class LatencyCache:
 
     def _give_up_service(self, err: ServiceError) -> None:
         log.warning("%s; measuring latency in this process from now on", err)
-        self.service = None
+        self.close()
 
     @staticmethod
     def _measure(spec: ArchSpec, input_shape, num_classes: int, setting: LatencySetting) -> dict:
@@ -121,7 +121,7 @@ class LatencyCache:
         return self._data[key]
 
     def close(self) -> None:
-        """End the background process, if any (a measurement in hand is finished first)."""
+        """End the background process, if any (a measurement in hand is abandoned)."""
         if self.service is not None:
             self.service.close()
             self.service = None
