@@ -48,7 +48,10 @@ def cmd_search(args: argparse.Namespace) -> int:
         print("interrupted: completed trials are kept; run the same command again to resume", file=sys.stderr)
         from kdnas.study import open_study
 
-        study = open_study(cfg, create=False)
+        try:
+            study = open_study(cfg, create=False)
+        except KdnasError:  # interrupted before the study was created (loading data, training the teacher)
+            return 130
         write_report(study, cfg.report_dir)
         return 130
     paths = write_report(study, cfg.report_dir)

@@ -121,3 +121,26 @@ def test_a_measurement_nobody_waits_for_goes_on_past_max_seconds_within_a_bound(
     start = time.perf_counter()
     assert 1.0 <= seconds(lambda: time.perf_counter() - start < 1.0) < bounded + 1.0, "until someone waits"
     assert 2.0 <= seconds(lambda: True) < bounded + 2.0, f"at most {timing._EXTENSION} x max_seconds"
+
+
+def test_ctrl_c_while_the_teacher_trains_exits_130_and_ends_the_latency_process(tiny_study: Path, monkeypatch,
+                                                                                  capsys) -> None:
+    import kdnas.teacher as teacher_module
+
+    services = []
+    original = LatencyService.__init__
+
+    def spy(self) -> None:
+        original(self)
+        services.append(self)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(LatencyService, "__init__", spy)
+    monkeypatch.setattr(teacher_module, "fit", interrupted)  # Ctrl-C before the study exists
+    assert main(["search", str(tiny_study)]) == 130
+    err = capsys.readouterr().err
+    assert "interrupted: completed trials are kept" in err and "error" not in err
+    assert not (tiny_study.parent / "reports").exists()
+    assert services and not any(_alive(s.pid) for s in services), "the latency process outlived the command"
