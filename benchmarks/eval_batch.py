@@ -29,13 +29,10 @@ NETWORKS = _studies.MNIST5K_STUDENTS + [{"family": "resnet_cifar", "depth": 20, 
 REFERENCE = 512
 
 
-def best_of(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
+def seconds(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -53,10 +50,9 @@ def main() -> None:
         torch.manual_seed(0)
         model = build(make_spec(raw), val.x.shape[1:], 10)
         same = torch.equal(predict(model, val, ours).argmax(1), predict(model, val, REFERENCE).argmax(1))
-        t_ref = t_ours = float("inf")
-        for _ in range(args.repeats):  # alternating: both see the same machine
-            t_ref = min(t_ref, best_of(lambda: predict(model, val, REFERENCE), 1))
-            t_ours = min(t_ours, best_of(lambda: predict(model, val, ours), 1))
+        pairs = [(seconds(lambda: predict(model, val, REFERENCE)), seconds(lambda: predict(model, val, ours)))
+                 for _ in range(args.repeats)]  # alternating: both see the same machine
+        t_ref, t_ours = (min(side) for side in zip(*pairs))
         ratios.append(t_ref / t_ours)
         label = make_spec(raw).label()
         print(f"  {label[:70]:70s} {REFERENCE}: {t_ref:6.3f}s  {ours}: {t_ours:6.3f}s  {t_ref / t_ours:4.1f}x"

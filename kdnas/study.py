@@ -276,13 +276,10 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
     storage = check_storage(cfg)
     n = min(cfg.parallel.workers, cfg.search.trials)
     rt = prepare(cfg, workers=n)
+    lock = None
     try:
         study = open_study(cfg, create=True, storage=storage)
-    except BaseException:
-        rt.close()
-        raise
-    lock = WorkerLock(cfg.run_dir)
-    try:
+        lock = WorkerLock(cfg.run_dir)
         n_before = len(study.trials)
         url = mask_url(cfg.storage_url())
         progress(f"resuming study {cfg.name!r}: {n_before} trials stored in {url}" if n_before else
@@ -323,7 +320,8 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
         run_pool(n, lambda i: (i, str(cfg.path), overrides, tickets, deadline, threads, finished, started), on_exit)
     finally:
         rt.close()
-        lock.close()
+        if lock is not None:
+            lock.close()
     return study
 
 
