@@ -297,12 +297,26 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _Stderr(logging.StreamHandler):
+    """A handler that writes to ``sys.stderr`` as it is at each message, not as it was when the handler was
+    made: a caller that replaces it (a notebook, a test's capture, a redirect) gets kdnas's lines there, and
+    a replaced stream that has since been closed is never written to."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
 def setup_logging() -> None:
     import warnings
 
     log = logging.getLogger("kdnas")
     if not log.handlers:
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _Stderr()
         handler.setFormatter(logging.Formatter("%(message)s"))
         log.addHandler(handler)
         log.setLevel(logging.INFO)

@@ -143,7 +143,11 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
         with guided_loss(cand.method, model, guides, split.train, cfg.assistants.drop_rate, seed) as (loss_fn, adapters):
             history = fit(model, split.train, cfg.student.train, loss_fn, seed, on_epoch=stop, extra=adapters)
     except optuna.TrialPruned:
-        _record_latency(trial, pending())  # a stopped trial keeps its costs, like a completed one
+        # A stopped trial keeps its latency when the figure is in hand (cached, or measured in the background
+        # process). Measuring it here, for a trial that can no longer be on the front, would cost the study
+        # seconds for nothing; a later trial of the same architecture measures it if it completes.
+        if not pending.measures_here:
+            _record_latency(trial, pending())
         raise
     train_s = time.perf_counter() - t_train
     _record_latency(trial, pending())

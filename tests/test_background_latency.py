@@ -120,7 +120,8 @@ def test_a_measurement_nobody_waits_for_goes_on_past_max_seconds_within_a_bound(
     assert bounded < 1.0
     start = time.perf_counter()
     assert 1.0 <= seconds(lambda: time.perf_counter() - start < 1.0) < bounded + 1.0, "until someone waits"
-    assert 2.0 <= seconds(lambda: True) < bounded + 2.0, f"at most {timing._EXTENSION} x max_seconds"
+    # 10 x max_seconds = 2 s, then the round in hand ends; the 0.5 s allow for a slow round on a busy machine.
+    assert 2.0 <= seconds(lambda: True) < bounded + 2.5, f"at most {timing._EXTENSION} x max_seconds"
 
 
 def test_ctrl_c_while_the_teacher_trains_exits_130_and_ends_the_latency_process(tiny_study: Path, monkeypatch,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import optuna
@@ -59,7 +61,7 @@ def test_early_stopping_rules() -> None:
     ]
 
 
-def study_file(folder: Path, objectives: str, enabled: bool) -> Path:
+def study_file(folder: Path, objectives: str, enabled: bool, background: str = "auto") -> Path:
     """Two 2-epoch trials checked after epoch 1, against any earlier trial; an untrained teacher from a
     checkpoint, which is all the rule needs and costs no training."""
     path = write_tiny_study(folder)
@@ -70,6 +72,7 @@ def study_file(folder: Path, objectives: str, enabled: bool) -> Path:
     text = text.replace("train: {epochs: 1, lr: 0.1}", "train: {epochs: 2, lr: 0.1}")
     text = text.replace("  trials: 3\n", f"  trials: 2\n  early_stopping: {{enabled: {str(enabled).lower()}, "
                                          f"min_trials: 1, similar_size: 1000}}\n")
+    text = text.replace("latency: {min_seconds:", f"latency: {{background: {background}, min_seconds:")
     path.write_text(text.replace("objectives: [accuracy, params, latency]", f"objectives: {objectives}"))
     return path
 
@@ -86,12 +89,14 @@ def seed_a_perfect_peer(path: Path) -> None:
 
 
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")  # set_metric_names
-@pytest.mark.parametrize("objectives, enabled", [("[accuracy, params, latency]", True), ("[accuracy]", True),
-                                                 ("[accuracy, params, latency]", False)])
+@pytest.mark.parametrize("objectives, enabled, background", [("[accuracy, params, latency]", True, "auto"),
+                                                             ("[accuracy]", True, "auto"),
+                                                             ("[accuracy, params, latency]", True, "false"),
+                                                             ("[accuracy, params, latency]", False, "auto")])
 def test_trailing_trials_are_pruned_with_their_reason(tmp_path: Path, monkeypatch, capsys, objectives: str,
-                                                      enabled: bool) -> None:
+                                                      enabled: bool, background: str) -> None:
     monkeypatch.chdir(tmp_path)
-    path = study_file(tmp_path, objectives, enabled)
+    path = study_file(tmp_path, objectives, enabled, background)
     seed_a_perfect_peer(path)
     assert main(["search", str(path)]) == 0
     out = capsys.readouterr().out
@@ -106,6 +111,17 @@ def test_trailing_trials_are_pruned_with_their_reason(tmp_path: Path, monkeypatc
         assert f"PRUNED: {t.user_attrs['prune_reason']}" in out
     csv = pd.read_csv(tmp_path / "reports/tiny/trials.csv")
     assert csv.loc[csv["state"] == "PRUNED", "reason"].str.startswith("early stop").all()
+    # A stopped trial keeps a latency figure that was in hand: measured in the background process, or cached
+    # (the tiny space has two students). Measuring one in the study's process only for it costs time for nothing.
+    measured = [t for t in trials[1:] if "latency_ms" in t.user_attrs]
+    cached = json.loads((tmp_path / "runs/tiny/latency_cache.json").read_text())
+    if background == "false":  # only the teacher was measured; a student of its architecture has its figure
+        assert len(cached) == 1
+        teachers_arch = "resnet_cifar(depth=8,width=0.5)"
+        assert [t.user_attrs["student"] == teachers_arch for t in measured] == [True] * len(measured)
+        assert all(t.user_attrs["student"] != teachers_arch for t in trials[1:] if t not in measured)
+    else:
+        assert len(measured) == 2 and len(cached) >= 2
 
 
 def test_bad_early_stopping_section_is_a_config_error(tmp_path: Path) -> None:

@@ -73,24 +73,26 @@ class LatencyCache:
         """The cached figures of ``spec`` at ``setting`` (a :class:`Latency` as a dict), measured if missing."""
         return self.request(spec, input_shape, num_classes, setting)()
 
-    def request(self, spec: ArchSpec, input_shape, num_classes: int, setting: LatencySetting) -> Callable[[], dict]:
-        """What :meth:`get_or_measure` returns, as a callable: with a ``service``, a missing figure is measured
-        in its child process from now on, while the caller goes on, and calling waits for it; without, it is
-        measured in this process when first called. Nothing is written before the call."""
+    def request(self, spec: ArchSpec, input_shape, num_classes: int, setting: LatencySetting) -> "Pending":
+        """What :meth:`get_or_measure` returns, as a :class:`Pending`: with a ``service``, a missing figure is
+        measured in its child process from now on, while the caller goes on, and calling waits for it;
+        without, it is measured in this process when first called. Nothing is written before the call."""
         key = self.key(spec, input_shape, num_classes, setting)
         if key not in self._data:
             self._reload()  # another worker may have measured it meanwhile
         if key in self._data:
             figures = self._data[key]
-            return lambda: figures
+            return Pending(lambda: figures, measures_here=False)
         if self.service is not None:
             try:
                 pending = self.service.submit(spec, input_shape, num_classes, setting)
             except ServiceError as err:
                 self._give_up_service(err)
             else:
-                return _once(lambda: self._wait(key, pending, spec, input_shape, num_classes, setting))
-        return _once(lambda: self._store(key, self._measure(spec, input_shape, num_classes, setting)))
+                return Pending(lambda: self._wait(key, pending, spec, input_shape, num_classes, setting),
+                               measures_here=False)
+        return Pending(lambda: self._store(key, self._measure(spec, input_shape, num_classes, setting)),
+                       measures_here=True)
 
     def _wait(self, key, pending, spec, input_shape, num_classes, setting) -> dict:
         try:
@@ -127,13 +129,22 @@ class LatencyCache:
             self.service = None
 
 
-def _once(fn: Callable[[], dict]) -> Callable[[], dict]:
-    """``fn``, called at most once: later calls return the first call's result."""
-    result: list[dict] = []
+class Pending:
+    """A latency figure on its way: calling it returns the figures (a :class:`Latency` as a dict), obtained at
+    the first call and remembered."""
 
-    def call() -> dict:
-        if not result:
-            result.append(fn())
-        return result[0]
+    def __init__(self, fn: Callable[[], dict], measures_here: bool):
+        self._fn = fn
+        self._measures_here = measures_here
+        self._result: dict | None = None
 
-    return call
+    @property
+    def measures_here(self) -> bool:
+        """Whether the next call would measure, in this process, now: not cached, not measured in the
+        background process, not called before. Such a figure costs the caller its measuring time."""
+        return self._measures_here and self._result is None
+
+    def __call__(self) -> dict:
+        if self._result is None:
+            self._result = self._fn()
+        return self._result
