@@ -26,6 +26,41 @@ def rows(x: torch.Tensor) -> set:
     return {tuple(np.round(r, 4)) for r in x.flatten(1).numpy()}
 
 
+# (labels, fraction, seed): balanced and unbalanced classes, remainders that tie, offsets into a larger pool
+SPLIT_CASES = [(np.arange(1797) % 10, 0.2, 0), (np.arange(1797) % 10, 0.25, 7), (np.arange(5000) % 10, 0.2, 3),
+               (np.repeat(np.arange(7), [2, 3, 5, 8, 13, 21, 34]), 0.3, 1), (np.arange(40) % 4, 0.5, 11),
+               (np.repeat(np.arange(3), [50, 49, 2]), 0.1, 5), (np.random.default_rng(0).integers(0, 100, 3000), 0.37, 2)]
+
+
+@pytest.mark.parametrize("labels, fraction, seed", SPLIT_CASES)
+def test_stratified_split_draws_what_scikit_learn_draws(labels: np.ndarray, fraction: float, seed: int) -> None:
+    """kdnas re-implements the split (its indices are in every cache key, and the import is slow): it must
+    give exactly scikit-learn's train_test_split, so that no split, cache or fingerprint moved."""
+    from sklearn.model_selection import train_test_split
+
+    from kdnas.data._split import _stratified
+
+    y = np.concatenate([np.zeros(17, dtype=np.int64), labels])  # a pool that does not start at index 0
+    idx = np.arange(17, len(y))
+    ours = _stratified(y, idx, fraction, seed, "data.val_fraction")
+    theirs = train_test_split(idx, test_size=fraction, stratify=y[idx], random_state=seed)
+    for a, b in zip(ours, theirs):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("labels, fraction, problem", [
+    (np.array([0, 0, 1, 1, 2]), 0.4, r"classes \[2\] have only 1 sample \(each class needs 2\)"),
+    (np.arange(40) % 10, 0.1, r"the smaller part would have 4 samples, fewer than the 10 classes"),
+    (np.arange(40) % 10, 0.9, r"the larger part would have 4 samples, fewer than the 10 classes"),
+])
+def test_a_split_that_cannot_be_stratified_names_the_key_and_why(labels, fraction: float, problem: str) -> None:
+    from kdnas.data._split import _stratified
+
+    with pytest.raises(KdnasError, match=rf"^study.yaml: data.val_fraction: cannot split {len(labels)} samples "
+                                         rf"stratified by class with fraction {fraction:.3g}: {problem}$"):
+        _stratified(labels, np.arange(len(labels)), fraction, 0, "study.yaml: data.val_fraction")
+
+
 def test_digits_split_is_stratified_disjoint_and_seeded() -> None:
     a = load_split(DataConfig("digits"))
     assert a.sizes() == {"train": 1077, "val": 360, "test": 360}

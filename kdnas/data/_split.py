@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -102,13 +103,58 @@ class DataSplit:
 
 
 def _stratified(y: np.ndarray, idx: np.ndarray, fraction: float, seed: int, where: str) -> tuple[np.ndarray, np.ndarray]:
-    from sklearn.model_selection import train_test_split
+    """``idx`` split into (rest, part): ``part`` holds ``ceil(fraction * len(idx))`` of them, each class in
+    proportion, drawn reproducibly for ``seed``.
 
-    try:
-        return train_test_split(idx, test_size=fraction, stratify=y[idx], random_state=seed)
-    except ValueError as err:  # a class too small to appear on both sides
-        raise KdnasError(f"{where}: cannot split {len(idx)} samples stratified by class with fraction "
-                         f"{fraction:.3g}: {err}") from None
+    The draw is the one ``sklearn.model_selection.train_test_split(idx, test_size=fraction, stratify=y[idx],
+    random_state=seed)`` makes (tests/test_data.py checks them equal), re-implemented because the split
+    indices are in every cache key and fingerprint, so they must not change with the installed scikit-learn,
+    and because importing its model_selection costs every command 1.6-2.2 s.
+    """
+    n = len(idx)
+    n_part = math.ceil(fraction * n)
+    n_rest = n - n_part
+
+    def fail(problem: str) -> KdnasError:
+        return KdnasError(f"{where}: cannot split {n} samples stratified by class with fraction {fraction:.3g}: "
+                          f"{problem}")
+
+    if n_rest <= 0:
+        raise fail("no samples would be left on the other side")
+    classes, inverse, counts = np.unique(y[idx], return_inverse=True, return_counts=True)
+    if counts.min() < 2:
+        raise fail(f"classes {classes[counts < 2].tolist()} have only 1 sample (each class needs 2)")
+    for side, size in (("the larger part", n_rest), ("the smaller part", n_part)):
+        if size < len(classes):
+            raise fail(f"{side} would have {size} samples, fewer than the {len(classes)} classes")
+    members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])  # positions in idx, per class
+    rng = np.random.RandomState(seed)
+    rest_per_class = _apportion(counts, n_rest, rng)
+    part_per_class = _apportion(counts - rest_per_class, n_part, rng)
+    rest: list[int] = []
+    part: list[int] = []
+    for c in range(len(classes)):
+        shuffled = members[c].take(rng.permutation(counts[c]), mode="clip")
+        rest.extend(shuffled[: rest_per_class[c]])
+        part.extend(shuffled[rest_per_class[c] : rest_per_class[c] + part_per_class[c]])
+    return idx[rng.permutation(rest)], idx[rng.permutation(part)]
+
+
+def _apportion(counts: np.ndarray, draws: int, rng: np.random.RandomState) -> np.ndarray:
+    """How many of ``draws`` each class gets, in proportion to ``counts``: the floor of its share, then one
+    more to the classes with the largest remainders, ties broken at random by ``rng``."""
+    share = counts / counts.sum() * draws
+    out = np.floor(share)
+    missing = int(draws - out.sum())
+    remainder = share - out
+    for value in np.sort(np.unique(remainder))[::-1]:
+        if missing <= 0:
+            break
+        (tied,) = np.where(remainder == value)
+        chosen = rng.choice(tied, size=min(len(tied), missing), replace=False)
+        out[chosen] += 1
+        missing -= len(chosen)
+    return out.astype(int)
 
 
 def _stats(images: Images, train: np.ndarray, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
