@@ -77,7 +77,10 @@ def test_interleaved_floors_rank_work_in_proportion() -> None:
 def test_every_dtype_measures_on_cpu(dtype: str) -> None:
     spec = make_spec(TINY)
     r = measure_latency(build(spec, (1, 8, 8), 10), (1, 8, 8), LatencySetting(dtype=dtype, min_seconds=0.02, max_seconds=0.2))
-    assert 0 < r.latency_ms < r.latency_median_ms + r.latency_iqr_ms + 1e-9
+    # The floor is at the fast end of the passes; the probe's correction moves it by a bounded factor (up to
+    # 1.25 when this session's probe history was taken on a busier machine than now).
+    assert 0 < r.latency_raw_ms <= r.latency_median_ms + 1e-9
+    assert abs(r.latency_ms / r.latency_raw_ms - 1) <= timing._MAX_CORRECTION + 1e-9
     assert isinstance(r.latency_stable, bool)
 
 
