@@ -62,9 +62,11 @@ def busy(n: int):
 
 
 def test_interleaved_floors_rank_work_in_proportion() -> None:
-    # Twice the work must measure about twice the time, whatever else the machine does meanwhile.
-    # A busy machine needs seconds to show a quiet moment (docs/costs.md): a 1 s budget once gave 2.39.
-    one, two = measure_calls([[Chain.call(busy(20_000))], [Chain.call(busy(40_000))]],
+    # Twice the work must measure about twice the time, whatever else the machine does meanwhile. The work is
+    # in steps of 0.15 ms, as a network's pass is (stem, blocks, head): each step's floor needs a quiet moment
+    # that long only. As one step of 1 ms, a loaded machine once gave 3.1 within the 4 s budget.
+    step = busy(10_000)
+    one, two = measure_calls([[Chain([lambda _: step()] * 2, None)], [Chain([lambda _: step()] * 4, None)]],
                              LatencySetting(min_seconds=0.3, max_seconds=4.0))
     assert 1.7 < two.latency_ms / one.latency_ms < 2.3
     for r in (one, two):

@@ -50,8 +50,8 @@ def test_stratified_split_draws_what_scikit_learn_draws(labels: np.ndarray, frac
 
 @pytest.mark.parametrize("labels, fraction, problem", [
     (np.array([0, 0, 1, 1, 2]), 0.4, r"classes \[2\] have only 1 sample \(each class needs 2\)"),
-    (np.arange(40) % 10, 0.1, r"the smaller part would have 4 samples, fewer than the 10 classes"),
-    (np.arange(40) % 10, 0.9, r"the larger part would have 4 samples, fewer than the 10 classes"),
+    (np.arange(40) % 10, 0.1, r"the part split off would have 4 samples, fewer than the 10 classes"),
+    (np.arange(40) % 10, 0.9, r"the rest would have 4 samples, fewer than the 10 classes"),
 ])
 def test_a_split_that_cannot_be_stratified_names_the_key_and_why(labels, fraction: float, problem: str) -> None:
     from kdnas.data._split import _stratified

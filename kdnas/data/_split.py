@@ -124,7 +124,7 @@ def _stratified(y: np.ndarray, idx: np.ndarray, fraction: float, seed: int, wher
     classes, inverse, counts = np.unique(y[idx], return_inverse=True, return_counts=True)
     if counts.min() < 2:
         raise fail(f"classes {classes[counts < 2].tolist()} have only 1 sample (each class needs 2)")
-    for side, size in (("the larger part", n_rest), ("the smaller part", n_part)):
+    for side, size in (("the rest", n_rest), ("the part split off", n_part)):
         if size < len(classes):
             raise fail(f"{side} would have {size} samples, fewer than the {len(classes)} classes")
     members = np.split(np.argsort(inverse, kind="stable"), np.cumsum(counts)[:-1])  # positions in idx, per class
