@@ -172,10 +172,6 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {model}, load {load:.1f}"
 
 
-if __name__ == "__main__" and sys.argv[1:2] == ["teacher"]:
-    _train_teacher(sys.argv[2])
-
-
 # Students of search_spaces/mixed_families.yaml (the mnist5k study) that its runs trained, one to three per family.
 MNIST5K_STUDENTS = [
     {"family": "mobilenetv2", "blocks": [1, 1, 1], "expansion": 4, "kernel_size": 5, "width": 1.0},
@@ -184,3 +180,7 @@ MNIST5K_STUDENTS = [
     {"family": "resnet_cifar", "depth": 14, "width": 0.75},
     {"family": "plain_cnn", "channels": [16, 16, 32, 32], "hidden": 0, "kernel_size": 5, "pool_every": 2},
 ]
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["teacher"]:
+    _train_teacher(sys.argv[2])

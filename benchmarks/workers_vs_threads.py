@@ -22,6 +22,7 @@ Printed per side: wall time of the command, trials finished, trials per hour; th
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -49,8 +50,6 @@ def candidates(study: Path, n: int, seed: int) -> list[dict]:
 
 def enqueue(study: Path, cwd: Path, params: list[dict]) -> None:
     """Create the side's study (as `kdnas search` will open it) and queue ``params`` in order."""
-    import os
-
     from kdnas.config import load_study
     from kdnas.study import open_study
 

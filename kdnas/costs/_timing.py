@@ -58,8 +58,8 @@ _PROBE_TOLERANCE = 0.06
 _MAX_CORRECTION = 0.25  # guards against a probe that met a disturbance the workloads did not
 _ROUND_S = 0.1  # one round of interleaving; short, so every workload sees the same conditions
 _WARMUP_S = 0.05  # first calls allocate memory and choose kernels
-_MIN_BLOCK_S = {"cuda": 1e-3, "mps": 1e-3}
-_EXTENSION = 10  # a measurement that nobody waits for goes on for at most this many times max_seconds  # whole-pass blocks: synchronisation overhead under 1 %
+_MIN_BLOCK_S = {"cuda": 1e-3, "mps": 1e-3}  # whole-pass blocks: synchronisation overhead under 1 %
+_EXTENSION = 10  # a measurement that nobody waits for goes on for at most this many times max_seconds
 
 
 @dataclass(frozen=True)
