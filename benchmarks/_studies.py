@@ -83,18 +83,18 @@ def child_env() -> dict[str, str]:
 
 
 def kdnas_search(study: Path, cwd: Path, args: list[str], log: Path | None = None,
-                 python: list[str] | None = None) -> tuple[float, float]:
+                 python: list[str] | None = None, env: dict[str, str] | None = None) -> tuple[float, float]:
     """Run `python -m kdnas.cli search STUDY ARGS` in ``cwd`` (output appended to ``log``); return its wall
     seconds and its CPU seconds (user + system, the process and its children). With one torch thread the
     CPU time is the work done, which other processes on a shared machine change much less; the wall time
     is what a user waits for. ``python`` replaces ``[sys.executable, "-m", "kdnas.cli"]`` (a wrapper that
-    patches first)."""
+    patches first); ``env`` replaces :func:`child_env`."""
     cmd = [*(python or [sys.executable, "-m", "kdnas.cli"]), "search", str(study), *args]
     out = open(log, "a") if log else subprocess.DEVNULL
     try:
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         t0 = time.perf_counter()
-        rc = subprocess.run(cmd, cwd=cwd, env=child_env(), stdout=out, stderr=subprocess.STDOUT).returncode
+        rc = subprocess.run(cmd, cwd=cwd, env=env or child_env(), stdout=out, stderr=subprocess.STDOUT).returncode
         wall = time.perf_counter() - t0
         after = resource.getrusage(resource.RUSAGE_CHILDREN)
         cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)

@@ -333,6 +333,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit_:  # --help (0) or a bad flag (2, one line already printed)
         return int(exit_.code or 0)
+    from kdnas import _malloc
+
+    _malloc.tune()  # before any training: see kdnas/_malloc.py
     setup_logging()
     try:
         return args.func(args)

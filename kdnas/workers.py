@@ -129,7 +129,10 @@ def worker_main(index: int, study_file: str, overrides: dict[str, Any], tickets:
                 threads: int, finished_before: int, started: float) -> None:
     """Entry point of one worker process (started by :func:`run_pool`)."""
     _watch_parent(os.getppid())
+    from kdnas import _malloc
     from kdnas.cli import setup_logging
+
+    _malloc.tune()  # a spawned interpreter: as the command's own process (kdnas/_malloc.py)
     from kdnas.storage import scrub
 
     setup_logging()

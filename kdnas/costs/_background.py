@@ -163,9 +163,11 @@ def serve() -> None:
     improves the floor. The study sends a line when it starts waiting (or its next request); then the
     measurement ends at once.
     """
+    from kdnas import _malloc
     from kdnas.costs._latency import measure_latency
     from kdnas.models import build, make_spec
 
+    _malloc.tune()  # as in the study's process, which measures when the child cannot: the same figures
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the study's to handle; it closes our stdin
     answers = os.fdopen(os.dup(sys.stdout.fileno()), "w")
     os.dup2(sys.stderr.fileno(), sys.stdout.fileno())  # stray prints from libraries go to stderr, not the protocol
