@@ -131,10 +131,9 @@ def worker_main(index: int, study_file: str, overrides: dict[str, Any], tickets:
     _watch_parent(os.getppid())
     from kdnas import _malloc
     from kdnas.cli import setup_logging
-
-    _malloc.tune()  # a spawned interpreter: as the command's own process (kdnas/_malloc.py)
     from kdnas.storage import scrub
 
+    _malloc.tune()  # a spawned interpreter: as the command's own process (kdnas/_malloc.py)
     setup_logging()
     try:
         from kdnas.config import load_study
