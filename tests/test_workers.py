@@ -111,7 +111,7 @@ def test_sigkill_during_a_trial_then_resume_with_two_workers(tiny_study: Path, t
 
     # Resume, with two workers this time: the same study file, the same storage.
     assert main(["search", str(tiny_study), "--trials", "2", "--workers", "2"]) == 0
-    out = capfd.readouterr().out  # capfd: the workers are other processes, writing to the same stdout
+    out, err = capfd.readouterr()  # capfd: the workers are other processes, writing to the same stdout
     after = stored(tmp_path)
     check_resumed(before, after)
     dead = next(t for t in after if t.number == killed[0])
@@ -119,7 +119,8 @@ def test_sigkill_during_a_trial_then_resume_with_two_workers(tiny_study: Path, t
     retry = next(t for t in after if t.system_attrs.get("failed_trial") == dead.number)
     assert retry.state == TrialState.COMPLETE and retry.params == dead.params, "the killed candidate is retried"
     assert sorted(t.number for t in after) == list(range(len(after))), "no duplicates, no gaps"
-    assert len(completed(after)) == len(before) + 2, "exactly the requested trials (the retry among them)"
+    # (It once found one trial short on a loaded CI run; what the workers printed shows why, next time.)
+    assert len(completed(after)) == len(before) + 2, f"exactly the requested trials (the retry among them)\n{out}\n{err}"
     assert {t.system_attrs["kdnas:worker"]["pid"] for t in after if t.number > dead.number} & {os.getpid()} == set()
     assert "starting 2 workers" in out and sum(line[:4] in ("w0 [", "w1 [") for line in out.splitlines()) == 2
     report = pd.read_csv(tmp_path / "reports/tiny/trials.csv").set_index("number")
