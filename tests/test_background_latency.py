@@ -117,7 +117,7 @@ def test_a_measurement_nobody_waits_for_goes_on_past_max_seconds_within_a_bound(
         return measure_latency(build(TINY, (1, 8, 8), 10), (1, 8, 8), setting, more=more).latency_seconds
 
     bounded = seconds(None)  # in the study's process: max_seconds (plus setting up) bounds it
-    assert bounded < 1.0
+    assert bounded < 1.5  # 0.4 s here when quiet; 1.08 s once on a loaded CI run
     start = time.perf_counter()
     assert 1.0 <= seconds(lambda: time.perf_counter() - start < 1.0) < bounded + 1.0, "until someone waits"
     # 10 x max_seconds = 2 s, then the round in hand ends; the 0.5 s allow for a slow round on a busy machine.
