@@ -22,8 +22,8 @@ train it); then the share outside the trials' own work, which also counts as wor
 students distil from (the teacher's forward passes, done once) and measuring the trained networks'
 accuracy (val is the objective): what is left is the machinery the issue names (sampling, storage, costs,
 report), the trial loop, imports and data loading. ``--profile`` runs the command under cProfile instead and
-prints the functions outside training that took the most time (cProfile slows Python-heavy code, so the shares of that run are not the
-headline).
+prints the functions outside training that took the most time (cProfile slows Python-heavy code, so the
+shares of that run are not the headline).
 
     PYTHONPATH=. python benchmarks/overhead.py [--trials 12] [--quick] [--profile]
 """

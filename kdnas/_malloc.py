@@ -42,16 +42,24 @@ def tune() -> bool:
     return _done
 
 
+def glibc() -> ctypes.CDLL | None:
+    """This process's C library if it is glibc (musl has ``mallopt`` too, with other meanings), else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.gnu_get_libc_version
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
 def _tune() -> bool:
     if os.environ.get("KDNAS_MALLOC", "").strip().lower() == "default" or any(v in os.environ for v in _USER_SETTINGS):
         return False
-    if not sys.platform.startswith("linux"):
+    libc = glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(None)
-        libc.gnu_get_libc_version  # glibc only: musl has mallopt too, with other meanings
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD))

@@ -58,13 +58,9 @@ def _run(code: str, **extra: str) -> dict:
 
 
 def _glibc() -> bool:
-    import ctypes
+    from kdnas._malloc import glibc
 
-    try:
-        ctypes.CDLL(None).gnu_get_libc_version
-        return True
-    except (OSError, AttributeError):
-        return False
+    return glibc() is not None
 
 
 @pytest.mark.skipif(not _glibc(), reason="not glibc")
