@@ -32,10 +32,11 @@ class LatencySetting:
     threads: int = 1  # one thread: the steadiest CPU figure, and what most edge deployments run with
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # on CPUs without native half support, slower
     min_seconds: float = 0.3  # time each architecture at least this long (the probe takes as long again) ...
-    # ... and stop after this long, confirmed or not. In a study 3 s: measured after or beside a training,
-    # the estimate is within 5.4 % of where 10 s take it (benchmarks/latency_after_training.py), less than
-    # a study's figures vary anyway; `kdnas profile`, the figure to ship, takes 10 s by default.
-    max_seconds: float = 3.0
+    # ... and stop after this long, confirmed or not. In a study 2 s: measured right after a training, 2 s
+    # came as close to `kdnas profile`'s 10-s figure as 3 s did (benchmarks/latency_budget.py: median error
+    # 2.6 % against 3.2 %, 29 of 30 within 10 % against 26), at 0.3 s less per measurement, and up to 1.3 s
+    # less when the machine is busy; `kdnas profile`, the figure to ship, takes 10 s by default.
+    max_seconds: float = 2.0
     # In a study: measure in a child process while the candidate trains (kdnas/costs/_background.py); auto:
     # when the device is the CPU and a core is spare.
     background: Union[bool, Literal["auto"]] = "auto"
