@@ -180,6 +180,27 @@ MNIST5K_STUDENTS = [
     {"family": "resnet_cifar", "depth": 14, "width": 0.75},
     {"family": "plain_cnn", "channels": [16, 16, 32, 32], "hidden": 0, "kernel_size": 5, "pool_every": 2},
 ]
+# What the latency benchmarks measure after a training burst: the above and a deeper, narrow ResNet.
+LATENCY_STUDENTS = MNIST5K_STUDENTS + [{"family": "resnet_cifar", "depth": 20, "width": 0.25}]
+MNIST_SHAPE = (1, 28, 28)
+
+
+def train_for(arch: dict, seconds: float) -> None:
+    """Train ``arch`` on random MNIST-sized batches of 128 for ``seconds``, with the threads set now: the
+    burst of training a study runs before it measures a candidate's latency."""
+    import torch
+    import torch.nn.functional as F
+
+    from kdnas.models import build, make_spec
+
+    model = build(make_spec(arch), MNIST_SHAPE, 10)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(128, *MNIST_SHAPE), torch.randint(0, 10, (128,))
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["teacher"]:

@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _studies  # noqa: E402
@@ -27,20 +26,10 @@ import kdnas.costs._timing as timing  # noqa: E402
 from kdnas.costs import LatencySetting, measure_latency  # noqa: E402
 from kdnas.models import build, make_spec  # noqa: E402
 
-STUDENTS = _studies.MNIST5K_STUDENTS + [{"family": "resnet_cifar", "depth": 20, "width": 0.25}]
+STUDENTS = _studies.LATENCY_STUDENTS
 MARKS = (0.3, 0.5, 1, 2, 3, 5)
-SHAPE = (1, 28, 28)
-
-
-def train_for(seconds: float) -> None:
-    model = build(make_spec({"family": "resnet_cifar", "depth": 14, "width": 0.75}), SHAPE, 10)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01)
-    x, y = torch.randn(128, *SHAPE), torch.randint(0, 10, (128,))
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        opt.zero_grad()
-        F.cross_entropy(model(x), y).backward()
-        opt.step()
+SHAPE = _studies.MNIST_SHAPE
+BURNER = {"family": "resnet_cifar", "depth": 14, "width": 0.75}
 
 
 def main() -> None:
@@ -65,7 +54,7 @@ def main() -> None:
     worst = {m: 0.0 for m in MARKS}
     for _ in range(args.rounds):
         for raw in STUDENTS:
-            train_for(args.burn)
+            _studies.train_for(BURNER, args.burn)
             spec = make_spec(raw)
             workloads.clear()
             result = measure_latency(build(spec, SHAPE, 10), SHAPE, setting)

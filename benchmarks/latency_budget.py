@@ -29,8 +29,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _studies  # noqa: E402
 
-SHAPE = (1, 28, 28)
-STUDENTS = _studies.MNIST5K_STUDENTS + [{"family": "resnet_cifar", "depth": 20, "width": 0.25}]
+SHAPE = _studies.MNIST_SHAPE
+STUDENTS = _studies.LATENCY_STUDENTS
 BURNER = {"family": "mobilenetv2", "blocks": [1, 1, 1], "expansion": 4, "kernel_size": 5, "width": 0.5}
 
 
@@ -73,29 +73,18 @@ def main() -> None:
 
     _malloc.tune()  # as a study's process
     import torch
-    import torch.nn.functional as F
 
     from kdnas.costs import LatencySetting, measure_latency
     from kdnas.models import build, make_spec
 
-    def burn(seconds: float) -> None:
-        torch.set_num_threads(2)
-        model = build(make_spec(BURNER), SHAPE, 10)
-        opt = torch.optim.SGD(model.parameters(), lr=0.01)
-        x, y = torch.randn(128, *SHAPE), torch.randint(0, 10, (128,))
-        start = time.perf_counter()
-        while time.perf_counter() - start < seconds:
-            opt.zero_grad()
-            F.cross_entropy(model(x), y).backward()
-            opt.step()
-
+    torch.set_num_threads(2)  # the training bursts: as a study at `threads: 2` (a measurement sets its own)
     print(f"{len(STUDENTS)} students x {args.rounds} rounds x caps {caps}, {args.burn:g} s of 2-thread training "
           f"before each measurement; {_studies.machine()}", flush=True)
     rows = []
     for r in range(args.rounds):
         for i, raw in enumerate(STUDENTS):
             for cap in (caps if r % 2 == 0 else caps[::-1]):
-                burn(args.burn)
+                _studies.train_for(BURNER, args.burn)
                 start = time.perf_counter()
                 model = build(make_spec(raw), SHAPE, 10)
                 figures = measure_latency(model, SHAPE, LatencySetting(min_seconds=0.3, max_seconds=cap))
