@@ -65,9 +65,14 @@ def test_interleaved_floors_rank_work_in_proportion() -> None:
     # Twice the work must measure about twice the time, whatever else the machine does meanwhile. The work is
     # in steps of 0.15 ms, as a network's pass is (stem, blocks, head): each step's floor needs a quiet moment
     # that long only. As one step of 1 ms, a loaded machine once gave 3.1 within the 4 s budget.
+    # A measurement that says it was not confirmed (latency_stable false: the host was busy throughout, as on
+    # one CI run, probe 20 % slow, ratio 3.1) is taken again, up to twice, as a user would rerun `kdnas profile`.
     step = busy(10_000)
-    one, two = measure_calls([[Chain([lambda _: step()] * 2, None)], [Chain([lambda _: step()] * 4, None)]],
-                             LatencySetting(min_seconds=0.3, max_seconds=4.0))
+    for _ in range(3):
+        one, two = measure_calls([[Chain([lambda _: step()] * 2, None)], [Chain([lambda _: step()] * 4, None)]],
+                                 LatencySetting(min_seconds=0.3, max_seconds=4.0))
+        if one.latency_stable and two.latency_stable:
+            break
     assert 1.7 < two.latency_ms / one.latency_ms < 2.3
     for r in (one, two):
         assert r.latency_raw_ms <= r.latency_median_ms  # the floor is the fast end of the calls
