@@ -119,12 +119,35 @@ class Location:
 # --- embedded -----------------------------------------------------------------------------------------------
 
 
-def _digits(loc: Location) -> RawDataset:
-    from sklearn.datasets import load_digits
+def _digits_file() -> Optional[Path]:
+    """scikit-learn's copy of the UCI digits (``datasets/data/digits.csv.gz``), found without importing it."""
+    import importlib.util
 
-    d = load_digits()
-    x = d.images.astype(np.float32)[:, None] / 16.0  # pixel values are 0..16
-    return RawDataset(ArrayImages(x), d.target.astype(np.int64), 10)
+    spec = importlib.util.find_spec("sklearn")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data" / "digits.csv.gz"
+    return path if path.is_file() else None
+
+
+def _digits(loc: Location) -> RawDataset:
+    # ``sklearn.datasets.load_digits`` reads one small CSV (64 pixels, then the label, per row), but importing
+    # sklearn.datasets takes 1.6-2 s of every command on digits. The file is read directly where it is found
+    # (the same arrays: tests/test_data.py); otherwise through scikit-learn.
+    path = _digits_file()
+    try:
+        rows = np.loadtxt(path, delimiter=",") if path is not None else None
+    except (OSError, ValueError):
+        rows = None
+    if rows is None or rows.ndim != 2 or rows.shape[1] != 65:
+        from sklearn.datasets import load_digits
+
+        d = load_digits()
+        images, target = d.images, d.target
+    else:
+        images, target = rows[:, :64].reshape(-1, 8, 8), rows[:, 64].astype(np.int64)
+    x = images.astype(np.float32)[:, None] / 16.0  # pixel values are 0..16
+    return RawDataset(ArrayImages(x), target.astype(np.int64), 10)
 
 
 def _mnist5k(loc: Location) -> RawDataset:
