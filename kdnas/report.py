@@ -158,14 +158,14 @@ def _ped_anova_evaluator() -> type:
     imports ``optuna.importance`` later in this process gets the real package, fANOVA included, unchanged.
     When the package is already imported (or its layout differs in another Optuna), the real one is used.
     """
-    if "optuna.importance" in sys.modules:
+    spec = None if "optuna.importance" in sys.modules else importlib.util.find_spec("optuna.importance")
+    if spec is None or not spec.submodule_search_locations:
         from optuna.importance import PedAnovaImportanceEvaluator
 
         return PedAnovaImportanceEvaluator
-    spec = importlib.util.find_spec("optuna.importance")
     before = set(sys.modules)
     stand_in = types.ModuleType("optuna.importance")
-    stand_in.__path__ = list(spec.submodule_search_locations or [])
+    stand_in.__path__ = list(spec.submodule_search_locations)
     sys.modules["optuna.importance"] = stand_in
     try:
         return importlib.import_module("optuna.importance._ped_anova").PedAnovaImportanceEvaluator
