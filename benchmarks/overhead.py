@@ -26,7 +26,13 @@ report), the trial loop, imports and data loading. ``--profile`` runs the comman
 prints the functions outside training that took the most time (cProfile slows Python-heavy code, so the
 shares of that run are not the headline).
 
-    PYTHONPATH=. python benchmarks/overhead.py [--trials 12] [--threads N] [--quick] [--profile]
+``--workers N`` runs ``kdnas search --workers N`` (the study's ``threads`` split among the workers) and times
+each worker process the same way (its ledger is written when it ends); shares are then of N x wall ("slot
+time"): the command's own process outside trial work holds every slot (the workers do not run then), each
+worker's holds its own, and slots no process used (workers starting, one ending before the other) are
+printed apart.
+
+    PYTHONPATH=. python benchmarks/overhead.py [--trials 12] [--threads N] [--workers N] [--quick] [--profile]
 """
 
 from __future__ import annotations
@@ -139,6 +145,45 @@ def instrument(ledger: Ledger) -> None:
     w("kdnas.study", "search", "search: rest (Optuna ask/tell, trial loop, sampler start-up)")
 
 
+WORKER_IMPORTS = ("kdnas.workers", "kdnas.config", "kdnas.study", "kdnas.cli")
+POOL_WAIT = "waiting for the worker processes"
+
+
+def timed_worker_main(*args) -> None:
+    """Runs in each worker process (``kdnas.workers.worker_main``, started by spawn): the same ledger as the
+    command's, written to ``$KDNAS_OVERHEAD_LEDGERS/<pid>.json`` when the worker ends."""
+    import json
+
+    t0 = time.perf_counter()
+    started = _process_age()  # the interpreter's start and the imports that unpickling the arguments did
+    for mod in WORKER_IMPORTS:
+        importlib.import_module(mod)
+    ledger = Ledger()
+    ledger.excl["imports (torch, optuna, kdnas, ...)"] = started + time.perf_counter() - t0
+    ledger.calls["imports (torch, optuna, kdnas, ...)"] = 1
+    instrument(ledger)
+    ledger.mark = time.perf_counter()
+    ledger.stack.append("other (Optuna ask/tell, trial loop, cli, ...)")
+    try:
+        sys.modules["kdnas.workers"].worker_main(*args)
+    finally:
+        end = time.perf_counter()
+        ledger._charge(end)
+        out = Path(os.environ["KDNAS_OVERHEAD_LEDGERS"]) / f"{os.getpid()}.json"
+        out.write_text(json.dumps({"wall": started + end - t0, "excl": ledger.excl, "calls": ledger.calls,
+                                   "fit_incl": ledger.fit_incl}))
+
+
+def _process_age() -> float:
+    """Seconds since this process started (Linux: /proc), 0 where that cannot be read."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return max(0.0, uptime - ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 EVALUATION = "evaluation: val/test accuracy of trained networks"
 LOGITS = "logit tables of teacher/assistants (compute or load)"
 TRIAL_WORK = (LOGITS, EVALUATION)
@@ -154,6 +199,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=12, help="trials of the command (the shipped mnist5k has 40)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (study `threads`; default: as the study file says, 2 for mnist5k)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="`kdnas search --workers N`: each worker process is timed too (study `threads` split among them)")
     ap.add_argument("--quick", action="store_true",
                     help="a check in about a minute: 2 trials; teacher 1 epoch, assistants 1, students 2")
     ap.add_argument("--profile", action="store_true", help="run under cProfile; print the top functions outside training")
@@ -170,13 +217,16 @@ def measure(args, tmp: Path) -> None:
     overrides: dict = {"search": {"trials": args.trials}}
     if args.threads is not None:
         overrides["threads"] = args.threads
+    if args.workers is not None:
+        overrides["parallel"] = {"workers": args.workers}
     if args.quick:
         overrides["search"]["trials"] = args.trials = 2
         overrides.update(teacher={"train": {"epochs": 1}}, assistants={"train": {"epochs": 1}},
                          student={"train": {"epochs": 2}})
     study = _studies.derive(args.study, tmp, overrides)
     threads = "as shipped" if args.threads is None else args.threads
-    print(f"study {args.study} -> {study}: {args.trials} trials, threads {threads}, otherwise as shipped; "
+    workers = "" if args.workers is None else f", {args.workers} workers"
+    print(f"study {args.study} -> {study}: {args.trials} trials, threads {threads}{workers}, otherwise as shipped; "
           f"{_studies.machine()}", flush=True)
     prev = os.getcwd()
     os.chdir(tmp)
@@ -198,6 +248,13 @@ def run(args, study: Path) -> None:
     instrument(ledger)
     if ledger.missing:
         print(f"not found (not timed separately, counted in 'other'): {', '.join(ledger.missing)}")
+    ledgers = Path.cwd() / "worker-ledgers"
+    if args.workers and args.workers > 1:
+        ledgers.mkdir(exist_ok=True)
+        os.environ["KDNAS_OVERHEAD_LEDGERS"] = str(ledgers)
+        # spawn pickles the target by name: this module's function, found again in each worker process
+        importlib.import_module("kdnas.workers").worker_main = timed_worker_main
+        ledger.wrap("kdnas.study", "run_pool", POOL_WAIT)
     from kdnas.cli import main as kdnas_main
 
     argv = ["search", str(study)]
@@ -250,8 +307,40 @@ def run(args, study: Path) -> None:
     print(f"outside trial work (training + {' + '.join(k.split(' (')[0] for k in TRIAL_WORK)}): "
           f"{100 * (wall - work) / wall:.1f}% ({wall - work:.1f}s of {wall:.1f}s), of which latency "
           f"{100 * latency_s(ledger) / wall:.1f}%")
+    if args.workers and args.workers > 1:
+        report_workers(args.workers, ledger, wall, train, work, ledgers)
     if profiler:
         report_profile(profiler, Path(args.keep or tempfile.gettempdir()) / "overhead.prof")
+
+
+def report_workers(n: int, parent: Ledger, wall: float, parent_train: float, parent_work: float, folder: Path) -> None:
+    """With ``n`` workers the machine has ``n`` slots (one worker each). While the command's own process works
+    (start-up, the teacher, the report) the workers do not exist yet or have ended: its time outside trial work
+    holds every slot. Shares are of ``n`` x wall: the workers' time outside trial work, the command's, and the
+    slots no process used (workers starting, a worker that ended before the others)."""
+    import json
+
+    workers = [json.loads(p.read_text()) for p in sorted(folder.glob("*.json"))]
+    pool = parent.excl.get(POOL_WAIT, 0.0)
+    merged: dict[str, float] = defaultdict(float)
+    w_wall = w_work = 0.0
+    for w in workers:
+        w_wall += w["wall"]
+        w_work += sum(w["fit_incl"].values()) + sum(w["excl"].get(k, 0.0) for k in TRIAL_WORK)
+        for k, v in w["excl"].items():
+            merged[k] += v
+    print(f"\n{len(workers)} worker processes (of {n}), wall {w_wall:.1f}s together; their time, summed (exclusive seconds):")
+    for k, v in sorted(merged.items(), key=lambda kv: -kv[1]):
+        print(f"    {k:66s} {v:8.2f}s {100 * v / w_wall:6.2f}% of the workers' time")
+    parent_outside = (wall - pool) - parent_work
+    idle = n * pool - w_wall
+    slots = n * wall
+    outside = n * parent_outside + (w_wall - w_work)
+    w_lat = sum(v for k, v in merged.items() if k.startswith("latency"))
+    print(f"slot time {slots:.1f}s ({n} x {wall:.1f}s wall): outside trial work {100 * outside / slots:.1f}% "
+          f"(the command's own process {100 * n * parent_outside / slots:.1f}%, the workers' "
+          f"{100 * (w_wall - w_work) / slots:.1f}%, of which their latency {100 * w_lat / slots:.1f}%); "
+          f"slots no process used (workers starting, one ended before the others) {100 * idle / slots:.1f}%")
 
 
 # What a command does outside training, by the functions cProfile names (regular expressions on its
