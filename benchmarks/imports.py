@@ -79,11 +79,10 @@ def main() -> None:
             for r in range(args.rounds):
                 for name in (list(sides) if r % 2 == 0 else list(sides)[::-1]):
                     times[name].append(run(PRELUDE[step].format(url=url) + TIMED.format(step=sides[name])))
-            (ours, ref) = (statistics.median(times[n]) for n in sides)
-            kd, other = list(sides)
-            print(f"{step:12s} kdnas {ours:6.3f} s   {other} {ref:6.3f} s   {ref / ours:5.1f}x   "
-                  f"(kdnas {min(times[kd]):.3f}-{max(times[kd]):.3f} s, {other} "
-                  f"{min(times[other]):.3f}-{max(times[other]):.3f} s)")
+            ours, (other, ref) = times.pop("kdnas"), times.popitem()
+            print(f"{step:12s} kdnas {statistics.median(ours):6.3f} s   {other} {statistics.median(ref):6.3f} s   "
+                  f"{statistics.median(ref) / statistics.median(ours):5.1f}x   "
+                  f"(kdnas {min(ours):.3f}-{max(ours):.3f} s, {other} {min(ref):.3f}-{max(ref):.3f} s)")
 
 
 if __name__ == "__main__":

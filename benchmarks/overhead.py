@@ -151,6 +151,22 @@ def instrument(ledger: Ledger) -> None:
 COMMAND_IMPORTS = ("kdnas.cli", "kdnas.study", "kdnas.report", "torch._dynamo")
 WORKER_IMPORTS = ("kdnas.workers", "kdnas.config", "kdnas.study", "kdnas.cli", "torch._dynamo")
 POOL_WAIT = "waiting for the worker processes"
+IMPORTS = "imports (torch, optuna, kdnas, ...)"
+OTHER = "other (Optuna ask/tell, trial loop, cli, ...)"
+
+
+def start(modules: tuple[str, ...], before: float = 0.0) -> tuple[Ledger, float]:
+    """Import ``modules`` (what the process imports anyway), then a ledger with every wrapper in place, its
+    clock running in ``OTHER``; returns it and the import seconds (plus ``before``: what came earlier)."""
+    t0 = time.perf_counter()
+    for mod in modules:
+        importlib.import_module(mod)
+    imports = before + time.perf_counter() - t0
+    ledger = Ledger()
+    instrument(ledger)
+    ledger.mark = time.perf_counter()
+    ledger.stack.append(OTHER)
+    return ledger, imports
 
 
 def timed_worker_main(*args) -> None:
@@ -158,23 +174,17 @@ def timed_worker_main(*args) -> None:
     command's, written to ``$KDNAS_OVERHEAD_LEDGERS/<pid>.json`` when the worker ends."""
     import json
 
-    t0 = time.perf_counter()
-    started = _process_age()  # the interpreter's start and the imports that unpickling the arguments did
-    for mod in WORKER_IMPORTS:
-        importlib.import_module(mod)
-    ledger = Ledger()
-    ledger.excl["imports (torch, optuna, kdnas, ...)"] = started + time.perf_counter() - t0
-    ledger.calls["imports (torch, optuna, kdnas, ...)"] = 1
-    instrument(ledger)
-    ledger.mark = time.perf_counter()
-    ledger.stack.append("other (Optuna ask/tell, trial loop, cli, ...)")
+    # Before this function: the interpreter's start and the imports that unpickling the arguments did.
+    ledger, imports = start(WORKER_IMPORTS, before=_process_age())
+    ledger.excl[IMPORTS], ledger.calls[IMPORTS] = imports, 1
+    t0 = ledger.mark
     try:
         sys.modules["kdnas.workers"].worker_main(*args)
     finally:
         end = time.perf_counter()
         ledger._charge(end)
         out = Path(os.environ["KDNAS_OVERHEAD_LEDGERS"]) / f"{os.getpid()}.json"
-        out.write_text(json.dumps({"wall": started + end - t0, "excl": ledger.excl, "calls": ledger.calls,
+        out.write_text(json.dumps({"wall": imports + end - t0, "excl": ledger.excl, "calls": ledger.calls,
                                    "fit_incl": ledger.fit_incl}))
 
 
@@ -242,14 +252,9 @@ def measure(args, tmp: Path) -> None:
 
 def run(args, study: Path) -> None:
     """The measured command, in the current folder (the temporary one)."""
-    ledger = Ledger()
     cpu0 = time.process_time()
-    t0 = time.perf_counter()
     # What the command imports anyway (kdnas.cli imports these lazily); wrapped only after the import.
-    for mod in COMMAND_IMPORTS:
-        importlib.import_module(mod)
-    imports = time.perf_counter() - t0
-    instrument(ledger)
+    ledger, imports = start(COMMAND_IMPORTS)
     if ledger.missing:
         print(f"not found (not timed separately, counted in 'other'): {', '.join(ledger.missing)}")
     ledgers = Path.cwd() / "worker-ledgers"
@@ -267,9 +272,7 @@ def run(args, study: Path) -> None:
         import cProfile
 
         profiler = cProfile.Profile()
-    t1 = time.perf_counter()
-    ledger.mark = t1
-    ledger.stack.append("other (Optuna ask/tell, trial loop, cli, ...)")
+    t1 = ledger.mark = time.perf_counter()  # the setup above is not the command's
     if profiler:
         rc = profiler.runcall(kdnas_main, argv)
     else:
@@ -289,7 +292,7 @@ def run(args, study: Path) -> None:
         states[t.state.name] += 1
     print(f"\n{len(trials)} trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())))
     print(f"\nwhere the wall time went (exclusive seconds; {'under cProfile' if profiler else 'no profiler'}):")
-    rows = [("imports (torch, optuna, kdnas, ...)", imports, 1)] + [(k, v, ledger.calls[k]) for k, v in ledger.excl.items()]
+    rows = [(IMPORTS, imports, 1)] + [(k, v, ledger.calls[k]) for k, v in ledger.excl.items()]
     inside = [r for r in rows if r[0].startswith(FIT)]
     outside = [r for r in rows if not r[0].startswith(FIT)]
     for title, group in (("training", inside), ("outside training", outside)):
@@ -312,12 +315,12 @@ def run(args, study: Path) -> None:
           f"{100 * (wall - work) / wall:.1f}% ({wall - work:.1f}s of {wall:.1f}s), of which latency "
           f"{100 * latency_s(ledger) / wall:.1f}%")
     if args.workers and args.workers > 1:
-        report_workers(args.workers, ledger, wall, train, work, ledgers)
+        report_workers(args.workers, ledger, wall, work, ledgers)
     if profiler:
         report_profile(profiler, Path(args.keep or tempfile.gettempdir()) / "overhead.prof")
 
 
-def report_workers(n: int, parent: Ledger, wall: float, parent_train: float, parent_work: float, folder: Path) -> None:
+def report_workers(n: int, parent: Ledger, wall: float, parent_work: float, folder: Path) -> None:
     """With ``n`` workers the machine has ``n`` slots (one worker each). While the command's own process works
     (start-up, the teacher, the report) the workers do not exist yet or have ended: its time outside trial work
     holds every slot. Shares are of ``n`` x wall: the workers' time outside trial work, the command's, and the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import json
@@ -148,6 +149,7 @@ def summary_markdown(study: optuna.Study, df: pd.DataFrame, hv: pd.Series | None
     return "\n".join(lines) + "\n"
 
 
+@functools.cache  # the private copy is loaded once per process, not once per report
 def _ped_anova_evaluator() -> type:
     """Optuna's default importance evaluator (PED-ANOVA), without the cost of ``import optuna.importance``.
 

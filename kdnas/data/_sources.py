@@ -145,7 +145,7 @@ def _digits(loc: Location) -> RawDataset:
         d = load_digits()
         images, target = d.images, d.target
     else:
-        images, target = rows[:, :64].reshape(-1, 8, 8), rows[:, 64].astype(np.int64)
+        images, target = rows[:, :64].reshape(-1, 8, 8), rows[:, 64]
     x = images.astype(np.float32)[:, None] / 16.0  # pixel values are 0..16
     return RawDataset(ArrayImages(x), target.astype(np.int64), 10)
 
