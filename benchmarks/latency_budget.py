@@ -1,19 +1,23 @@
-"""What a study's latency budget (``costs.latency.max_seconds``) buys: time against precision, per cap.
+"""What a study's latency budget (``costs.latency.max_seconds``) buys, per place: time against precision.
 
-A study without a spare core measures each new candidate in its own process right after training it
-(docs/costs.md, "In a study"). This script does the same: for each of six students of the mnist5k space and
-each cap in ``--caps``, it trains a MobileNetV2 student with 2 threads for ``--burn`` seconds (as a study at
-``threads: 2`` does), then measures the student with the study's rule (``min_seconds`` 0.3, ``max_seconds``
-the cap) and records the figure, whether it was confirmed, and the seconds it took (building the copies
-included). The caps alternate in order from round to round. The reference for each student is what
+A study without a spare core measures each new candidate right after training it, while it waits: in the
+child process (``background: auto``, the default) or in its own process (``background: false``; and every
+study before 2026-11-26). See docs/costs.md, "In a study". This script does both: for each of six students
+of the mnist5k space, each place in ``--places`` and each cap in ``--caps``, it trains a MobileNetV2 student
+in this process with 2 threads for ``--burn`` seconds (as a study at ``threads: 2`` does), then measures the
+student with the study's rule (``min_seconds`` 0.3, ``max_seconds`` the cap), ``here`` (in this process) or
+in a ``child`` (kdnas's LatencyService, started once, as a study starts it; this process waits), and records
+the figure, whether it was confirmed, and the seconds the caller waited (building the copies included). The
+order of the (place, cap) pairs alternates from round to round. The reference for each student is what
 `kdnas profile` ships: a 10-s measurement in a fresh, otherwise idle process, taken ``--quiet`` times (the
 median is the reference; how much those fresh processes differ among themselves is printed too, since no
 study figure can be expected to come closer to the reference than the reference to itself).
 
-Printed per cap: mean seconds per measurement, how many were confirmed, and the error against the
-reference (median, 90th percentile and largest absolute error; how many within 5 % and 10 %).
+Printed per place and cap: mean seconds per measurement, how many were confirmed, and the error against
+the reference (median, 90th percentile and largest absolute error; how many within 5 % and 10 %).
 
-    PYTHONPATH=. python benchmarks/latency_budget.py [--caps 1,1.5,2,3] [--rounds 2] [--burn 8] [--quiet 2]
+    PYTHONPATH=. python benchmarks/latency_budget.py [--places here,child] [--caps 1,2] [--rounds 2] [--burn 8]
+                                                     [--quiet 2]
 """
 
 from __future__ import annotations
@@ -62,37 +66,48 @@ def main() -> None:
         _quiet_child(sys.argv[2])
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--caps", default="1,1.5,2,3", help="max_seconds values to compare, comma-separated")
+    ap.add_argument("--places", default="here,child", help="where to measure: here (this process), child")
+    ap.add_argument("--caps", default="1,2", help="max_seconds values to compare, comma-separated")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--burn", type=float, default=8.0, help="seconds of 2-thread training before each measurement")
     ap.add_argument("--quiet", type=int, default=2, help="reference measurements per student (fresh processes)")
     args = ap.parse_args()
     caps = [float(c) for c in args.caps.split(",")]
+    places = args.places.split(",")
+    if not set(places) <= {"here", "child"}:
+        sys.exit(f"--places: expected here and/or child, got {args.places!r}")
+    pairs = [(place, cap) for place in places for cap in caps]
 
     from kdnas import _malloc
 
     _malloc.tune()  # as a study's process
     import torch
 
-    from kdnas.costs import LatencySetting, measure_latency
+    from kdnas.costs import LatencyService, LatencySetting, measure_latency
     from kdnas.models import build, make_spec
 
+    service = LatencyService() if "child" in places else None
     torch.set_num_threads(2)  # the training bursts: as a study at `threads: 2` (a measurement sets its own)
-    print(f"{len(STUDENTS)} students x {args.rounds} rounds x caps {caps}, {args.burn:g} s of 2-thread training "
-          f"before each measurement; {_studies.machine()}", flush=True)
+    print(f"{len(STUDENTS)} students x {args.rounds} rounds x places {places} x caps {caps}, {args.burn:g} s of "
+          f"2-thread training before each measurement; {_studies.machine()}", flush=True)
     rows = []
     for r in range(args.rounds):
         for i, raw in enumerate(STUDENTS):
-            for cap in (caps if r % 2 == 0 else caps[::-1]):
+            for place, cap in (pairs if r % 2 == 0 else pairs[::-1]):
                 _studies.train_for(BURNER, args.burn)
+                setting = LatencySetting(min_seconds=0.3, max_seconds=cap)
                 start = time.perf_counter()
-                model = build(make_spec(raw), SHAPE, 10)
-                figures = measure_latency(model, SHAPE, LatencySetting(min_seconds=0.3, max_seconds=cap))
-                rows.append({"student": i, "cap": cap, "ms": figures.latency_ms, "stable": figures.latency_stable,
-                             "seconds": time.perf_counter() - start})
-                print(f"  round {r + 1} student {i} cap {cap:g}s: {figures.latency_ms:.3f} ms, "
-                      f"{'confirmed' if figures.latency_stable else 'not confirmed'}, {rows[-1]['seconds']:.2f}s",
+                if place == "child":
+                    figures = service.submit(make_spec(raw), SHAPE, 10, setting)()
+                else:
+                    figures = measure_latency(build(make_spec(raw), SHAPE, 10), SHAPE, setting).to_dict()
+                rows.append({"student": i, "place": place, "cap": cap, "ms": figures["latency_ms"],
+                             "stable": figures["latency_stable"], "seconds": time.perf_counter() - start})
+                print(f"  round {r + 1} student {i} {place} cap {cap:g}s: {figures['latency_ms']:.3f} ms, "
+                      f"{'confirmed' if figures['latency_stable'] else 'not confirmed'}, {rows[-1]['seconds']:.2f}s",
                       flush=True)
+    if service is not None:
+        service.close()
     reference = {}
     spreads = []
     for i, raw in enumerate(STUDENTS):
@@ -103,11 +118,11 @@ def main() -> None:
               f"{', '.join(f'{q:.3f}' for q in quiet)} ms", flush=True)
     print(f"\nreferences in fresh idle processes differ among themselves by (max/min - 1): median "
           f"{statistics.median(spreads):.1%}, largest {max(spreads):.1%}")
-    for cap in caps:
-        mine = [x for x in rows if x["cap"] == cap]
+    for place, cap in pairs:
+        mine = [x for x in rows if x["place"] == place and x["cap"] == cap]
         errors = sorted(abs(x["ms"] / reference[x["student"]] - 1) for x in mine)
         p90 = errors[max(0, round(0.9 * len(errors)) - 1)]
-        print(f"max_seconds {cap:g}: {statistics.mean(x['seconds'] for x in mine):.2f}s per measurement, "
+        print(f"{place:>5} max_seconds {cap:g}: {statistics.mean(x['seconds'] for x in mine):.2f}s per measurement, "
               f"{sum(x['stable'] for x in mine)}/{len(mine)} confirmed; |error| against the reference: median "
               f"{statistics.median(errors):.1%}, 90th percentile {p90:.1%}, largest {errors[-1]:.1%}; "
               f"within 5 %: {sum(e <= 0.05 for e in errors)}/{len(errors)}, "

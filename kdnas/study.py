@@ -13,7 +13,7 @@ import torch
 
 from kdnas.artifacts import ArtifactStore
 from kdnas.config import StudyConfig
-from kdnas.costs import Counts, LatencyCache, LatencyService, count, resolve_device, use_background
+from kdnas.costs import AFTER, HERE, Counts, LatencyCache, LatencyService, count, measuring_place, resolve_device
 from kdnas.data import DataSplit, load_split
 from kdnas.distill import resolve_hyperparameters
 from kdnas.distill.chain import AssistantPool, Guide, guided_loss
@@ -62,8 +62,9 @@ def prepare(cfg: StudyConfig, threads: int | None = None, workers: int = 1) -> R
     resolve_device(cfg.costs.latency.device)
     torch.set_num_threads(threads or cfg.threads or os.cpu_count() or 1)
     # Started first: the child's imports overlap with loading the data and the teacher.
-    background = use_background(cfg.costs.latency, device, torch.get_num_threads() * workers)
-    latency = LatencyCache(cfg.run_dir / "latency_cache.json", LatencyService() if background else None)
+    place = measuring_place(cfg.costs.latency, device, torch.get_num_threads() * workers)
+    latency = LatencyCache(cfg.run_dir / "latency_cache.json", None if place == HERE else LatencyService(),
+                           after=place == AFTER)
     try:
         return _prepare(cfg, device, latency)
     except BaseException:
@@ -75,7 +76,7 @@ def _prepare(cfg: StudyConfig, device: torch.device, latency: LatencyCache) -> R
     split = load_split(cfg.data, device, cfg.path)
     store = ArtifactStore(cfg.run_dir / "artifacts")
     assert cfg.teacher_spec is not None
-    # Requested first: in the background it is measured while the teacher trains or loads.
+    # Requested first: beside the training (a core spare) it is measured while the teacher trains or loads.
     teacher_latency = latency.request(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.latency)
     teacher, info = get_teacher(cfg, split, store, device)
     counts = count(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.counter)
@@ -115,9 +116,9 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     if not screened.ok:  # rejected in milliseconds, before any training
         trial.set_user_attr("prune_reason", screened.reason)
         raise optuna.TrialPruned(screened.reason)
-    # Latency does not depend on the weights: measured beside the training in the background process (see
-    # kdnas/costs/_background.py), or in this process when first needed. With a latency limit it is needed
-    # before training, so that a candidate over the limit is never trained.
+    # Latency does not depend on the weights: measured in the child process beside the training, or when first
+    # needed (in the child process while this one waits, or in this process; kdnas/costs/_background.py). With
+    # a latency limit it is needed before training, so that a candidate over the limit is never trained.
     pending = rt.latency.request(cand.student, split.input_shape, split.num_classes, cfg.costs.latency)
 
     def cost_figures() -> dict[str, float]:
@@ -143,10 +144,10 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
         with guided_loss(cand.method, model, guides, split.train, cfg.assistants.drop_rate, seed) as (loss_fn, adapters):
             history = fit(model, split.train, cfg.student.train, loss_fn, seed, on_epoch=stop, extra=adapters)
     except optuna.TrialPruned:
-        # A stopped trial keeps its latency when the figure is in hand (cached, or measured in the background
-        # process). Measuring it here, for a trial that can no longer be on the front, would cost the study
-        # seconds for nothing; a later trial of the same architecture measures it if it completes.
-        if not pending.measures_here:
+        # A stopped trial keeps its latency when the figure is in hand (cached, or measured beside the training).
+        # Measuring it now, for a trial that can no longer be on the front, would cost the study seconds for
+        # nothing; a later trial of the same architecture measures it if it completes.
+        if not pending.costs_a_measurement:
             _record_latency(trial, pending())
         raise
     train_s = time.perf_counter() - t_train

@@ -1,4 +1,4 @@
-"""Latency measured in a background process while a study trains: the figures, its failures, its lifetime."""
+"""Latency measured in a child process, beside a study's training or after it: the figures, its failures, its lifetime."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 
 import kdnas.costs._background as background
 from kdnas.cli import main
-from kdnas.costs import LatencyCache, LatencyService, LatencySetting, use_background
+from kdnas.costs import AFTER, BESIDE, HERE, LatencyCache, LatencyService, LatencySetting, measuring_place
 from kdnas.errors import TrialFailure
 from kdnas.models import make_spec
 from tests._util import REPO
@@ -33,15 +33,44 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def test_auto_measures_in_the_background_only_beside_a_spare_core(monkeypatch) -> None:
+def test_auto_measures_beside_the_training_with_a_spare_core_else_after_it_in_the_child(monkeypatch) -> None:
     monkeypatch.setattr(background, "usable_cores", lambda: 4)
-    assert use_background(LatencySetting(), CPU, threads_in_use=3)
-    assert not use_background(LatencySetting(), CPU, threads_in_use=4), "every core trains"
-    assert not use_background(LatencySetting(threads=2), CPU, threads_in_use=3), "one core left, two threads wanted"
-    assert use_background(LatencySetting(), torch.device("cuda"), threads_in_use=4), "a GPU trains; the CPU waits"
-    assert not use_background(LatencySetting(device="cuda"), CPU, threads_in_use=1), "GPU latency beside GPU work"
-    assert use_background(LatencySetting(background=True), CPU, threads_in_use=4)
-    assert not use_background(LatencySetting(background=False), CPU, threads_in_use=1)
+    assert measuring_place(LatencySetting(), CPU, threads_in_use=3) == BESIDE
+    assert measuring_place(LatencySetting(), CPU, threads_in_use=4) == AFTER, "every core trains"
+    assert measuring_place(LatencySetting(threads=2), CPU, threads_in_use=3) == AFTER, "one core left, two wanted"
+    assert measuring_place(LatencySetting(), torch.device("cuda"), threads_in_use=4) == BESIDE, "a GPU trains"
+    assert measuring_place(LatencySetting(device="cuda"), CPU, threads_in_use=1) == HERE, "GPU latency, GPU work"
+    assert measuring_place(LatencySetting(background=True), CPU, threads_in_use=4) == BESIDE
+    assert measuring_place(LatencySetting(background=False), CPU, threads_in_use=1) == HERE
+
+
+def test_after_training_the_child_measures_only_once_the_caller_waits(tmp_path: Path) -> None:
+    service = LatencyService()
+    submitted = []
+    submit = service.submit
+    service.submit = lambda *a: submitted.append(a[0]) or submit(*a)
+    try:
+        cache = LatencyCache(tmp_path / "lat.json", service, after=True)
+        pending = cache.request(TINY, (1, 8, 8), 10, QUICK)
+        assert pending.costs_a_measurement and not submitted, "nothing runs beside the caller's training"
+        figures = pending()
+        assert submitted == [TINY] and figures["latency_ms"] > 0 and not pending.costs_a_measurement
+        assert cache.service is service, "measured by the child, not in this process"
+        again = cache.request(TINY, (1, 8, 8), 10, QUICK)
+        assert not again.costs_a_measurement and again() == figures and submitted == [TINY], "cached"
+        assert LatencyCache(tmp_path / "lat.json").get_or_measure(TINY, (1, 8, 8), 10, QUICK) == figures
+    finally:
+        service.close()
+
+
+def test_after_training_a_dead_child_costs_only_measuring_in_process(tmp_path: Path, caplog) -> None:
+    service = LatencyService()
+    cache = LatencyCache(tmp_path / "lat.json", service, after=True)
+    os.kill(service.pid, signal.SIGKILL)
+    service._proc.wait()
+    assert cache.request(TINY, (1, 8, 8), 10, QUICK)()["latency_ms"] > 0
+    assert cache.service is None and "measuring latency in this process from now on" in caplog.text
+    service.close()
 
 
 def test_the_service_measures_in_order_and_reports_a_failure_as_the_trial_reason() -> None:
@@ -84,19 +113,27 @@ def test_a_dead_latency_process_costs_only_measuring_in_process(tmp_path: Path, 
     service.close()
 
 
-@pytest.mark.parametrize("mode", ["false", "true"])
-def test_a_study_records_the_same_latency_figures_either_way(tiny_study: Path, mode: str, monkeypatch) -> None:
-    started = []
-    original = LatencyService.__init__
+@pytest.mark.parametrize("mode, cores, place", [("false", 2, HERE), ("true", 1, BESIDE), ("auto", 1, AFTER)])
+def test_a_study_records_the_same_latency_figures_either_way(tiny_study: Path, mode: str, cores: int, place: str,
+                                                             monkeypatch) -> None:
+    started, asked = [], []
+    original, request = LatencyService.__init__, LatencyCache.request
 
     def spy(self) -> None:
         started.append(True)
         original(self)
 
+    def spy_request(self, *args):
+        asked.append(self.after)
+        return request(self, *args)
+
     monkeypatch.setattr(LatencyService, "__init__", spy)
+    monkeypatch.setattr(LatencyCache, "request", spy_request)
+    monkeypatch.setattr(background, "usable_cores", lambda: cores)  # auto with 1 core: every core trains
     tiny_study.write_text(tiny_study.read_text().replace("costs: {latency: {", f"costs: {{latency: {{background: {mode}, "))
     assert main(["search", str(tiny_study), "--trials", "2"]) == 0
-    assert bool(started) == (mode == "true")
+    assert bool(started) == (place != HERE)
+    assert asked and set(asked) == {place == AFTER}
     study = optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db")
     for t in study.trials:
         assert t.state.name == "COMPLETE"

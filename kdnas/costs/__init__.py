@@ -4,7 +4,7 @@ Units are explicit in every name: ``params`` (count), ``macs`` (multiply-accumul
 multiply-accumulate), ``latency_ms`` (milliseconds per batch).
 """
 
-from kdnas.costs._background import LatencyService, use_background
+from kdnas.costs._background import AFTER, BESIDE, HERE, LatencyService, measuring_place
 from kdnas.costs._config import CostsConfig
 from kdnas.costs._counts import COUNTERS, Counts, count
 from kdnas.costs._latency import LatencyCache, measure_latency
@@ -13,6 +13,6 @@ from kdnas.costs._timing import Chain, measure_calls
 from kdnas.costs._table import LatencyTable
 
 __all__ = [
-    "COUNTERS", "Chain", "CostsConfig", "Counts", "DEVICE", "DTYPES", "Latency", "LatencyCache", "LatencyService", "LatencySetting", "LatencyTable", "count",
-    "measure_calls", "measure_latency", "resolve_device", "use_background",
+    "AFTER", "BESIDE", "COUNTERS", "Chain", "HERE", "CostsConfig", "Counts", "DEVICE", "DTYPES", "Latency", "LatencyCache", "LatencyService", "LatencySetting", "LatencyTable", "count",
+    "measure_calls", "measure_latency", "measuring_place", "resolve_device",
 ]

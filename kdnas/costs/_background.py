@@ -1,17 +1,28 @@
-"""Latency measured in a child process, on a spare core, while the study trains the candidate.
+"""Latency measured in a child process: beside the training on a spare core, or after it while the study waits.
 
 Measuring a candidate's latency in the training process costs the study that time on every new
-architecture: 3-10 s here, since right after a training burst the floor estimate takes seconds to settle
-(docs/costs.md, "In a study"). When a core is free, the measurement can run beside the training instead.
-It runs in a process of its own, not a thread: the step-by-step timing is Python-heavy, and under one GIL
-it would slow the training and be slowed by it. The child only builds networks and times them; requests
-and answers are JSON lines over its stdin and stdout, answered in order. It ends when its stdin closes:
-when the study closes it, and when the study's process dies, however it dies (the pipe closes with it).
+architecture, and right after a training burst that process's figures come out high for seconds
+(docs/costs.md, "In a study"). A child process that only builds networks and times them avoids both where
+it can:
 
-``background: auto`` (the default) uses it when the latency device is the CPU and a core is spare: fewer
-torch threads in use by the study's workers than cores, by at least ``costs.latency.threads``, or training
-on a GPU (the CPU then mostly waits for it). Measuring a GPU's latency beside a training on a GPU would
-disturb both, so a GPU latency is always measured in the study's process.
+- ``beside``: when a core is free, the child measures while the study trains the candidate, and the study
+  waits only when it needs the figure before the child has it.
+- ``after``: when every core trains, the child measures once the training has ended, while the study waits.
+  It takes about as long as measuring in the study's process would, but the child has not just trained: on
+  this 2-core VM its figures came within 2-5 % of `kdnas profile`'s (median), where the study's own process
+  was 7-10 % off, with the same 2-s budget (``benchmarks/latency_budget.py``).
+
+It runs in a process of its own, not a thread: the step-by-step timing is Python-heavy, and under one GIL
+it would slow the training and be slowed by it. Requests and answers are JSON lines over its stdin and
+stdout, answered in order. It ends when its stdin closes: when the study closes it, and when the study's
+process dies, however it dies (the pipe closes with it).
+
+``background: auto`` (the default) picks ``beside`` when the latency device is the CPU and a core is spare
+(fewer torch threads in use by the study's workers than cores, by at least ``costs.latency.threads``) or
+the training runs on a GPU (the CPU then mostly waits for it), and ``after`` when the latency device is the
+CPU and every core trains. Measuring a GPU's latency beside a training on a GPU would disturb both, so a
+GPU latency is measured in the study's process (``here``), as is every latency with ``background: false``;
+``background: true`` is ``beside``.
 """
 
 from __future__ import annotations
@@ -43,13 +54,20 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
-def use_background(setting: LatencySetting, training_device: torch.device, threads_in_use: int) -> bool:
-    """Whether this study measures latency in a child process (``setting.background``, ``auto`` resolved)."""
+BESIDE, AFTER, HERE = "beside", "after", "here"
+
+
+def measuring_place(setting: LatencySetting, training_device: torch.device, threads_in_use: int) -> str:
+    """Where a study measures latency (``setting.background``, ``auto`` resolved): :data:`BESIDE` the
+    training in a child process, in a child process :data:`AFTER` the training while the study waits, or
+    :data:`HERE` in the study's process. See the module docstring."""
     if setting.background != "auto":
-        return bool(setting.background)
+        return BESIDE if setting.background else HERE
     if torch.device(setting.device).type != "cpu":
-        return False
-    return training_device.type != "cpu" or usable_cores() - threads_in_use >= setting.threads
+        return HERE
+    if training_device.type != "cpu" or usable_cores() - threads_in_use >= setting.threads:
+        return BESIDE
+    return AFTER
 
 
 class ServiceError(RuntimeError):

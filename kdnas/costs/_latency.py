@@ -50,12 +50,15 @@ class LatencyCache:
     """Latencies keyed by (spec, input shape, classes, device, batch size, threads, dtype), in one JSON file.
 
     The same architecture is never timed twice in a study, by this process or by another worker that shares
-    the run folder; the file is rewritten atomically.
+    the run folder; the file is rewritten atomically. With a ``service``, figures are measured in its child
+    process: from the request on (beside the caller's work), or with ``after`` only once the caller asks for
+    the figure and waits (when the caller's own work would disturb the measurement).
     """
 
-    def __init__(self, path: Path, service: LatencyService | None = None):
+    def __init__(self, path: Path, service: LatencyService | None = None, after: bool = False):
         self.path = path
         self.service = service
+        self.after = after
         self._data: dict[str, dict] = {}
         self._reload()
 
@@ -75,26 +78,42 @@ class LatencyCache:
 
     def request(self, spec: ArchSpec, input_shape, num_classes: int, setting: LatencySetting) -> "Pending":
         """What :meth:`get_or_measure` returns, as a :class:`Pending`: with a ``service``, a missing figure is
-        measured in its child process from now on, while the caller goes on, and calling waits for it;
-        without, it is measured in this process when first called. Nothing is written before the call."""
+        measured in its child process (from now on while the caller goes on, or with ``after`` when first
+        called) and calling waits for it; without, it is measured in this process when first called.
+        Nothing is written before the call."""
         key = self.key(spec, input_shape, num_classes, setting)
         if key not in self._data:
             self._reload()  # another worker may have measured it meanwhile
         if key in self._data:
             figures = self._data[key]
-            return Pending(lambda: figures, measures_here=False)
+            return Pending(lambda: figures, costs_a_measurement=False)
+        args = (key, spec, input_shape, num_classes, setting)
+        if self.service is not None and self.after:
+            return Pending(lambda: self._in_child(*args), costs_a_measurement=True)
         if self.service is not None:
-            try:
-                pending = self.service.submit(spec, input_shape, num_classes, setting)
-            except ServiceError as err:
-                self._give_up_service(err)
-            else:
-                return Pending(lambda: self._wait(key, pending, spec, input_shape, num_classes, setting),
-                               measures_here=False)
+            pending = self._submit(*args)
+            if pending is not None:
+                return Pending(lambda: self._wait(pending, *args), costs_a_measurement=False)
         return Pending(lambda: self._store(key, self._measure(spec, input_shape, num_classes, setting)),
-                       measures_here=True)
+                       costs_a_measurement=True)
 
-    def _wait(self, key, pending, spec, input_shape, num_classes, setting) -> dict:
+    def _submit(self, key, spec, input_shape, num_classes, setting) -> Callable[[], dict] | None:
+        try:
+            return self.service.submit(spec, input_shape, num_classes, setting)
+        except ServiceError as err:
+            self._give_up_service(err)
+            return None
+
+    def _in_child(self, key, spec, input_shape, num_classes, setting) -> dict:
+        self._reload()  # another worker may have measured it while this one trained
+        if key in self._data:
+            return self._data[key]
+        pending = self._submit(key, spec, input_shape, num_classes, setting) if self.service is not None else None
+        if pending is None:  # the child is gone: measured here
+            return self._store(key, self._measure(spec, input_shape, num_classes, setting))
+        return self._wait(pending, key, spec, input_shape, num_classes, setting)
+
+    def _wait(self, pending, key, spec, input_shape, num_classes, setting) -> dict:
         try:
             measured = pending()
         except ServiceError as err:
@@ -133,16 +152,17 @@ class Pending:
     """A latency figure on its way: calling it returns the figures (a :class:`Latency` as a dict), obtained at
     the first call and remembered."""
 
-    def __init__(self, fn: Callable[[], dict], measures_here: bool):
+    def __init__(self, fn: Callable[[], dict], costs_a_measurement: bool):
         self._fn = fn
-        self._measures_here = measures_here
+        self._costs = costs_a_measurement
         self._result: dict | None = None
 
     @property
-    def measures_here(self) -> bool:
-        """Whether the next call would measure, in this process, now: not cached, not measured in the
-        background process, not called before. Such a figure costs the caller its measuring time."""
-        return self._measures_here and self._result is None
+    def costs_a_measurement(self) -> bool:
+        """Whether the next call would cost the caller a whole measurement's time: not cached, not measured
+        beside the caller's work, not called before (measured now, in this process or in the child process
+        while the caller waits)."""
+        return self._costs and self._result is None
 
     def __call__(self) -> dict:
         if self._result is None:

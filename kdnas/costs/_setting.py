@@ -37,8 +37,9 @@ class LatencySetting:
     # 2.6 % against 3.2 %, 29 of 30 within 10 % against 26), at 0.3 s less per measurement, and up to 1.3 s
     # less when the machine is busy; `kdnas profile`, the figure to ship, takes 10 s by default.
     max_seconds: float = 2.0
-    # In a study: measure in a child process while the candidate trains (kdnas/costs/_background.py); auto:
-    # when the device is the CPU and a core is spare.
+    # In a study: measure in a child process (kdnas/costs/_background.py): true, beside the training; auto: beside
+    # it when a core is spare, else after it while the study waits (a CPU latency; a GPU's is measured in the
+    # study's process); false: in the study's process.
     background: Union[bool, Literal["auto"]] = "auto"
 
     def check(self, report) -> None:
