@@ -1,4 +1,4 @@
-"""Latency measured in a child process, beside a study's training or after it: the figures, its failures, its lifetime."""
+"""Latency measured in a child process, beside a study's training or after it: figures, failures, lifetime."""
 
 from __future__ import annotations
 

@@ -13,6 +13,7 @@ from kdnas.costs._timing import Chain, measure_calls
 from kdnas.costs._table import LatencyTable
 
 __all__ = [
-    "AFTER", "BESIDE", "COUNTERS", "Chain", "HERE", "CostsConfig", "Counts", "DEVICE", "DTYPES", "Latency", "LatencyCache", "LatencyService", "LatencySetting", "LatencyTable", "count",
-    "measure_calls", "measure_latency", "measuring_place", "resolve_device",
+    "AFTER", "BESIDE", "COUNTERS", "Chain", "CostsConfig", "Counts", "DEVICE", "DTYPES", "HERE", "Latency",
+    "LatencyCache", "LatencyService", "LatencySetting", "LatencyTable", "count", "measure_calls", "measure_latency",
+    "measuring_place", "resolve_device",
 ]
