@@ -161,22 +161,19 @@ def _ped_anova_evaluator() -> type:
     When the package is already imported (or its layout differs in another Optuna), the real one is used.
     """
     spec = None if "optuna.importance" in sys.modules else importlib.util.find_spec("optuna.importance")
-    if spec is None or not spec.submodule_search_locations:
-        from optuna.importance import PedAnovaImportanceEvaluator
-
-        return PedAnovaImportanceEvaluator
-    before = set(sys.modules)
-    stand_in = types.ModuleType("optuna.importance")
-    stand_in.__path__ = list(spec.submodule_search_locations)
-    sys.modules["optuna.importance"] = stand_in
-    try:
-        return importlib.import_module("optuna.importance._ped_anova").PedAnovaImportanceEvaluator
-    except (ImportError, AttributeError):
-        pass
-    finally:
-        for name in [n for n in sys.modules if n not in before and (n == "optuna.importance"
-                                                                      or n.startswith("optuna.importance."))]:
-            del sys.modules[name]
+    if spec is not None and spec.submodule_search_locations:
+        before = set(sys.modules)
+        stand_in = types.ModuleType("optuna.importance")
+        stand_in.__path__ = list(spec.submodule_search_locations)
+        sys.modules["optuna.importance"] = stand_in
+        try:
+            return importlib.import_module("optuna.importance._ped_anova").PedAnovaImportanceEvaluator
+        except (ImportError, AttributeError):
+            pass  # another layout: the real package below
+        finally:
+            for name in [n for n in sys.modules if n not in before and (n == "optuna.importance"
+                                                                          or n.startswith("optuna.importance."))]:
+                del sys.modules[name]
     from optuna.importance import PedAnovaImportanceEvaluator
 
     return PedAnovaImportanceEvaluator

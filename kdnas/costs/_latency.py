@@ -87,38 +87,33 @@ class LatencyCache:
         if key in self._data:
             figures = self._data[key]
             return Pending(lambda: figures, costs_a_measurement=False)
-        args = (key, spec, input_shape, num_classes, setting)
-        if self.service is not None and self.after:
-            return Pending(lambda: self._in_child(*args), costs_a_measurement=True)
+        args = (spec, input_shape, num_classes, setting)
         if self.service is not None:
-            pending = self._submit(*args)
-            if pending is not None:
-                return Pending(lambda: self._wait(pending, *args), costs_a_measurement=False)
-        return Pending(lambda: self._store(key, self._measure(spec, input_shape, num_classes, setting)),
-                       costs_a_measurement=True)
+            submitted = None if self.after else self._submit(*args)  # beside the caller's work from now on
+            if self.after or submitted is not None:
+                return Pending(lambda: self._from_child(key, submitted, *args), costs_a_measurement=self.after)
+        return Pending(lambda: self._store(key, self._measure(*args)), costs_a_measurement=True)
 
-    def _submit(self, key, spec, input_shape, num_classes, setting) -> Callable[[], dict] | None:
+    def _submit(self, *args) -> Callable[[], dict] | None:
         try:
-            return self.service.submit(spec, input_shape, num_classes, setting)
+            return self.service.submit(*args)
         except ServiceError as err:
             self._give_up_service(err)
             return None
 
-    def _in_child(self, key, spec, input_shape, num_classes, setting) -> dict:
-        self._reload()  # another worker may have measured it while this one trained
-        if key in self._data:
-            return self._data[key]
-        pending = self._submit(key, spec, input_shape, num_classes, setting) if self.service is not None else None
-        if pending is None:  # the child is gone: measured here
-            return self._store(key, self._measure(spec, input_shape, num_classes, setting))
-        return self._wait(pending, key, spec, input_shape, num_classes, setting)
-
-    def _wait(self, pending, key, spec, input_shape, num_classes, setting) -> dict:
+    def _from_child(self, key: str, submitted: Callable[[], dict] | None, *args) -> dict:
+        """The child's figure for ``key``: ``submitted`` earlier, or (after the caller's work) submitted now; in
+        this process when the child is gone."""
+        if submitted is None:
+            self._reload()  # another worker may have measured it while this one trained
+            if key in self._data:
+                return self._data[key]
+            submitted = self._submit(*args) if self.service is not None else None
         try:
-            measured = pending()
+            measured = submitted() if submitted is not None else self._measure(*args)
         except ServiceError as err:
             self._give_up_service(err)
-            measured = self._measure(spec, input_shape, num_classes, setting)
+            measured = self._measure(*args)
         return self._store(key, measured)
 
     def _give_up_service(self, err: ServiceError) -> None:
