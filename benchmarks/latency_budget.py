@@ -6,8 +6,11 @@ study before 2026-11-26). See docs/costs.md, "In a study". This script does both
 of the mnist5k space, each place in ``--places`` and each cap in ``--caps``, it trains a MobileNetV2 student
 in this process with 2 threads for ``--burn`` seconds (as a study at ``threads: 2`` does), then measures the
 student with the study's rule (``min_seconds`` 0.3, ``max_seconds`` the cap), ``here`` (in this process) or
-in a ``child`` (kdnas's LatencyService, started once, as a study starts it; this process waits), and records
-the figure, whether it was confirmed, and the seconds the caller waited (building the copies included). The
+in a ``child`` (kdnas's LatencyService, started once, as a study starts it; this process waits), or in the
+child while this process evaluates the student on 2,000 MNIST-sized images with one thread (``eval``: what a
+study at ``threads: 2`` on 2 cores does since 2026-11-26, ``Pending.meanwhile`` in kdnas/costs/_latency.py),
+and records the figure, whether it was confirmed, and the seconds the caller waited for it (building the
+copies included; for ``eval``, after its evaluation, which is printed too). The
 order of the (place, cap) pairs alternates from round to round. The reference for each student is what
 `kdnas profile` ships: a 10-s measurement in a fresh, otherwise idle process, taken ``--quiet`` times (the
 median is the reference; how much those fresh processes differ among themselves is printed too, since no
@@ -16,7 +19,7 @@ study figure can be expected to come closer to the reference than the reference 
 Printed per place and cap: mean seconds per measurement, how many were confirmed, and the error against
 the reference (median, 90th percentile and largest absolute error; how many within 5 % and 10 %).
 
-    PYTHONPATH=. python benchmarks/latency_budget.py [--places here,child] [--caps 1,2] [--rounds 2] [--burn 8]
+    PYTHONPATH=. python benchmarks/latency_budget.py [--places here,child,eval] [--caps 1,2] [--rounds 2] [--burn 8]
                                                      [--quiet 2]
 """
 
@@ -24,9 +27,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -66,7 +71,8 @@ def main() -> None:
         _quiet_child(sys.argv[2])
         return
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--places", default="here,child", help="where to measure: here (this process), child")
+    ap.add_argument("--places", default="here,child", help="where to measure: here (this process), child, eval "
+                                                            "(in the child while this process evaluates)")
     ap.add_argument("--caps", default="1,2", help="max_seconds values to compare, comma-separated")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--burn", type=float, default=8.0, help="seconds of 2-thread training before each measurement")
@@ -74,8 +80,8 @@ def main() -> None:
     args = ap.parse_args()
     caps = [float(c) for c in args.caps.split(",")]
     places = args.places.split(",")
-    if not set(places) <= {"here", "child"}:
-        sys.exit(f"--places: expected here and/or child, got {args.places!r}")
+    if not set(places) <= {"here", "child", "eval"}:
+        sys.exit(f"--places: expected here, child and/or eval, got {args.places!r}")
     pairs = [(place, cap) for place in places for cap in caps]
 
     from kdnas import _malloc
@@ -83,10 +89,14 @@ def main() -> None:
     _malloc.tune()  # as a study's process
     import torch
 
-    from kdnas.costs import LatencyService, LatencySetting, measure_latency
+    from kdnas.costs import LatencyCache, LatencyService, LatencySetting, measure_latency
+    from kdnas.data import TensorSource
     from kdnas.models import build, make_spec
+    from kdnas.train import predict
 
-    service = LatencyService() if "child" in places else None
+    service = LatencyService() if {"child", "eval"} & set(places) else None
+    images = TensorSource(torch.randn(2000, *SHAPE), torch.zeros(2000, dtype=torch.long))
+    scratch = Path(tempfile.mkdtemp(prefix="kdnas-latency-budget-"))
     torch.set_num_threads(2)  # the training bursts: as a study at `threads: 2` (a measurement sets its own)
     print(f"{len(STUDENTS)} students x {args.rounds} rounds x places {places} x caps {caps}, {args.burn:g} s of "
           f"2-thread training before each measurement; {_studies.machine()}", flush=True)
@@ -96,18 +106,30 @@ def main() -> None:
             for place, cap in (pairs if r % 2 == 0 else pairs[::-1]):
                 _studies.train_for(BURNER, args.burn)
                 setting = LatencySetting(min_seconds=0.3, max_seconds=cap)
-                start = time.perf_counter()
+                start, evaluating = time.perf_counter(), 0.0
                 if place == "child":
                     figures = service.submit(make_spec(raw), SHAPE, 10, setting)()
+                elif place == "eval":
+                    # A fresh cache file each time: the same student is measured again in every round.
+                    cache = LatencyCache(scratch / f"{len(rows)}.json", service, after=True)
+                    pending = cache.request(make_spec(raw), SHAPE, 10, setting)
+                    with pending.meanwhile():
+                        predict(build(make_spec(raw), SHAPE, 10), images)
+                    evaluating = time.perf_counter() - start
+                    start = time.perf_counter()
+                    figures = pending()
                 else:
                     figures = measure_latency(build(make_spec(raw), SHAPE, 10), SHAPE, setting).to_dict()
                 rows.append({"student": i, "place": place, "cap": cap, "ms": figures["latency_ms"],
-                             "stable": figures["latency_stable"], "seconds": time.perf_counter() - start})
+                             "stable": figures["latency_stable"], "seconds": time.perf_counter() - start,
+                             "evaluating": evaluating})
                 print(f"  round {r + 1} student {i} {place} cap {cap:g}s: {figures['latency_ms']:.3f} ms, "
-                      f"{'confirmed' if figures['latency_stable'] else 'not confirmed'}, {rows[-1]['seconds']:.2f}s",
+                      f"{'confirmed' if figures['latency_stable'] else 'not confirmed'}, waited "
+                      f"{rows[-1]['seconds']:.2f}s" + (f" after evaluating for {evaluating:.2f}s" if evaluating else ""),
                       flush=True)
     if service is not None:
         service.close()
+    shutil.rmtree(scratch, ignore_errors=True)
     reference = {}
     spreads = []
     for i, raw in enumerate(STUDENTS):
@@ -122,7 +144,10 @@ def main() -> None:
         mine = [x for x in rows if x["place"] == place and x["cap"] == cap]
         errors = sorted(abs(x["ms"] / reference[x["student"]] - 1) for x in mine)
         p90 = errors[max(0, round(0.9 * len(errors)) - 1)]
-        print(f"{place:>5} max_seconds {cap:g}: {statistics.mean(x['seconds'] for x in mine):.2f}s per measurement, "
+        waited = statistics.mean(x["seconds"] for x in mine)
+        evaluating = statistics.mean(x["evaluating"] for x in mine)
+        print(f"{place:>5} max_seconds {cap:g}: waited {waited:.2f}s per measurement"
+              + (f" (after {evaluating:.2f}s of evaluation)" if evaluating else "") + ", "
               f"{sum(x['stable'] for x in mine)}/{len(mine)} confirmed; |error| against the reference: median "
               f"{statistics.median(errors):.1%}, 90th percentile {p90:.1%}, largest {errors[-1]:.1%}; "
               f"within 5 %: {sum(e <= 0.05 for e in errors)}/{len(errors)}, "

@@ -48,7 +48,7 @@ def test_after_training_the_child_measures_only_once_the_caller_waits(tmp_path: 
     service = LatencyService()
     submitted = []
     submit = service.submit
-    service.submit = lambda *a: submitted.append(a[0]) or submit(*a)
+    service.submit = lambda *a, **k: submitted.append(a[0]) or submit(*a, **k)
     try:
         cache = LatencyCache(tmp_path / "lat.json", service, after=True)
         pending = cache.request(TINY, (1, 8, 8), 10, QUICK)
@@ -60,6 +60,32 @@ def test_after_training_the_child_measures_only_once_the_caller_waits(tmp_path: 
         assert not again.costs_a_measurement and again() == figures and submitted == [TINY], "cached"
         assert LatencyCache(tmp_path / "lat.json").get_or_measure(TINY, (1, 8, 8), 10, QUICK) == figures
     finally:
+        service.close()
+
+
+def test_after_training_the_child_measures_while_the_caller_evaluates_on_the_other_cores(tmp_path: Path) -> None:
+    service = LatencyService()
+    submitted = []
+    submit = service.submit
+    service.submit = lambda *a, **k: submitted.append(a[0]) or submit(*a, **k)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        cache = LatencyCache(tmp_path / "lat.json", service, after=True)
+        pending = cache.request(TINY, (1, 8, 8), 10, LatencySetting(threads=2, min_seconds=0.05, max_seconds=0.3))
+        assert not submitted
+        with pending.meanwhile():
+            assert submitted == [TINY], "the child measures from the start of the block"
+            assert torch.get_num_threads() == 1, "the caller leaves the child the 2 cores it measures on"
+        assert torch.get_num_threads() == 3
+        figures = pending()
+        assert figures["latency_ms"] > 0 and submitted == [TINY] and cache.service is service
+        again = cache.request(TINY, (1, 8, 8), 10, LatencySetting(threads=2, min_seconds=0.05, max_seconds=0.3))
+        with again.meanwhile():
+            assert torch.get_num_threads() == 3, "a cached figure leaves the caller all its threads"
+        assert again() == figures and submitted == [TINY]
+    finally:
+        torch.set_num_threads(threads)
         service.close()
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -78,6 +79,23 @@ def test_interleaved_floors_rank_work_in_proportion() -> None:
         assert r.latency_raw_ms <= r.latency_median_ms  # the floor is the fast end of the calls
         assert abs(r.latency_ms / r.latency_raw_ms - 1) <= timing._MAX_CORRECTION + 1e-9  # bounded correction
         assert r.latency_calls >= 20 and r.latency_probe_ms is not None
+
+
+def test_a_held_measurement_ends_and_confirms_only_after_the_release_on_a_quiet_floor() -> None:
+    # While held, the caller's work beside the measurement slows every sample (here: twice the work), so
+    # nothing is confirmed and nothing ends then, even past max_seconds; after the release the workload gets
+    # min_seconds of its own, and the floor is the quiet one: the slowed samples only add to the slow end.
+    slow, fast = busy(20_000), busy(10_000)
+    release = time.perf_counter() + 0.8
+
+    def held() -> bool:
+        return time.perf_counter() < release
+
+    setting = LatencySetting(min_seconds=0.2, max_seconds=0.5)
+    (r,) = measure_calls([[Chain([lambda _: (slow if held() else fast)()] * 2, None)]], setting, hold=held)
+    assert time.perf_counter() >= release + setting.min_seconds
+    (quiet,) = measure_calls([[Chain([lambda _: fast()] * 2, None)]], setting)
+    assert 0.8 < r.latency_raw_ms / quiet.latency_raw_ms < 1.25, "the held samples set the floor"
 
 
 @pytest.mark.parametrize("dtype", sorted(DTYPES))

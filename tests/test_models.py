@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from kdnas.errors import ConfigError
+from kdnas.data import TensorSource
 from kdnas.models import FAMILIES, ArchSpec, build, make_spec
+from kdnas.train import predict
 
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 32, 32), (3, 64, 64), (3, 7, 7)]
 
@@ -52,6 +54,24 @@ class TestFamilyContract:
         for h in hooks:
             h.remove()
         assert seen == names, "feature modules must run in network order"
+
+    def test_predictions_do_not_depend_on_the_thread_count(self, family: str) -> None:
+        """A study evaluates a student on fewer threads while the child process measures its latency
+        (kdnas/study.py): its accuracy must not depend on that. (On this project's CPU the logits are bitwise
+        equal; the test allows rounding.)"""
+        torch.manual_seed(0)
+        model = build(small_spec(family), (1, 28, 28), 10)
+        data = TensorSource(torch.randn(100, 1, 28, 28), torch.randint(0, 10, (100,)))
+        threads = torch.get_num_threads()
+        try:
+            logits = []
+            for n in (1, 2):
+                torch.set_num_threads(n)
+                logits.append(predict(model, data))
+        finally:
+            torch.set_num_threads(threads)
+        assert torch.equal(logits[0].argmax(1), logits[1].argmax(1))
+        torch.testing.assert_close(logits[0], logits[1], rtol=1e-5, atol=1e-5)
 
     def test_spec_json_round_trip_and_hash(self, family: str) -> None:
         spec = small_spec(family)

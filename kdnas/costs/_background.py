@@ -7,8 +7,10 @@ it can:
 
 - ``beside``: when a core is free, the child measures while the study trains the candidate, and the study
   waits only when it needs the figure before the child has it.
-- ``after``: when every core trains, the child measures once the training has ended, while the study waits.
-  It takes about as long as measuring in the study's process would, but the child has not just trained: on
+- ``after``: when every core trains, the child measures once the training has ended, while the study
+  evaluates the trained student on the cores the child leaves it (``Pending.meanwhile``) and then waits
+  for the rest. The evaluation slows the child's samples, so the child confirms nothing before the study
+  waits (``hold``), and its floor comes from the samples after that. The child has not just trained: on
   this 2-core VM its figures came within 2-5 % of `kdnas profile`'s (median), where the study's own process
   was 7-10 % off, with the same 2-s budget (``benchmarks/latency_budget.py``).
 
@@ -88,12 +90,15 @@ class LatencyService:
     def pid(self) -> int:
         return self._proc.pid
 
-    def submit(self, spec: ArchSpec, input_shape, num_classes: int, setting: LatencySetting) -> Callable[[], dict]:
-        """Start measuring ``spec``; the returned callable waits for the figures (a :class:`Latency` as a dict)."""
+    def submit(self, spec: ArchSpec, input_shape, num_classes: int, setting: LatencySetting,
+               hold: bool = False) -> Callable[[], dict]:
+        """Start measuring ``spec``; the returned callable waits for the figures (a :class:`Latency` as a dict).
+        ``hold``: the caller's work beside the measurement may slow every sample until it waits, so the
+        child confirms nothing before then (``hold`` of :func:`~kdnas.costs._timing.measure_calls`)."""
         with self._lock:
             number = self._sent
             self._send({"request": number, "spec": spec.to_dict(), "input_shape": list(input_shape),
-                        "num_classes": num_classes, "setting": asdict(setting)})
+                        "num_classes": num_classes, "setting": asdict(setting), "hold": hold})
             self._sent += 1
         return lambda: self._wait(number)
 
@@ -202,7 +207,8 @@ def serve() -> None:
             torch.set_num_threads(setting.threads)
             shape = tuple(request["input_shape"])
             model = build(make_spec(request["spec"]), shape, request["num_classes"])
-            figures = measure_latency(model, shape, setting, more=lambda: not lines.waiting())
+            free = lambda: not lines.waiting()  # noqa: E731 - nothing new from the study yet
+            figures = measure_latency(model, shape, setting, more=free, hold=free if request.get("hold") else None)
             answer = {"latency": figures.to_dict()}
         except Exception as err:  # noqa: BLE001 - every failure goes back to the study, which records it
             first = (str(err).strip().splitlines() or [""])[0]

@@ -21,6 +21,7 @@ bias add        0                                0                              
 from __future__ import annotations
 
 import logging
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -78,22 +79,34 @@ def _thop(model: nn.Module, x: torch.Tensor) -> int:
 
 
 COUNTERS: Registry[Counter] = Registry("MAC counter")
-# The one place where counters are registered. flop_counter and thop run on the meta device (no weights are
-# allocated, so any size is cheap); fvcore traces with torch.jit, which needs real tensors.
+# The one place where counters are registered. fvcore traces with torch.jit, which needs real tensors.
 COUNTERS.register("flop_counter", _flop_counter)
 COUNTERS.register("fvcore", _fvcore)
 COUNTERS.register("thop", _thop)
 _NEEDS_REAL_TENSORS = {"fvcore"}
+# The others count small networks for small inputs (up to 64x64 RGB) on real, uninitialised CPU tensors,
+# where a pass costs less than on the meta device, whose every op goes through Python (benchmarks/counting.py);
+# others on meta, where no memory is allocated and no arithmetic done, so that a huge candidate costs nothing
+# to screen.
+_REAL_MAX_PARAMS = 5_000_000
+_REAL_MAX_INPUT = 3 * 64 * 64
 
 
-def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int, counter: str = "flop_counter") -> Counts:
-    """Parameters and MACs of ``spec`` for one input of shape ``input_shape`` (batch size 1)."""
+def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int, counter: str = "flop_counter",
+          device: str | None = None) -> Counts:
+    """Parameters and MACs of ``spec`` for one input of shape ``input_shape`` (batch size 1); ``device``
+    (``cpu`` or ``meta``) overrides where the counter runs (same figures, other time)."""
     fn = COUNTERS.get(counter)
-    device = "cpu" if counter in _NEEDS_REAL_TENSORS else "meta"
+    real = counter in _NEEDS_REAL_TENSORS
     # fork_rng: initialising real weights draws random numbers, and counting must not change what a trial
     # trains after it.
-    with torch.random.fork_rng(devices=[]), torch.device(device):
+    with torch.random.fork_rng(devices=[]), torch.device("cpu" if real else "meta"):
         model = build(spec, input_shape, num_classes)
-        x = torch.zeros(1, *input_shape)
     params = sum(p.numel() for p in model.parameters())
+    if device is None and not real:
+        small = params <= _REAL_MAX_PARAMS and math.prod(input_shape) <= _REAL_MAX_INPUT
+        device = "cpu" if small else "meta"
+    if device == "cpu" and not real:
+        model = model.to_empty(device="cpu")  # memory without initialisation: counting ignores the values
+    x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
     return Counts(params=params, macs=fn(model.eval(), x))

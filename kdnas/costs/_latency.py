@@ -6,9 +6,10 @@ import copy
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
@@ -25,12 +26,12 @@ _COPIES = 3  # copies of one model in one process differ by up to 2 % (where the
 
 
 def measure_latency(model: nn.Module, input_shape: tuple[int, int, int], setting: LatencySetting,
-                    more: Callable[[], bool] | None = None) -> Latency:
+                    more: Callable[[], bool] | None = None, hold: Callable[[], bool] | None = None) -> Latency:
     """Latency of ``model`` on a batch of ``setting.batch_size`` inputs; moves the model to the setting.
 
     The passes rotate over ``_COPIES`` copies of the model, each with its own input, and their samples are
     pooled: where a copy's tensors landed in memory changes its speed by a few percent, and the floor of the
-    pool is the best of them, which varies less between processes than any one copy's. ``more``: see
+    pool is the best of them, which varies less between processes than any one copy's. ``more``, ``hold``: see
     :func:`~kdnas.costs._timing.measure_calls`.
     """
     device = torch.device(setting.device)
@@ -42,7 +43,7 @@ def measure_latency(model: nn.Module, input_shape: tuple[int, int, int], setting
         x = torch.randn(setting.batch_size, *input_shape, generator=torch.Generator().manual_seed(i))
         chains.append(Chain.of(copy.deepcopy(model), x.to(device=device, dtype=dtype)))
     start = time.perf_counter()
-    (result,) = measure_calls([chains], setting, more=more)
+    (result,) = measure_calls([chains], setting, more=more, hold=hold)
     return replace(result, latency_seconds=time.perf_counter() - start)
 
 
@@ -86,29 +87,38 @@ class LatencyCache:
             self._reload()  # another worker may have measured it meanwhile
         if key in self._data:
             figures = self._data[key]
-            return Pending(lambda: figures, costs_a_measurement=False)
+            return Pending(lambda _: figures, costs_a_measurement=False)
         args = (spec, input_shape, num_classes, setting)
+        if self.service is not None and self.after:
+            return Pending(lambda submitted: self._from_child(key, submitted, *args), costs_a_measurement=True,
+                           start=lambda: self._start(key, *args), threads=setting.threads)
         if self.service is not None:
-            submitted = None if self.after else self._submit(*args)  # beside the caller's work from now on
-            if self.after or submitted is not None:
-                return Pending(lambda: self._from_child(key, submitted, *args), costs_a_measurement=self.after)
-        return Pending(lambda: self._store(key, self._measure(*args)), costs_a_measurement=True)
+            submitted = self._submit(*args)  # beside the caller's work from now on
+            if submitted is not None:
+                return Pending(lambda _: self._from_child(key, submitted, *args), costs_a_measurement=False)
+        return Pending(lambda _: self._store(key, self._measure(*args)), costs_a_measurement=True)
 
-    def _submit(self, *args) -> Callable[[], dict] | None:
+    def _submit(self, *args, hold: bool = False) -> Callable[[], dict] | None:
         try:
-            return self.service.submit(*args)
+            return self.service.submit(*args, hold=hold)
         except ServiceError as err:
             self._give_up_service(err)
             return None
 
+    def _start(self, key: str, *args) -> Callable[[], dict] | None:
+        """``after`` mode, once the caller's training is over: submit ``key`` to the child now, unless another
+        worker has measured it meanwhile or the child is gone (then None)."""
+        self._reload()  # another worker may have measured it while this one trained
+        if key in self._data or self.service is None:
+            return None
+        return self._submit(*args, hold=True)  # the caller's evaluation beside it may slow every sample
+
     def _from_child(self, key: str, submitted: Callable[[], dict] | None, *args) -> dict:
-        """The child's figure for ``key``: ``submitted`` earlier, or (after the caller's work) submitted now; in
-        this process when the child is gone."""
+        """The child's figure for ``key``, ``submitted`` earlier; from the cache or this process otherwise."""
         if submitted is None:
-            self._reload()  # another worker may have measured it while this one trained
+            self._reload()
             if key in self._data:
                 return self._data[key]
-            submitted = self._submit(*args) if self.service is not None else None
         try:
             measured = submitted() if submitted is not None else self._measure(*args)
         except ServiceError as err:
@@ -145,21 +155,51 @@ class LatencyCache:
 
 class Pending:
     """A latency figure on its way: calling it returns the figures (a :class:`Latency` as a dict), obtained at
-    the first call and remembered."""
+    the first call and remembered.
 
-    def __init__(self, fn: Callable[[], dict], costs_a_measurement: bool):
+    In ``after`` mode nothing is measured before the caller's training is over: :meth:`meanwhile` has the
+    child start measuring while the caller does lighter work on the cores the child leaves it; a call
+    without it submits the figure and waits."""
+
+    def __init__(self, fn: Callable[[Callable[[], dict] | None], dict], costs_a_measurement: bool,
+                 start: Callable[[], Callable[[], dict] | None] | None = None, threads: int = 1):
         self._fn = fn
         self._costs = costs_a_measurement
+        self._start = start  # after mode: submit to the child now (None when cached or the child is gone)
+        self._threads = threads  # the cores the child measures on
+        self._submitted: Callable[[], dict] | None = None
         self._result: dict | None = None
 
     @property
     def costs_a_measurement(self) -> bool:
-        """Whether the next call would cost the caller a whole measurement's time: not cached, not measured
-        beside the caller's work, not called before (measured now, in this process or in the child process
-        while the caller waits)."""
+        """Whether obtaining the figure would cost the caller a measurement's time: not cached, not measured
+        beside the caller's work, not obtained before (measured in this process, or in the child process
+        after the caller's training)."""
         return self._costs and self._result is None
+
+    def _begin(self) -> bool:
+        """Submit to the child now if this figure waits for the caller's training to end; whether it did."""
+        if self._start is None or self._result is not None:
+            return False
+        start, self._start = self._start, None
+        self._submitted = start()
+        return self._submitted is not None
+
+    @contextmanager
+    def meanwhile(self) -> Iterator[None]:
+        """``after`` mode, once the caller's training is over: the child measures from now on, and within the
+        block this process's torch threads leave it the cores it measures on (one thread at least). Nothing
+        changes in other modes, or when the figure is already known."""
+        threads = torch.get_num_threads()
+        if self._begin():
+            torch.set_num_threads(max(1, threads - self._threads))
+        try:
+            yield
+        finally:
+            torch.set_num_threads(threads)
 
     def __call__(self) -> dict:
         if self._result is None:
-            self._result = self._fn()
+            self._begin()
+            self._result = self._fn(self._submitted)
         return self._result

@@ -109,6 +109,7 @@ class _Workload:
         self.samples: list[list[float]] = []  # one row per pass (per block off the CPU), one column per step
         self.history: list[tuple[float, float]] = []  # (seconds measured, estimate) after each round
         self.seconds = 0.0
+        self.since = 0.0  # confirming counts the time from here (moved by restart)
         self.stable = False
         self.number = 1
         start = time.perf_counter()
@@ -146,7 +147,16 @@ class _Workload:
             if time.perf_counter() - start >= seconds:
                 break
         self.seconds += time.perf_counter() - start
-        self.history.append((self.seconds, self.estimate()))
+        self.history.append((self.confirming_seconds, self.estimate()))
+
+    def restart(self) -> None:
+        """Confirm from now on as if starting (time and drift history), keeping the samples so far."""
+        self.since, self.history = self.seconds, []
+
+    @property
+    def confirming_seconds(self) -> float:
+        """Seconds timed since the start, or since :meth:`restart`."""
+        return self.seconds - self.since
 
     def _sum_of_ranks(self, k: int) -> float:
         columns = np.asarray(self.samples).T
@@ -156,11 +166,12 @@ class _Workload:
         return self._sum_of_ranks(_RANK)
 
     def confirm(self, min_seconds: float) -> bool:
-        if self.seconds < min_seconds or len(self.samples) < _MIN_SAMPLES:
+        seconds = self.confirming_seconds
+        if seconds < min_seconds or len(self.samples) < _MIN_SAMPLES:
             return False
         if self._sum_of_ranks(_SUPPORT) > (1 + _TIGHT) * self._sum_of_ranks(1):
             return False
-        halfway = [e for s, e in self.history if s <= self.seconds / 2]
+        halfway = [e for s, e in self.history if s <= seconds / 2]
         return bool(halfway) and halfway[-1] <= (1 + _DRIFT) * self.estimate()
 
     def result(self, scale: float, probe_ms: float | None) -> Latency:
@@ -184,11 +195,16 @@ def _clock_overhead_ms(clock: Callable[[], int]) -> float:
 
 
 def measure_calls(workloads: Sequence[Sequence[Chain]], setting: LatencySetting, probe: Probe | None = None,
-                  more: Callable[[], bool] | None = None) -> list[Latency]:
+                  more: Callable[[], bool] | None = None, hold: Callable[[], bool] | None = None) -> list[Latency]:
     """Latency of each workload (its chains already on ``setting.device``; a workload's passes rotate over
     its chains), all measured interleaved; see the module docstring. ``probe`` defaults to the machine's
     :class:`Probe`; it is used on CPU only. ``more``: past ``max_seconds``, go on while it says so (up to
-    ``_EXTENSION`` times ``max_seconds``): a measurement beside other work, which nobody waits for yet."""
+    ``_EXTENSION`` times ``max_seconds``): a measurement beside other work, which nobody waits for yet.
+    ``hold``: while it says so, other work runs beside that may slow every sample, so nothing is confirmed
+    and nothing ends (up to ``_EXTENSION`` times ``max_seconds``); once it no longer does, confirming starts
+    afresh (``min_seconds``, the drift rule) on the samples so far and those to come, and the measurement
+    ends at ``max_seconds``, but not before each workload has had ``min_seconds`` since the release. The
+    slowed samples only add to the slow end of each step's samples, which the floor ignores."""
     device = torch.device(setting.device)
     clock = time.perf_counter_ns
     probe = (probe or Probe(ESTIMATOR)) if device.type == "cpu" else None
@@ -204,18 +220,28 @@ def measure_calls(workloads: Sequence[Sequence[Chain]], setting: LatencySetting,
             # A fixed order could lock in phase with a periodic neighbour and always hand one workload its
             # disturbed half; a seeded shuffle per round cannot.
             order = random.Random(0)
+            held = hold is not None
             while active:
                 this_round = ([reference] if reference else []) + active
                 order.shuffle(this_round)
                 for w in this_round:
                     w.run(_ROUND_S / len(this_round))
+                elapsed = time.perf_counter() - start
+                if held:
+                    if hold() and elapsed < _EXTENSION * setting.max_seconds:
+                        continue
+                    held = False
+                    for w in work:
+                        w.restart()
+                    continue
                 quiet = reference is None or probe.quiet(reference.estimate(), _PROBE_TOLERANCE)
                 for w in active:
                     w.stable = quiet and w.confirm(setting.min_seconds)
                 active = [w for w in active if not w.stable]
-                elapsed = time.perf_counter() - start
-                if elapsed >= setting.max_seconds and (more is None or elapsed >= _EXTENSION * setting.max_seconds
-                                                       or not more()):
+                # After a hold, each workload's own time since the release counts: min_seconds at least.
+                timed = hold is None or all(w.confirming_seconds >= setting.min_seconds for w in work)
+                if elapsed >= setting.max_seconds and timed and (more is None or not more()
+                                                                 or elapsed >= _EXTENSION * setting.max_seconds):
                     break
     finally:
         torch.set_num_threads(threads)
