@@ -152,7 +152,7 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
         raise
     train_s = time.perf_counter() - t_train
     # When the latency waits for the training to end (`after`), the child measures it meanwhile, on a core this
-    # process leaves it: inference gives the same logits on any number of threads (tests/test_study.py).
+    # process leaves it: inference predicts the same on any number of threads (tests/test_models.py).
     with pending.meanwhile():
         val_acc = accuracy(model, split.val)
         test_acc = accuracy(model, split.test)

@@ -74,6 +74,17 @@ def test_counters_agree_on_convs_and_linears_and_differ_as_documented(raw: dict)
     assert all(c.flops == 2 * c.macs for c in counts.values())
 
 
+@pytest.mark.parametrize("raw", SPECS, ids=lambda s: "-".join(f"{v}" for v in s.values()))
+@pytest.mark.parametrize("counter", ["flop_counter", "thop"])
+def test_meta_and_cpu_counting_give_the_same_figures(raw: dict, counter: str) -> None:
+    # count() picks uninitialised CPU tensors for small networks on small inputs and the meta device
+    # otherwise (kdnas/costs/_counts.py): the figures must not depend on the choice.
+    spec = make_spec(raw)
+    for shape in (SHAPE, (3, 80, 80)):  # count() picks the CPU for the first, meta for the second
+        assert count(spec, shape, 10, counter, device="meta") == count(spec, shape, 10, counter, device="cpu") \
+            == count(spec, shape, 10, counter)
+
+
 def test_counting_leaves_the_random_state_alone() -> None:
     # fvcore builds real weights; a trial that counts before it trains must train the same network.
     spec = make_spec(SPECS[0])

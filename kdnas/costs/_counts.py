@@ -95,7 +95,7 @@ _REAL_MAX_INPUT = 3 * 64 * 64
 def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int, counter: str = "flop_counter",
           device: str | None = None) -> Counts:
     """Parameters and MACs of ``spec`` for one input of shape ``input_shape`` (batch size 1); ``device``
-    (``cpu`` or ``meta``) overrides where the counter runs (same figures, other time)."""
+    (``cpu`` or ``meta``; ``fvcore`` needs ``cpu``) overrides where the counter runs (same figures, other time)."""
     fn = COUNTERS.get(counter)
     real = counter in _NEEDS_REAL_TENSORS
     # fork_rng: initialising real weights draws random numbers, and counting must not change what a trial
@@ -103,10 +103,10 @@ def count(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int, c
     with torch.random.fork_rng(devices=[]), torch.device("cpu" if real else "meta"):
         model = build(spec, input_shape, num_classes)
     params = sum(p.numel() for p in model.parameters())
-    if device is None and not real:
+    if device is None:
         small = params <= _REAL_MAX_PARAMS and math.prod(input_shape) <= _REAL_MAX_INPUT
-        device = "cpu" if small else "meta"
+        device = "cpu" if real or small else "meta"
     if device == "cpu" and not real:
         model = model.to_empty(device="cpu")  # memory without initialisation: counting ignores the values
-    x = torch.zeros(1, *input_shape, device=next(model.parameters()).device)
+    x = torch.zeros(1, *input_shape, device=device)
     return Counts(params=params, macs=fn(model.eval(), x))
