@@ -18,7 +18,7 @@ from kdnas.cli import main
 from kdnas.costs import AFTER, BESIDE, HERE, LatencyCache, LatencyService, LatencySetting, measuring_place
 from kdnas.errors import TrialFailure
 from kdnas.models import make_spec
-from tests._util import REPO
+from tests._util import REPO, write_tiny_study
 
 QUICK = LatencySetting(min_seconds=0.05, max_seconds=0.3)
 TINY = make_spec({"family": "resnet_cifar", "depth": 8, "width": 0.25})
@@ -166,6 +166,34 @@ def test_a_study_records_the_same_latency_figures_either_way(tiny_study: Path, m
         assert t.values[2] == t.user_attrs["latency_ms"] > 0
         assert {"latency_raw_ms", "latency_median_ms", "latency_stable", "latency_probe_ms"} <= set(t.user_attrs)
     assert study.user_attrs["teacher"]["latency_ms"] > 0
+
+
+def test_measuring_beside_the_evaluation_changes_no_trial_result(tmp_path: Path, monkeypatch) -> None:
+    # At `threads: 2` with every core training (`after`), the study evaluates each student on one thread
+    # while the child measures its latency: the trials must train and score exactly as in a study that
+    # measures in its own process, on two threads throughout.
+    import kdnas.study as study_module
+
+    monkeypatch.setattr(background, "usable_cores", lambda: 2)
+    threads_seen: list[int] = []
+    accuracy = study_module.accuracy
+    monkeypatch.setattr(study_module, "accuracy", lambda *a: threads_seen.append(torch.get_num_threads()) or accuracy(*a))
+    results, seen = {}, {}
+    for mode in ("false", "auto"):
+        folder = tmp_path / mode
+        folder.mkdir()
+        monkeypatch.chdir(folder)
+        study = write_tiny_study(folder, teacher_width=1.0)  # the students' latencies are not the teacher's
+        study.write_text(study.read_text().replace("threads: 1", "threads: 2")
+                         .replace("costs: {latency: {", f"costs: {{latency: {{background: {mode}, "))
+        threads_seen.clear()
+        assert main(["search", str(study), "--trials", "2"]) == 0
+        seen[mode] = set(threads_seen)
+        trials = optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db").trials
+        results[mode] = [(t.state.name, t.params, t.user_attrs["weights"], t.user_attrs["val_accuracy"],
+                          t.user_attrs["test_accuracy"]) for t in trials]
+    assert seen["false"] == {2} and 1 in seen["auto"], "evaluated on one thread beside the child, two otherwise"
+    assert results["auto"] == results["false"] and {r[0] for r in results["auto"]} == {"COMPLETE"}
 
 
 def test_a_measurement_nobody_waits_for_goes_on_past_max_seconds_within_a_bound(monkeypatch) -> None:
