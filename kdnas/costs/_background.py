@@ -1,4 +1,4 @@
-"""Latency measured in a child process: beside the training on a spare core, or after it while the study waits.
+"""Latency measured in a child process: beside the training on a spare core, or after it.
 
 Measuring a candidate's latency in the training process costs the study that time on every new
 architecture, and right after a training burst that process's figures come out high for seconds
@@ -61,8 +61,8 @@ BESIDE, AFTER, HERE = "beside", "after", "here"
 
 def measuring_place(setting: LatencySetting, training_device: torch.device, threads_in_use: int) -> str:
     """Where a study measures latency (``setting.background``, ``auto`` resolved): :data:`BESIDE` the
-    training in a child process, in a child process :data:`AFTER` the training while the study waits, or
-    :data:`HERE` in the study's process. See the module docstring."""
+    training in a child process, in a child process :data:`AFTER` the training (while the study evaluates
+    the student, then waits), or :data:`HERE` in the study's process. See the module docstring."""
     if setting.background != "auto":
         return BESIDE if setting.background else HERE
     if torch.device(setting.device).type != "cpu":
@@ -167,6 +167,10 @@ class _Lines:
         """Whether a line (or the end of input) is there to read."""
         return b"\n" in self.buffer or bool(select.select([self.fd], [], [], 0)[0])
 
+    def quiet(self) -> bool:
+        """Nothing new from the study yet: it has not started waiting, nor sent another request."""
+        return not self.waiting()
+
     def next(self) -> bytes | None:
         """The next line, waiting for it; None at the end of input."""
         while b"\n" not in self.buffer:
@@ -207,8 +211,8 @@ def serve() -> None:
             torch.set_num_threads(setting.threads)
             shape = tuple(request["input_shape"])
             model = build(make_spec(request["spec"]), shape, request["num_classes"])
-            free = lambda: not lines.waiting()  # noqa: E731 - nothing new from the study yet
-            figures = measure_latency(model, shape, setting, more=free, hold=free if request.get("hold") else None)
+            figures = measure_latency(model, shape, setting, more=lines.quiet,
+                                      hold=lines.quiet if request.get("hold") else None)
             answer = {"latency": figures.to_dict()}
         except Exception as err:  # noqa: BLE001 - every failure goes back to the study, which records it
             first = (str(err).strip().splitlines() or [""])[0]

@@ -38,8 +38,8 @@ class LatencySetting:
     # less when the machine is busy; `kdnas profile`, the figure to ship, takes 10 s by default.
     max_seconds: float = 2.0
     # In a study: measure in a child process (kdnas/costs/_background.py): true, beside the training; auto: beside
-    # it when a core is spare, else after it while the study waits (a CPU latency; a GPU's is measured in the
-    # study's process); false: in the study's process.
+    # it when a core is spare, else after it, while the study evaluates the student (a CPU latency; a GPU's is
+    # measured in the study's process); false: in the study's process.
     background: Union[bool, Literal["auto"]] = "auto"
 
     def check(self, report) -> None:
