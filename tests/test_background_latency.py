@@ -201,7 +201,7 @@ def test_a_measurement_nobody_waits_for_goes_on_past_max_seconds_within_a_bound(
     from kdnas.costs import measure_latency
     from kdnas.models import build
 
-    monkeypatch.setattr(timing._Workload, "confirm", lambda self, min_seconds: False)  # never confirmed
+    monkeypatch.setattr(timing._Workload, "confirm", lambda self: False)  # never confirmed
     setting = LatencySetting(min_seconds=0.05, max_seconds=0.2)
 
     def seconds(more) -> float:

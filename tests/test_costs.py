@@ -84,7 +84,7 @@ def test_interleaved_floors_rank_work_in_proportion() -> None:
 def test_a_held_measurement_ends_and_confirms_only_after_the_release_on_a_quiet_floor() -> None:
     # While held, the caller's work beside the measurement slows every sample (here: five times the work),
     # so nothing is confirmed and nothing ends then, even past max_seconds; after the release the workload
-    # gets min_seconds of its own, and the floor is the quiet one: the slowed samples only add to the slow end.
+    # gets its share of min_seconds, and the floor is the quiet one: the slowed samples only add to the slow end.
     # The bound is half the slowdown: a busy CI machine once put the released samples 1.6x above a quiet
     # measurement taken later (when the slowdown was 2x and the bound 1.25x).
     slow, fast = busy(50_000), busy(10_000)
@@ -95,9 +95,24 @@ def test_a_held_measurement_ends_and_confirms_only_after_the_release_on_a_quiet_
 
     setting = LatencySetting(min_seconds=0.2, max_seconds=0.5)
     (r,) = measure_calls([[Chain([lambda _: (slow if held() else fast)()] * 2, None)]], setting, hold=held)
-    assert time.perf_counter() >= release + setting.min_seconds
+    assert time.perf_counter() >= release + timing._RELEASED * setting.min_seconds
     (quiet,) = measure_calls([[Chain([lambda _: fast()] * 2, None)]], setting)
     assert 0.7 < r.latency_raw_ms / quiet.latency_raw_ms < 2.5, "the held samples set the floor"
+
+
+def test_after_a_long_hold_the_caller_waits_less_than_min_seconds_but_a_short_one_gets_it_all() -> None:
+    # A hold as long as the measurement: its samples count, so the caller, who waits from the release, waits
+    # for a share of min_seconds (two rounds here), not for all of it as it did before 2026-11-26.
+    fast = busy(10_000)
+    setting = LatencySetting(min_seconds=0.6, max_seconds=0.6)
+    release = time.perf_counter() + 1.0
+    (r,) = measure_calls([[Chain([lambda _: fast()] * 2, None)]], setting, hold=lambda: time.perf_counter() < release)
+    waited = time.perf_counter() - release
+    assert timing._RELEASED * setting.min_seconds <= waited < setting.min_seconds
+    # Released at once (the caller waits as soon as it asks): min_seconds of the workload's own time in all,
+    # as without a hold, although max_seconds has passed by then with the probe taking half of every round.
+    (r,) = measure_calls([[Chain([lambda _: fast()] * 2, None)]], setting, hold=lambda: False)
+    assert r.latency_seconds >= setting.min_seconds
 
 
 @pytest.mark.parametrize("dtype", sorted(DTYPES))

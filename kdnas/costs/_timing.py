@@ -60,6 +60,12 @@ _ROUND_S = 0.1  # one round of interleaving; short, so every workload sees the s
 _WARMUP_S = 0.05  # first calls allocate memory and choose kernels
 _MIN_BLOCK_S = {"cuda": 1e-3, "mps": 1e-3}  # whole-pass blocks: synchronisation overhead under 1 %
 _EXTENSION = 10  # a measurement that nobody waits for goes on for at most this many times max_seconds
+# After a hold, each workload's own time since the release: this share of min_seconds at least, and min_seconds
+# in all. The workload is warm by then and its held samples count (slowed, they only add to the slow end of each
+# step), so the quiet samples after the release have only to reach the bottom of each step: two rounds at 0.3 s.
+# In a study's `after` place a quarter waited 0.48 s per measurement against 0.75 s for the whole, with the same
+# error against `kdnas profile` (median 0.9 % against 1.1 %, largest 4.4 % against 10.1 %; docs/costs.md).
+_RELEASED = 0.25
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,8 @@ def _synchronizer(device: torch.device) -> Callable[[], None]:
 class _Workload:
     """Samples (ms per step) of one workload, rotating over its chains, and the rule that confirms its floor."""
 
-    def __init__(self, chains: Sequence[Chain], clock: Callable[[], int], device: torch.device, overhead_ms: float):
+    def __init__(self, chains: Sequence[Chain], clock: Callable[[], int], device: torch.device, overhead_ms: float,
+                 min_seconds: float = 0.0):
         self.rotation = itertools.cycle(chains)
         self.clock, self.sync = clock, _synchronizer(device)
         self.stepwise = device.type == "cpu"
@@ -109,7 +116,8 @@ class _Workload:
         self.samples: list[list[float]] = []  # one row per pass (per block off the CPU), one column per step
         self.history: list[tuple[float, float]] = []  # (seconds measured, estimate) after each round
         self.seconds = 0.0
-        self.since = 0.0  # confirming counts the time from here (moved by restart)
+        self.since = 0.0  # confirming counts the time from here (moved by restart) ...
+        self.min_seconds = min_seconds  # ... and needs this long at least
         self.stable = False
         self.number = 1
         start = time.perf_counter()
@@ -149,9 +157,10 @@ class _Workload:
         self.seconds += time.perf_counter() - start
         self.history.append((self.confirming_seconds, self.estimate()))
 
-    def restart(self) -> None:
-        """Confirm from now on as if starting (time and drift history), keeping the samples so far."""
-        self.since, self.history = self.seconds, []
+    def restart(self, min_seconds: float) -> None:
+        """Confirm from now on as if starting (time and drift history), after ``min_seconds`` at least, keeping
+        the samples so far."""
+        self.since, self.history, self.min_seconds = self.seconds, [], min_seconds
 
     @property
     def confirming_seconds(self) -> float:
@@ -165,9 +174,14 @@ class _Workload:
     def estimate(self) -> float:
         return self._sum_of_ranks(_RANK)
 
-    def confirm(self, min_seconds: float) -> bool:
+    @property
+    def timed(self) -> bool:
+        """Whether it has been timed ``min_seconds`` since the start or since :meth:`restart`."""
+        return self.confirming_seconds >= self.min_seconds
+
+    def confirm(self) -> bool:
         seconds = self.confirming_seconds
-        if seconds < min_seconds or len(self.samples) < _MIN_SAMPLES:
+        if not self.timed or len(self.samples) < _MIN_SAMPLES:
             return False
         if self._sum_of_ranks(_SUPPORT) > (1 + _TIGHT) * self._sum_of_ranks(1):
             return False
@@ -202,9 +216,10 @@ def measure_calls(workloads: Sequence[Sequence[Chain]], setting: LatencySetting,
     ``_EXTENSION`` times ``max_seconds``): a measurement beside other work, which nobody waits for yet.
     ``hold``: while it says so, other work runs beside that may slow every sample, so nothing is confirmed
     and nothing ends (up to ``_EXTENSION`` times ``max_seconds``); once it no longer does, confirming starts
-    afresh (``min_seconds``, the drift rule) on the samples so far and those to come, and the measurement
-    ends at ``max_seconds``, but not before each workload has had ``min_seconds`` since the release. The
-    slowed samples only add to the slow end of each step's samples, which the floor ignores."""
+    afresh (the drift rule) on the samples so far and those to come, and the measurement ends at
+    ``max_seconds``, but not before each workload has had ``_RELEASED`` times ``min_seconds`` since the
+    release and ``min_seconds`` in all. The slowed samples only add to the slow end of each step's samples,
+    which the floor ignores."""
     device = torch.device(setting.device)
     clock = time.perf_counter_ns
     probe = (probe or Probe(ESTIMATOR)) if device.type == "cpu" else None
@@ -213,7 +228,7 @@ def measure_calls(workloads: Sequence[Sequence[Chain]], setting: LatencySetting,
     try:
         with torch.inference_mode():
             overhead = _clock_overhead_ms(clock) if device.type == "cpu" else 0.0
-            work = [_Workload(chains, clock, device, overhead) for chains in workloads]
+            work = [_Workload(chains, clock, device, overhead, setting.min_seconds) for chains in workloads]
             reference = _Workload([Chain.of(*probe.workload())], clock, device, overhead) if probe else None
             start = time.perf_counter()
             active = list(work)
@@ -232,14 +247,14 @@ def measure_calls(workloads: Sequence[Sequence[Chain]], setting: LatencySetting,
                         continue
                     held = False
                     for w in work:
-                        w.restart()
+                        w.restart(max(setting.min_seconds - w.seconds, _RELEASED * setting.min_seconds))
                     continue
                 quiet = reference is None or probe.quiet(reference.estimate(), _PROBE_TOLERANCE)
                 for w in active:
-                    w.stable = quiet and w.confirm(setting.min_seconds)
+                    w.stable = quiet and w.confirm()
                 active = [w for w in active if not w.stable]
-                # After a hold, each workload's own time since the release counts: min_seconds at least.
-                timed = hold is None or all(w.confirming_seconds >= setting.min_seconds for w in work)
+                # After a hold, each workload's own time since the release counts (_RELEASED).
+                timed = hold is None or all(w.timed for w in work)
                 if elapsed >= setting.max_seconds and timed and (more is None or not more()
                                                                  or elapsed >= _EXTENSION * setting.max_seconds):
                     break
