@@ -10,7 +10,8 @@ it can:
 - ``after``: when every core trains, the child measures once the training has ended, while the study
   evaluates the trained student on the cores the child leaves it (``Pending.meanwhile``) and then waits
   for the rest. The evaluation slows the child's samples, so the child confirms nothing before the study
-  waits (``hold``), and its floor comes from the samples after that. The child has not just trained: on
+  waits (``hold``), then needs a share of ``min_seconds`` after that (``_RELEASED`` in _timing.py); the
+  slowed samples only add to the slow end of each step. The child has not just trained: on
   this 2-core VM its figures came within 2-5 % of `kdnas profile`'s (median), where the study's own process
   was 7-10 % off, with the same 2-s budget (``benchmarks/latency_budget.py``).
 
