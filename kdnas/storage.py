@@ -90,6 +90,11 @@ def _sqlite_connect(path: str) -> sqlite3.Connection:
     # A generous busy timeout: concurrent writers queue for the lock instead of failing "database is locked".
     # SQLAlchemy's pool hands a connection to one thread at a time, so it may move between threads.
     con = sqlite3.connect(path, timeout=60, check_same_thread=False)
+    # Python's sqlite3 (before 3.12's autocommit=False) starts a transaction only before a write, so Optuna's
+    # read-then-write steps ran their read outside it: two workers both read a WAITING trial (a retry, an
+    # enqueued candidate) and both ran it. No implicit BEGIN here; every transaction begins with
+    # BEGIN IMMEDIATE instead (``_begin_immediate``), which takes the write lock before the read.
+    con.isolation_level = None
     # With WAL, synchronous=NORMAL syncs at checkpoints instead of at every commit: a committed trial survives
     # any crash of the process (SIGKILL included) and is lost only to a power cut, and a trial's dozen
     # commits cost half the time.
@@ -120,8 +125,22 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
         engine_kwargs = {"pool_pre_ping": True}
         if url.startswith(("postgresql", "mysql")):
             engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-    return optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
-                                      grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
+    storage = optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs,
+                                         heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                                         heartbeat_stale_trial_callback=stale_callback)
+    if db is not None:
+        from sqlalchemy import event  # Optuna's RDBStorage has imported it
+
+        # Set up before: the tables and Optuna's version rows, each statement its own transaction.
+        event.listen(storage.engine, "begin", _begin_immediate)
+    return storage
+
+
+def _begin_immediate(connection) -> None:
+    """Each SQLite transaction holds the write lock from its start: a read-then-write (Optuna's claim of a
+    WAITING trial, which its ``for_update`` does not lock on SQLite) cannot interleave with another process's.
+    Transactions are milliseconds long; other processes wait for the lock (the busy timeout, 60 s)."""
+    connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def check_storage(cfg: "StudyConfig") -> optuna.storages.RDBStorage | None:
