@@ -63,9 +63,10 @@ _MIN_BLOCK_S = {"cuda": 1e-3, "mps": 1e-3}  # whole-pass blocks: synchronisation
 _EXTENSION = 10  # a measurement that nobody waits for goes on for at most this many times max_seconds
 # After a hold, each workload's own time since the release: this share of min_seconds at least, and min_seconds
 # in all. The workload is warm by then and its held samples count (slowed, they only add to the slow end of each
-# step), so the quiet samples after the release have only to reach the bottom of each step: two rounds at 0.3 s.
-# In a study's `after` place a quarter waited 0.48 s per measurement against 0.75 s for the whole, with the same
-# error against `kdnas profile` (median 0.9 % against 1.1 %, largest 4.4 % against 10.1 %; docs/costs.md).
+# step), so the quiet samples after the release have only to reach the bottom of each step (0.075 s of a 0.3-s
+# min_seconds: two rounds). Side by side in a study's `after` place, a quarter waited 0.48 s per measurement
+# against 0.75 s for the whole, with the same error against `kdnas profile` (median 0.9 % against 1.1 %,
+# largest 4.4 % against 10.1 %; docs/costs.md).
 _RELEASED = 0.25
 
 
@@ -206,7 +207,7 @@ def _kth_smallest(values: np.ndarray, k: int) -> float:
 def _clock_overhead_ms(clock: Callable[[], int]) -> float:
     """The floor of timing a step that does nothing: what every timed step costs besides its own work. Once per
     process (0.1 µs a step here, against 50-100 µs for the steps of a network): it took 0.09 s of every
-    measurement, a quarter of the time before a held measurement's first round."""
+    measurement, of the 0.19-0.27 s before a held measurement's first round."""
     w = _Workload([Chain([lambda y: y] * 8, None)], clock, torch.device("cpu"), 0.0)
     w.run(0.02)
     return w.estimate() / 8
