@@ -114,11 +114,10 @@ class LatencyCache:
         return self._submit(*args, hold=True)  # the caller's evaluation beside it may slow every sample
 
     def _from_child(self, key: str, submitted: Callable[[], dict] | None, *args) -> dict:
-        """The child's figure for ``key``, ``submitted`` earlier; from the cache or this process otherwise."""
-        if submitted is None:
-            self._reload()
-            if key in self._data:
-                return self._data[key]
+        """The child's figure for ``key``, ``submitted`` earlier; otherwise from the cache (``_start`` has just
+        re-read it) or measured in this process (the child is gone)."""
+        if submitted is None and key in self._data:
+            return self._data[key]
         try:
             measured = submitted() if submitted is not None else self._measure(*args)
         except ServiceError as err:

@@ -248,13 +248,15 @@ def measure_calls(workloads: Sequence[Sequence[Chain]], setting: LatencySetting,
             while active:
                 this_round = ([reference] if reference else []) + active
                 order.shuffle(this_round)
+                released = False
                 for w in this_round:
                     w.run(_ROUND_S / len(this_round))
                     if held and not hold():
-                        break  # released: confirming starts now, not at the end of the round
+                        released = True
+                        break  # confirming starts now, not at the end of the round
                 elapsed = time.perf_counter() - start
                 if held:
-                    if hold() and elapsed < _EXTENSION * setting.max_seconds:
+                    if not released and elapsed < _EXTENSION * setting.max_seconds:
                         continue
                     held = False
                     for w in work:
