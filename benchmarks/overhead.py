@@ -291,6 +291,10 @@ def run(args, study: Path) -> None:
     for t in trials:
         states[t.state.name] += 1
     print(f"\n{len(trials)} trials: " + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())))
+    # A shorter wait for latency must not come from figures left unconfirmed (latency_stable false).
+    measured = [t for t in trials if t.state.name == "COMPLETE" and "latency_stable" in t.user_attrs]
+    unconfirmed = sum(not t.user_attrs["latency_stable"] for t in measured)
+    print(f"latency figures of complete trials: {len(measured)}, unconfirmed {unconfirmed}")
     print(f"\nwhere the wall time went (exclusive seconds; {'under cProfile' if profiler else 'no profiler'}):")
     rows = [(IMPORTS, imports, 1)] + [(k, v, ledger.calls[k]) for k, v in ledger.excl.items()]
     inside = [r for r in rows if r[0].startswith(FIT)]

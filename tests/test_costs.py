@@ -115,6 +115,22 @@ def test_after_a_long_hold_the_caller_waits_less_than_min_seconds_but_a_short_on
     assert r.latency_seconds >= setting.min_seconds
 
 
+def test_after_the_release_the_workload_takes_most_of_each_round() -> None:
+    # A 2-s hold gives the workload 1 s of its own time (half of every round), so after the release it needs
+    # max(1.2 - 1.0, _RELEASED x 1.2) = 0.3 s more. In 0.05-s rounds of which the probe takes a quarter that is
+    # 8 rounds, 0.4 s; in 0.1-s rounds shared equally with the probe (until 2026-11-26) it was 6 rounds, 0.6 s
+    # at least. Confirmed or not (the probe may find the machine busy), it ends once it has been timed: max_seconds
+    # has long passed.
+    fast = busy(10_000)
+    setting = LatencySetting(min_seconds=1.2, max_seconds=1.2)
+    assert timing._RELEASED * setting.min_seconds == pytest.approx(0.3)
+    release = time.perf_counter() + 2.0
+    (r,) = measure_calls([[Chain([lambda _: fast()] * 2, None)]], setting, hold=lambda: time.perf_counter() < release)
+    waited = time.perf_counter() - release
+    assert 0.3 / (1 - timing._RELEASED_PROBE_SHARE) <= waited < 0.55, waited
+    assert r.latency_seconds >= setting.min_seconds
+
+
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 def test_every_dtype_measures_on_cpu(dtype: str) -> None:
     spec = make_spec(TINY)
