@@ -68,9 +68,12 @@ def on_cpu(obj) -> bool:
 
 
 def test_a_study_trains_on_cuda_and_its_artifacts_load_on_a_cpu(tiny_study: Path, tmp_path: Path, capsys) -> None:
-    tiny_study = write_tiny_study(tmp_path, teacher_width=1.0, extra="assistants:\n  train: {epochs: 2}\ndevice: cuda\n")
+    # The tiny study (in tmp_path, the working folder), with a wider teacher and assistants trained 2 epochs.
+    tiny_study = write_tiny_study(tmp_path, teacher_width=1.0,
+                                  extra="assistants:\n  train: {epochs: 2}\ndevice: cuda\n")
     (tmp_path / "space.yaml").write_text(SPACE)
-    study = optuna.create_study(study_name="tiny", storage=_storage(tmp_path), directions=["maximize"] * 1 + ["minimize"] * 2)
+    study = optuna.create_study(study_name="tiny", storage=_storage(tmp_path),
+                                directions=["maximize", "minimize", "minimize"])
     for method in ("hinton", "fitnet", "crd"):  # each method once through an assistant, then what the sampler picks
         study.enqueue_trial({"method": method, "chain.length": 1, "student.resnet_cifar.width": 0.25})
     assert main(["search", str(tiny_study), "--trials", "5"]) == 0

@@ -16,10 +16,10 @@ benchmarks/latency_stability.py repeats them.
 - The floor of a step is its 5th-fastest sample: a fixed rank, not a percentile, because under heavy load
   fewer than 1 % of the samples run undisturbed and a percentile then lands among the disturbed ones.
 - All workloads are timed in rounds of 0.1 s (0.05 s once a hold is released) that interleave them in a
-  shuffled order, so that they all see the same conditions, together with a probe (kdnas/costs/_probe.py: a fixed small network whose usual
-  floor on this machine is remembered). What made the probe slower or faster than usual (a neighbour, this
-  process's memory layout) did the same to the workloads: ``latency_ms`` is the raw figure scaled by
-  usual / observed probe floor (by at most ``_MAX_CORRECTION`` either way).
+  shuffled order, so that they all see the same conditions, together with a probe (kdnas/costs/_probe.py: a
+  fixed small network whose usual floor on this machine is remembered). What made the probe slower or faster
+  than usual (a neighbour, this process's memory layout) did the same to the workloads: ``latency_ms`` is the
+  raw figure scaled by usual / observed probe floor (by at most ``_MAX_CORRECTION`` either way).
 - Rounds go on until every workload is confirmed, or for ``max_seconds``. Confirmed: ``min_seconds`` of
   timing and ``_MIN_SAMPLES`` samples; a tight cluster at the bottom (the ``_SUPPORT``-th fastest samples
   within ``_TIGHT`` of the fastest: the samples of quiet moments, not a few lucky ones); no improvement over
