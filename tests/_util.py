@@ -46,6 +46,13 @@ def write_tiny_study(folder: Path, teacher_width: float = 0.5, teacher_epochs: i
 
 
 
+def stored_trials(name: str = "tiny") -> list:
+    """The trials of study ``name`` in ``runs/<name>/study.db`` under the working folder (where kdnas puts it)."""
+    import optuna
+
+    return optuna.load_study(study_name=name, storage=f"sqlite:///runs/{name}/study.db").trials
+
+
 def searched_tiny_study(folder: Path, trials: int = 4) -> Path:
     """``folder`` holding a tiny study searched for ``trials`` trials (for module-scoped fixtures); returns it."""
     from kdnas.cli import main

@@ -14,10 +14,7 @@ from kdnas.artifacts import ArtifactStore
 from kdnas.cli import main
 from kdnas.data import DataConfig, load_split
 from kdnas.models import build, make_spec
-
-
-def stored_trials(name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///runs/{name}/study.db").trials
+from tests._util import stored_trials
 
 
 def test_search_report_resume_export(tiny_study: Path, tmp_path: Path, capsys) -> None:

@@ -27,16 +27,14 @@ from kdnas.models import FAMILIES, ModelFamily
 from kdnas.models._base import StagedNet
 from kdnas.teacher_logits import KIND
 from tests._datafiles import write_cifar
-from tests._util import TINY_SPACE, write_tiny_study
+from tests._util import TINY_SPACE, stored_trials, write_tiny_study
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
 
-SPACE = """\
-students:
-  resnet_cifar:
-    depth: 8
-    width: {type: categorical, choices: [0.25, 0.5]}
+# The tiny study's students, three methods (one of each kind: logits, features, a contrastive memory bank) and
+# an optional assistant.
+SPACE = TINY_SPACE.split("methods:")[0] + """\
 methods:
   hinton: {temperature: 4.0, alpha: 0.9}
   fitnet: {}
@@ -46,10 +44,6 @@ chain:
   assistants:
     resnet_cifar: {depth: 8, width: 0.5}
 """
-
-
-def trials(name: str = "tiny") -> list[optuna.trial.FrozenTrial]:
-    return optuna.load_study(study_name=name, storage=f"sqlite:///runs/{name}/study.db").trials
 
 
 def _storage(folder: Path) -> str:
@@ -79,7 +73,7 @@ def test_a_study_trains_on_cuda_and_its_artifacts_load_on_a_cpu(tiny_study: Path
     assert main(["search", str(tiny_study), "--trials", "5"]) == 0
     out = capsys.readouterr().out
     assert "its logits come from a per-study table" in out
-    done = trials()
+    done = stored_trials()
     states = [t.state.name for t in done]
     # The sampler's own picks may be pruned (an assistant no larger than the student); none may fail.
     assert len(done) == 5 and states[:3] == ["COMPLETE"] * 3 and "FAIL" not in states, \
@@ -97,11 +91,11 @@ def test_a_study_trains_on_cuda_and_its_artifacts_load_on_a_cpu(tiny_study: Path
 
     # Resume on the GPU: the teacher comes from the cache.
     assert main(["search", str(tiny_study), "--trials", "1"]) == 0
-    assert "loaded in" in capsys.readouterr().out and len(trials()) == 6
+    assert "loaded in" in capsys.readouterr().out and len(stored_trials()) == 6
 
     # Export, rebuild on the CPU: the bundle gives the trial's accuracy (CUDA and CPU kernels round apart,
     # so a borderline image or two may flip).
-    best = max((t for t in trials() if t.state.name == "COMPLETE"), key=lambda t: t.values[0])
+    best = max((t for t in stored_trials() if t.state.name == "COMPLETE"), key=lambda t: t.values[0])
     bundle = tmp_path / "bundle"
     assert main(["export", str(tiny_study), "--trial", str(best.number), "--out", str(bundle)]) == 0
     student = load_student(bundle)
@@ -148,7 +142,7 @@ def test_cuda_out_of_memory_fails_the_trial_and_the_study_goes_on(monkeypatch, t
     (tmp_path / "space.yaml").write_text("students:\n  cuda_hog: {}\nmethods:\n  none: {}\n")
     tiny_study.write_text(tiny_study.read_text() + "device: cuda\n")
     assert main(["search", str(tiny_study), "--trials", "2"]) == 1  # no trial completed
-    failed = trials()
+    failed = stored_trials()
     assert [t.state.name for t in failed] == ["FAIL", "FAIL"]
     reasons = [t.user_attrs["fail_reason"] for t in failed]
     assert all(r.startswith("out of memory: CUDA out of memory") for r in reasons), reasons
@@ -160,7 +154,7 @@ def test_cuda_out_of_memory_fails_the_trial_and_the_study_goes_on(monkeypatch, t
     assert main(["search", str(tiny_study), "--trials", "1"]) == 0
     allocated = torch.cuda.memory_allocated()
     assert main(["search", str(tiny_study), "--trials", "2"]) == 0
-    assert [t.state.name for t in trials()] == ["FAIL", "FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
+    assert [t.state.name for t in stored_trials()] == ["FAIL", "FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
     assert torch.cuda.memory_allocated() - allocated < 2**20, (allocated, torch.cuda.memory_allocated())
 
 
@@ -188,7 +182,7 @@ objectives: [accuracy, params, latency]
 costs: {{latency: {{device: cuda, min_seconds: 0.05, max_seconds: 0.3}}}}
 """)
     assert main(["search", "study.yaml"]) == 0
-    done = trials()
+    done = stored_trials()
     assert [t.state.name for t in done] == ["COMPLETE", "COMPLETE"], [t.user_attrs.get("fail_reason") for t in done]
     df = pd.read_csv(tmp_path / "reports/tiny/trials.csv")
     assert (df["latency_ms"] > 0).all()

@@ -254,17 +254,16 @@ def measure_calls(workloads: Sequence[Sequence[Chain]], setting: LatencySetting,
             # disturbed half; a seeded shuffle per round cannot.
             order = random.Random(0)
             held = hold is not None
+            round_s, probe_share = _ROUND_S, None  # None: the probe's share is everyone's, 1 / len(this_round)
             while active:
                 this_round = ([reference] if reference else []) + active
                 order.shuffle(this_round)
                 released = False
-                released_before = hold is not None and not held
-                round_s = _RELEASED_ROUND_S if released_before else _ROUND_S
                 for w in this_round:
-                    if released_before and reference is not None:
-                        share = _RELEASED_PROBE_SHARE if w is reference else (1 - _RELEASED_PROBE_SHARE) / len(active)
-                    else:
+                    if probe_share is None:
                         share = 1 / len(this_round)
+                    else:
+                        share = probe_share if w is reference else (1 - probe_share) / len(active)
                     w.run(round_s * share)
                     if held and not hold():
                         released = True
@@ -276,6 +275,8 @@ def measure_calls(workloads: Sequence[Sequence[Chain]], setting: LatencySetting,
                     held = False
                     for w in work:
                         w.restart(max(setting.min_seconds - w.seconds, _RELEASED * setting.min_seconds))
+                    round_s = _RELEASED_ROUND_S
+                    probe_share = _RELEASED_PROBE_SHARE if reference is not None else None
                     continue
                 quiet = reference is None or probe.quiet(reference.estimate(), _PROBE_TOLERANCE)
                 for w in active:
