@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import itertools
 import math
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterator, Literal
@@ -206,14 +208,76 @@ def inference_batch_size(device: torch.device) -> int:
 
 
 def predict(model: nn.Module, data: BatchSource, batch_size: int | None = None) -> torch.Tensor:
-    """Logits of ``model`` in eval mode for every sample of ``data``, in index order, without augmentation."""
+    """Logits of ``model`` in eval mode for every sample of ``data``, in index order, without augmentation.
+
+    The passes run on :func:`inference_model`'s copy of ``model`` (BatchNorm folded into the layer before it)
+    where there is one; the logits agree with ``model``'s own to float rounding.
+    """
     batch_size = batch_size or inference_batch_size(data.device)
     was_training = model.training
     model.eval()
-    with fast_layout(model, data.device) as layout, torch.inference_mode():
-        out = torch.cat([model(x.contiguous(memory_format=layout)) for x, _ in data.batches(batch_size)])
-    model.train(was_training)
+    try:
+        folded = inference_model(model, data.device)
+        if folded is model:
+            with fast_layout(model, data.device) as layout, torch.inference_mode():
+                out = torch.cat([model(x.contiguous(memory_format=layout)) for x, _ in data.batches(batch_size)])
+        else:
+            layout = fast_memory_format(data.device)  # the copy is kept in it
+            with torch.inference_mode():
+                out = torch.cat([folded(x.contiguous(memory_format=layout)) for x, _ in data.batches(batch_size)])
+    finally:
+        model.train(was_training)
     return out.clone()  # out of inference mode: callers may use it as a training target
+
+
+# A model's folded copy, with the state it was made from: (signature, copy or the model itself).
+_FOLDED: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, nn.Module]]" = weakref.WeakKeyDictionary()
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def inference_model(model: nn.Module, device: torch.device) -> nn.Module:
+    """A copy of ``model`` (in eval mode) for inference on ``device``, each BatchNorm folded into the
+    convolution or linear layer before it, in the fastest layout; or ``model`` itself.
+
+    Folding makes inference 1.1-1.4x faster on CPU for the search space's students (one thread, batches of
+    32; ``benchmarks/fold_batchnorm.py``): a BatchNorm in eval mode is a fixed per-channel affine map, and
+    the convolution before it can apply it in its own weights and bias. Only the graph's order decides what
+    folds (``torch.fx``): a layer whose output anything else also reads keeps its BatchNorm. ``model`` itself
+    comes back when it has no BatchNorm or cannot be traced (Python control flow on tensor values, say).
+
+    The copy is kept while ``model`` lives and made again when any of its weights or buffers changed (a
+    training step, ``load_state_dict``, moving it): a frozen teacher is folded once per study, a student
+    once per evaluation. Forward hooks on ``model`` do not run on the copy.
+    """
+    signature = _state_signature(model)
+    hit = _FOLDED.get(model)
+    if hit is not None and signature is not None and hit[0] == signature:
+        return hit[1]
+    folded = _fold(model, device)
+    if signature is not None:
+        _FOLDED[model] = (signature, folded)
+    return folded
+
+
+def _fold(model: nn.Module, device: torch.device) -> nn.Module:
+    if not any(isinstance(m, _BATCHNORM) for m in model.modules()):
+        return model
+    from torch.fx.experimental.optimization import fuse
+
+    try:
+        folded = fuse(model)  # a deep copy; model must be in eval mode
+    except Exception:  # noqa: BLE001 - any model fx cannot trace is evaluated as it is: the exact answer
+        return model
+    return folded.to(memory_format=fast_memory_format(device)).eval()
+
+
+def _state_signature(model: nn.Module) -> tuple | None:
+    """Where each weight and buffer lives and how often it was changed in place; None when that cannot be
+    read (tensors made in inference mode keep no version counter)."""
+    try:
+        return tuple((t.data_ptr(), t._version) for t in itertools.chain(model.parameters(), model.buffers()))
+    except RuntimeError:
+        return None
 
 
 def accuracy(model: nn.Module, data: BatchSource) -> float:

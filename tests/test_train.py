@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from kdnas.data import DataConfig, TensorSource, load_split
 from kdnas.errors import TrialFailure
 from kdnas.models import build, make_spec
+import kdnas.train as train
 from kdnas.train import TrainRecipe, accuracy, fit, lr_factor
 
 SPEC = make_spec({"family": "resnet_cifar", "depth": 8, "width": 0.25})
@@ -141,3 +142,62 @@ def test_fit_matches_a_naive_loop(digits) -> None:
         opt.step()
     for (name, a), b in zip(fast.state_dict().items(), naive.state_dict().values()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5, msg=name)
+
+
+def _unfolded(model, data) -> torch.Tensor:
+    """Logits of ``model`` itself (eval mode, no folding): what ``predict`` must agree with."""
+    model.eval()
+    with torch.inference_mode():
+        return torch.cat([model(x) for x, _ in data.batches(64)]).clone()
+
+
+def _real_statistics(model, data) -> None:
+    model.train()
+    with torch.no_grad():
+        for x, _ in list(data.batches(64))[:4]:
+            model(x)
+
+
+def test_predict_folds_batchnorm_and_agrees_with_the_network(digits) -> None:
+    """Evaluation runs on a copy with BatchNorm folded into the convolutions: the same classes and logits to
+    float rounding as the network itself, on real images with real statistics; a frozen network is folded
+    once, and a changed one again (a stale copy would report the accuracy of old weights)."""
+    torch.manual_seed(0)
+    model = build(make_spec({"family": "mobilenetv2", "blocks": [1, 1], "width": 0.5}), digits.input_shape, 10)
+    _real_statistics(model, digits.train)
+    folded = train.inference_model(model.eval(), digits.val.device)
+    assert folded is not model
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert train.inference_model(model, digits.val.device) is folded  # unchanged: the same copy
+    got = train.predict(model, digits.val)
+    torch.testing.assert_close(got, _unfolded(model, digits.val), rtol=1e-4, atol=1e-5)
+    assert model.training is False and all(p.is_contiguous() for p in model.parameters())
+
+    fit(model, first(digits, 128), TrainRecipe(epochs=1, batch_size=32), ce, seed=0)  # weights and statistics move
+    assert train.inference_model(model.eval(), digits.val.device) is not folded
+    after = train.predict(model, digits.val)
+    assert not torch.allclose(after, got)
+    torch.testing.assert_close(after, _unfolded(model, digits.val), rtol=1e-4, atol=1e-5)
+
+
+class _Branchy(torch.nn.Module):
+    """Python control flow on a tensor's value: torch.fx cannot trace it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv, self.bn = torch.nn.Conv2d(1, 4, 3), torch.nn.BatchNorm2d(4)
+        self.head = torch.nn.Linear(4, 10)
+
+    def forward(self, x):
+        y = self.bn(self.conv(x))
+        if torch.isfinite(y).all():  # the same answer for any batch
+            y = y * 2
+        return self.head(y.mean((2, 3)))
+
+
+def test_a_network_fx_cannot_trace_is_evaluated_as_it_is(digits) -> None:
+    torch.manual_seed(0)
+    model = _Branchy()
+    _real_statistics(model, digits.train)
+    assert train.inference_model(model.eval(), digits.val.device) is model
+    torch.testing.assert_close(train.predict(model, digits.val), _unfolded(model, digits.val), rtol=1e-4, atol=1e-5)
