@@ -169,6 +169,7 @@ def test_predict_folds_batchnorm_and_agrees_with_the_network(digits) -> None:
     assert folded is not model
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
     assert train.inference_model(model, digits.val.device) is folded  # unchanged: the same copy
+    assert train.inference_model(model, torch.device("cuda")) is model  # a copy per evaluation costs more there
     got = train.predict(model, digits.val)
     torch.testing.assert_close(got, _unfolded(model, digits.val), rtol=1e-4, atol=1e-5)
     assert model.training is False and all(p.is_contiguous() for p in model.parameters())
