@@ -255,10 +255,11 @@ def inference_model(model: nn.Module, device: torch.device) -> nn.Module:
     signature = None if state is None else (device, state)
     hit = _FOLDED.get(model)
     if hit is not None and signature is not None and hit[0] == signature:
-        return hit[1]
+        return model if hit[1] is None else hit[1]
     folded = _fold(model, device)
     if signature is not None:
-        _FOLDED[model] = (signature, folded)
+        # Never the model itself as the value: it would keep its own key, and so itself, alive for good.
+        _FOLDED[model] = (signature, None if folded is model else folded)
     return folded
 
 
@@ -267,8 +268,12 @@ def _fold(model: nn.Module, device: torch.device) -> nn.Module:
         return model
     from torch.fx.experimental.optimization import fuse
 
+    clone = copy.deepcopy(model)  # in eval mode, as model is here
+    for m in clone.modules():  # a deep copy takes the hooks along (a distillation's feature taps, say) ...
+        for hooks in (m._forward_hooks, m._forward_pre_hooks, m._backward_hooks, m._backward_pre_hooks):
+            hooks.clear()  # ... which tracing would call with its placeholders, and the passes with features
     try:
-        folded = fuse(model)  # a deep copy; model must be in eval mode
+        folded = fuse(clone, inplace=True)
     except Exception:  # noqa: BLE001 - any model fx cannot trace is evaluated as it is: the exact answer
         return model
     return folded.to(memory_format=fast_memory_format(device)).eval()

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -202,3 +205,31 @@ def test_a_network_fx_cannot_trace_is_evaluated_as_it_is(digits) -> None:
     _real_statistics(model, digits.train)
     assert train.inference_model(model.eval(), digits.val.device) is model
     torch.testing.assert_close(train.predict(model, digits.val), _unfolded(model, digits.val), rtol=1e-4, atol=1e-5)
+
+
+def _without_batchnorm() -> torch.nn.Module:
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 10))
+    net.pool = net[2]
+    return net
+
+
+@pytest.mark.parametrize("folds", [True, False], ids=["folded", "no-batchnorm"])
+def test_evaluated_networks_are_freed_and_hooks_stay_on_the_network(digits, folds: bool) -> None:
+    """A study evaluates hundreds of students: none may be kept alive by the copies (on a GPU that is memory
+    that never comes back), and a feature tap's hook on a student must not fire on its copy."""
+    torch.manual_seed(0)
+    model = build(SPEC, digits.input_shape, 10) if folds else _without_batchnorm()
+    pool = model.feature_modules()["pool"] if folds else model.pool
+    calls = []
+    handle = pool.register_forward_hook(lambda *_: calls.append(1))
+    train.predict(model, digits.val)
+    copy = train.inference_model(model, digits.val.device)
+    assert (copy is not model) == folds
+    assert (len(calls) == 0) == folds  # the copy ran, without the network's hooks; or the network itself did
+    assert not any(m._forward_hooks for m in copy.modules()) or not folds
+    handle.remove()
+    ref = weakref.ref(model)
+    del model, pool, copy
+    gc.collect()
+    assert ref() is None, "the network outlived its evaluation"
