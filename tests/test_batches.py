@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import multiprocessing
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdnas.data import _batches
 from kdnas.data import Augment, BatchSource, DataConfig, LoaderSource, TensorSource, augment_batch, load_split
 from kdnas.models import build, make_spec
 from kdnas.train import TrainRecipe, fit, predict
@@ -32,9 +34,13 @@ def split_of(root: Path, in_memory: bool, workers: int = 0):
 class TestBatchSourceContract:
     """Every BatchSource: batches follow ``order``, ``x[i]`` is sample ``idx[i]``, normalised, on the device."""
 
-    @pytest.fixture(params=["tensors", "loader", "loader+worker"])
-    def source(self, request, cifar_root: Path) -> BatchSource:
-        split = split_of(cifar_root, request.param == "tensors", workers=int(request.param == "loader+worker"))
+    @pytest.fixture(params=["tensors", "loader", "loader+worker", "loader+forkserver-worker"])
+    def source(self, request, cifar_root: Path, monkeypatch: pytest.MonkeyPatch) -> BatchSource:
+        if request.param.endswith("forkserver-worker"):
+            # What a process driving a GPU uses (spawn, macOS's and Windows' default, pickles the same way): the
+            # dataset must reach a worker that did not fork from this process.
+            monkeypatch.setattr(_batches, "_worker_context", lambda device: multiprocessing.get_context("forkserver"))
+        split = split_of(cifar_root, request.param == "tensors", workers=int(request.param.endswith("worker")))
         assert isinstance(split.train, TensorSource if request.param == "tensors" else LoaderSource)
         return split.train
 

@@ -9,6 +9,7 @@ indices give the same inputs, bit for bit, whichever path a dataset takes.
 
 from __future__ import annotations
 
+import multiprocessing
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -118,6 +119,22 @@ class _Rows(torch.utils.data.Dataset):
         return torch.from_numpy(self.images.read(self.indices[rows])), torch.from_numpy(rows)
 
 
+def _worker_context(device: torch.device):
+    """How the DataLoader's workers start: on Linux, from a fork server when this process drives a GPU; else
+    the platform's default (fork on Linux, spawn on macOS and Windows).
+
+    Forking a process that has started CUDA, and with it threads of its own, can leave the child holding a
+    lock no thread will release (Python 3.12 warns of it: "This process is multi-threaded, use of fork() may
+    lead to deadlocks"). A fork server is a fresh single-threaded process that has imported torch and
+    kdnas's data code (preloaded), and forks the workers; they receive the dataset pickled.
+    """
+    if device.type != "cuda" or "forkserver" not in multiprocessing.get_all_start_methods():
+        return None
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "kdnas.data"])
+    return context
+
+
 def _as_is(batch):
     return batch  # __getitems__ already returns the stacked batch
 
@@ -136,6 +153,7 @@ class LoaderSource(BatchSource):
         self._loader = torch.utils.data.DataLoader(
             _Rows(images, indices), batch_sampler=self._plan, collate_fn=_as_is, num_workers=workers,
             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0,
+            multiprocessing_context=_worker_context(self.device) if workers > 0 else None,
         )
 
     def batches(self, batch_size: int, order: torch.Tensor | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
