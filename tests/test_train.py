@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from kdnas.data import DataConfig, TensorSource, load_split
 from kdnas.errors import TrialFailure
 from kdnas.models import build, make_spec
-import kdnas.train as train
+from kdnas import train
 from kdnas.train import TrainRecipe, accuracy, fit, lr_factor
 
 SPEC = make_spec({"family": "resnet_cifar", "depth": 8, "width": 0.25})
@@ -207,11 +207,9 @@ def test_a_network_fx_cannot_trace_is_evaluated_as_it_is(digits) -> None:
     torch.testing.assert_close(train.predict(model, digits.val), _unfolded(model, digits.val), rtol=1e-4, atol=1e-5)
 
 
-def _without_batchnorm() -> torch.nn.Module:
-    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
-                              torch.nn.Flatten(), torch.nn.Linear(4, 10))
-    net.pool = net[2]
-    return net
+def _without_batchnorm() -> torch.nn.Sequential:
+    return torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(4, 10))
 
 
 @pytest.mark.parametrize("folds", [True, False], ids=["folded", "no-batchnorm"])
@@ -220,10 +218,10 @@ def test_evaluated_networks_are_freed_and_hooks_stay_on_the_network(digits, fold
     that never comes back), and a feature tap's hook on a student must not fire on its copy."""
     torch.manual_seed(0)
     model = build(SPEC, digits.input_shape, 10) if folds else _without_batchnorm()
-    pool = model.feature_modules()["pool"] if folds else model.pool
+    pool = model.feature_modules()["pool"] if folds else model[2]
     calls = []
     handle = pool.register_forward_hook(lambda *_: calls.append(1))
-    train.predict(model, digits.val)
+    assert train.predict(model, digits.val).shape == (len(digits.val), 10)
     copy = train.inference_model(model, digits.val.device)
     assert (copy is not model) == folds
     assert (len(calls) == 0) == folds  # the copy ran, without the network's hooks; or the network itself did
