@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -27,12 +26,6 @@ from kdnas.train import inference_batch_size, predict  # noqa: E402
 
 NETWORKS = _studies.MNIST5K_STUDENTS + [{"family": "resnet_cifar", "depth": 20, "width": 1.0}]  # + the mnist5k teacher
 REFERENCE = 512
-
-
-def seconds(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 def main() -> None:
@@ -50,9 +43,8 @@ def main() -> None:
         torch.manual_seed(0)
         model = build(make_spec(raw), val.x.shape[1:], 10)
         same = torch.equal(predict(model, val, ours).argmax(1), predict(model, val, REFERENCE).argmax(1))
-        pairs = [(seconds(lambda: predict(model, val, REFERENCE)), seconds(lambda: predict(model, val, ours)))
-                 for _ in range(args.repeats)]  # alternating: both see the same machine
-        t_ref, t_ours = (min(side) for side in zip(*pairs))
+        t_ref, t_ours = _studies.best_of_alternating(lambda: predict(model, val, REFERENCE),
+                                                     lambda: predict(model, val, ours), args.repeats)
         ratios.append(t_ref / t_ours)
         label = make_spec(raw).label()
         print(f"  {label[:70]:70s} {REFERENCE}: {t_ref:6.3f}s  {ours}: {t_ours:6.3f}s  {t_ref / t_ours:4.1f}x"

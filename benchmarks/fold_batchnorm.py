@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -50,12 +49,6 @@ def ours(model, data) -> torch.Tensor:
     return train.predict(model, data)
 
 
-def seconds(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--repeats", type=int, default=5)
@@ -78,9 +71,8 @@ def main() -> None:
         ref, got = reference(model, val, batch), ours(model, val)
         diff = float((ref - got).abs().max())
         same = torch.equal(ref.argmax(1), got.argmax(1))
-        pairs = [(seconds(lambda: reference(model, val, batch)), seconds(lambda: ours(model, val)))
-                 for _ in range(args.repeats)]  # alternating: both see the same machine
-        t_ref, t_ours = (min(side) for side in zip(*pairs))
+        t_ref, t_ours = _studies.best_of_alternating(lambda: reference(model, val, batch), lambda: ours(model, val),
+                                                     args.repeats)
         ratios.append(t_ref / t_ours)
         print(f"  {make_spec(raw).label()[:64]:64s} reference {t_ref:6.3f}s  kdnas {t_ours:6.3f}s  "
               f"{t_ref / t_ours:4.2f}x  largest logit difference {diff:.1e}"
