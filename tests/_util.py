@@ -23,8 +23,8 @@ methods:
 TINY_STUDY = """\
 name: tiny
 seed: 0
-threads: 1
-data: {{dataset: digits, val_fraction: 0.2, test_fraction: 0.2, seed: 0}}
+threads: {threads}
+data: {data}
 teacher:
   arch: {{family: resnet_cifar, depth: 8, width: {teacher_width}}}
   train: {{epochs: {teacher_epochs}, lr: 0.1}}
@@ -34,14 +34,18 @@ search:
   space: space.yaml
   trials: 3
 objectives: [accuracy, params, latency]
-costs: {{latency: {{min_seconds: 0.05, max_seconds: 0.3}}}}  # tests check that latency is measured, not its precision
+costs: {{latency: {latency}}}  # tests check that latency is measured, not its precision
 """
+DIGITS = "{dataset: digits, val_fraction: 0.2, test_fraction: 0.2, seed: 0}"
+QUICK_LATENCY = "{min_seconds: 0.05, max_seconds: 0.3}"
 
 
-def write_tiny_study(folder: Path, teacher_width: float = 0.5, teacher_epochs: int = 2, extra: str = "") -> Path:
+def write_tiny_study(folder: Path, teacher_width: float = 0.5, teacher_epochs: int = 2, extra: str = "",
+                     threads: int = 1, data: str = DIGITS, latency: str = QUICK_LATENCY) -> Path:
     (folder / "space.yaml").write_text(TINY_SPACE)
     study = folder / "study.yaml"
-    study.write_text(TINY_STUDY.format(teacher_width=teacher_width, teacher_epochs=teacher_epochs) + extra)
+    study.write_text(TINY_STUDY.format(teacher_width=teacher_width, teacher_epochs=teacher_epochs, threads=threads,
+                                       data=data, latency=latency) + extra)
     return study
 
 

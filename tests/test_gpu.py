@@ -163,25 +163,10 @@ def test_streamed_torchvision_data_and_latency_on_cuda(tmp_path: Path, monkeypat
     # measured on the GPU, in the study's process.
     monkeypatch.chdir(tmp_path)
     write_cifar(tmp_path / "data", n_train=200, n_test=40)
-    (tmp_path / "space.yaml").write_text(TINY_SPACE)
-    (tmp_path / "study.yaml").write_text(f"""\
-name: tiny
-seed: 0
-threads: 2
-device: cuda
-data: {{dataset: cifar10, root: {tmp_path / 'data'}, in_memory: false, loader_workers: 2, val_fraction: 0.2}}
-teacher:
-  arch: {{family: resnet_cifar, depth: 8, width: 0.5}}
-  train: {{epochs: 1, lr: 0.1}}
-student:
-  train: {{epochs: 1, lr: 0.1}}
-search:
-  space: space.yaml
-  trials: 2
-objectives: [accuracy, params, latency]
-costs: {{latency: {{device: cuda, min_seconds: 0.05, max_seconds: 0.3}}}}
-""")
-    assert main(["search", "study.yaml"]) == 0
+    data = f"{{dataset: cifar10, root: {tmp_path / 'data'}, in_memory: false, loader_workers: 2, val_fraction: 0.2}}"
+    write_tiny_study(tmp_path, teacher_epochs=1, threads=2, data=data, extra="device: cuda\n",
+                     latency="{device: cuda, min_seconds: 0.05, max_seconds: 0.3}")
+    assert main(["search", "study.yaml", "--trials", "2"]) == 0
     done = stored_trials()
     assert [t.state.name for t in done] == ["COMPLETE", "COMPLETE"], [t.user_attrs.get("fail_reason") for t in done]
     df = pd.read_csv(tmp_path / "reports/tiny/trials.csv")
