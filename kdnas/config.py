@@ -110,13 +110,13 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 
 @dataclass(frozen=True)
 class StudyConfig:
-    name: str  # the study's name: its run folder is runs/<name>/, its report reports/<name>/
+    name: str  # the study's name: its run folder is runs/<name>/, its report reports/<name>/, beside the study file
     teacher: TeacherConfig
     search: SearchConfig
     seed: int = 0  # seeds the sampler and each trial's training
     device: str = "cpu"  # where training runs: cpu, cuda, cuda:N
     threads: Optional[int] = None  # torch threads for training; null = all cores
-    storage: Optional[str] = None  # Optuna storage URL; null = sqlite:///runs/<name>/study.db
+    storage: Optional[str] = None  # Optuna storage URL; null = sqlite in runs/<name>/study.db beside the study file
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "params", "latency"])
     data: DataConfig = field(default_factory=DataConfig)
     student: StudentConfig = field(default_factory=StudentConfig)
@@ -129,6 +129,7 @@ class StudyConfig:
     space_obj: Optional[SearchSpace] = field(default=None, init=False, compare=False)
     teacher_spec: Optional[ArchSpec] = field(default=None, init=False, compare=False)
     overrides: dict = field(default_factory=dict, init=False, compare=False)  # from flags; worker processes reload with them
+    home: Path = field(default=Path("."), init=False, compare=False)  # the folder holding runs/ and reports/
 
     def check(self, report) -> None:
         if not _NAME.match(self.name):
@@ -161,11 +162,11 @@ class StudyConfig:
 
     @property
     def run_dir(self) -> Path:
-        return Path("runs") / self.name
+        return self.home / "runs" / self.name
 
     @property
     def report_dir(self) -> Path:
-        return Path("reports") / self.name
+        return self.home / "reports" / self.name
 
     def storage_url(self) -> str:
         return self.storage or f"sqlite:///{self.run_dir / 'study.db'}"
@@ -193,6 +194,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         problems.raise_if_any()
     object.__setattr__(cfg, "path", path)
     object.__setattr__(cfg, "overrides", dict(overrides or {}))
+    object.__setattr__(cfg, "home", study_home(path, cfg.name))
     teacher_spec = check_spec(cfg.teacher.arch, problems.under("teacher.arch"))
     object.__setattr__(cfg, "teacher_spec", teacher_spec)
     if cfg.teacher.checkpoint is not None and not cfg.resolve(cfg.teacher.checkpoint).is_file():
@@ -202,6 +204,25 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     object.__setattr__(cfg, "space_obj", check_space(space_path, problems))
     problems.raise_if_any()
     return cfg
+
+
+def study_home(path: Path, name: str) -> Path:
+    """Where a study's ``runs/`` and ``reports/`` live: beside its study file, like every other path the file
+    names (``data.root``, ``search.space``), so that any command finds them from any working folder.
+
+    Earlier versions of kdnas put them in the working folder. A study found only there is used where it is, with a
+    notice, so that no completed trial or cached weight is left behind by the change of rule."""
+    home = path.parent
+    legacy = Path(".")
+    if (legacy / "runs" / name).is_dir() and not (home / "runs" / name).exists() and \
+            legacy.resolve() != home.resolve():
+        import logging
+
+        logging.getLogger("kdnas").warning(
+            "note: using runs/%s in the working folder, where earlier versions of kdnas kept it; runs/ and "
+            "reports/ now live beside the study file: move them to %s to silence this", name, (home / "runs").resolve())
+        return legacy
+    return home
 
 
 def _relative(study: Path, rel: str) -> Path:

@@ -34,7 +34,7 @@ def test_defaults_and_relative_paths(tiny_study: Path) -> None:
     assert cfg.name == "tiny"
     assert cfg.student.train.epochs == 1
     assert cfg.data.dataset == "digits"
-    assert cfg.storage_url() == "sqlite:///runs/tiny/study.db"
+    assert cfg.storage_url() == f"sqlite:///{tiny_study.parent / 'runs/tiny/study.db'}"  # beside the study file
     assert cfg.resolve(cfg.search.space) == tiny_study.parent / "space.yaml"
     assert cfg.teacher_spec.to_dict() == {"family": "resnet_cifar", "depth": 8, "width": 0.5}
 
