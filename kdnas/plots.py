@@ -35,6 +35,22 @@ def save(fig, path: Path) -> Path:
     return path
 
 
+def _plain(value: float, _pos=None) -> str:
+    return f"{value:.4f}".rstrip("0").rstrip(".")
+
+
+def plain_log_ticks(axis) -> None:
+    """Ticks in plain numbers at 1, 2, 3 and 5 of each decade (0.2, 0.3, 0.5, 1 ms) on a log axis.
+
+    Why: latencies span one or two decades, where matplotlib labels the minor ticks in scientific notation
+    (``6x10^-1``) and they overlap; milliseconds read as plain decimals."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0), numticks=12))
+    axis.set_major_formatter(FuncFormatter(_plain))
+    axis.set_minor_formatter(NullFormatter())
+
+
 def front_2d(df: pd.DataFrame, cost: str) -> pd.DataFrame:
     """Trials no other trial beats on both validation accuracy and ``cost``, by increasing cost."""
     mask = pareto_mask(df[["val_accuracy", cost]].to_numpy(float), ["maximize", "minimize"])
@@ -77,6 +93,8 @@ def plot_pareto(studies: Sequence[tuple[str, pd.DataFrame, dict | None]], path: 
                            color="C3" if not overlay else color, edgecolors="k", lw=0.5, zorder=5,
                            label=f"{name}: teacher" if overlay else "teacher")
         ax.set_xscale("log")
+        if cost == "latency_ms":
+            plain_log_ticks(ax.xaxis)
         ax.set_xlabel(label)
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(True, which="both", alpha=0.25)
