@@ -39,14 +39,19 @@ def _plain(value: float, _pos=None) -> str:
     return f"{value:.4f}".rstrip("0").rstrip(".")
 
 
-def plain_log_ticks(axis) -> None:
-    """Ticks in plain numbers at 1, 2, 3 and 5 of each decade (0.2, 0.3, 0.5, 1 ms) on a log axis.
+def plain_log_ticks(axis, low: float, high: float) -> None:
+    """Ticks in plain numbers (0.2, 0.5, 1 ms) on a log axis whose data run from ``low`` to ``high``.
 
     Why: latencies span one or two decades, where matplotlib labels the minor ticks in scientific notation
-    (``6x10^-1``) and they overlap; milliseconds read as plain decimals."""
+    (``6x10^-1``) and they overlap; milliseconds read as plain decimals. The wider the span, the fewer
+    ticks per decade, so that labels never collide."""
+    import math
+
     from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
-    axis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 3.0, 5.0), numticks=12))
+    decades = math.log10(max(high, low * 1.0001) / low) if low > 0 else 99
+    subs = (1.0, 2.0, 3.0, 5.0) if decades <= 1.3 else (1.0, 2.0, 5.0) if decades <= 2.3 else (1.0, 3.0) if decades <= 3.3 else (1.0,)
+    axis.set_major_locator(LogLocator(base=10, subs=subs, numticks=12))
     axis.set_major_formatter(FuncFormatter(_plain))
     axis.set_minor_formatter(NullFormatter())
 
@@ -93,8 +98,9 @@ def plot_pareto(studies: Sequence[tuple[str, pd.DataFrame, dict | None]], path: 
                            color="C3" if not overlay else color, edgecolors="k", lw=0.5, zorder=5,
                            label=f"{name}: teacher" if overlay else "teacher")
         ax.set_xscale("log")
-        if cost == "latency_ms":
-            plain_log_ticks(ax.xaxis)
+        values = [v for _, df, t in studies for v in [*df[cost].dropna(), (t or {}).get(cost)] if v and v > 0]
+        if cost == "latency_ms" and values:
+            plain_log_ticks(ax.xaxis, min(values), max(values))
         ax.set_xlabel(label)
         ax.set_ylabel("validation accuracy (%)")
         ax.grid(True, which="both", alpha=0.25)

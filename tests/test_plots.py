@@ -11,13 +11,13 @@ import pytest  # noqa: E402
 from kdnas.plots import plain_log_ticks  # noqa: E402
 
 
-@pytest.mark.parametrize("low, high", [(0.31, 0.93), (0.045, 3.2), (1.5, 48.0), (0.02, 40.0)])
+@pytest.mark.parametrize("low, high", [(0.31, 0.93), (0.045, 3.2), (1.5, 48.0), (0.02, 40.0), (0.004, 90.0)])
 def test_latency_ticks_are_plain_milliseconds(low: float, high: float) -> None:
     # Under a decade or two, matplotlib's own log axis labels minor ticks as 3x10^-1, 4x10^-1, ... (they overlap).
     fig, ax = plt.subplots(figsize=(6, 4.8))
     ax.scatter([low, high], [1, 2])
     ax.set_xscale("log")
-    plain_log_ticks(ax.xaxis)
+    plain_log_ticks(ax.xaxis, low, high)
     fig.canvas.draw()
     shown = [t for t in ax.get_xticklabels(which="both") if t.get_text() and low * 0.9 <= t.get_position()[0] <= high * 1.1]
     texts = [t.get_text() for t in shown]
