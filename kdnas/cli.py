@@ -206,7 +206,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
         from kdnas.costs import LatencyTable
 
         table = LatencyTable()
-    result = profile(spec, args.input, args.classes, args.counter, setting, table)
+    result = profile(spec, args.input, args.classes, args.counter, setting, table,
+                     say=lambda line: print(line, file=sys.stderr, flush=True))
     print(json.dumps(result, indent=1) if args.json else format_profile(result))
     return 0
 

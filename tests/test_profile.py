@@ -10,6 +10,7 @@ import torch
 
 from kdnas.cli import main
 from kdnas.costs import count
+from kdnas.costs._profile import format_profile
 from kdnas.models import make_spec
 
 QUICK = ["--min-seconds", "0.02", "--max-seconds", "0.2"]
@@ -83,3 +84,20 @@ def test_missing_file_and_missing_cuda(tmp_path: Path, arch: Path, capsys) -> No
     if not torch.cuda.is_available():
         assert main(["profile", str(arch), "--input", "1,8,8", "--classes", "10", "--device", "cuda"]) == 2
         assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_a_slow_network_says_what_it_waits_for_and_keeps_to_max_seconds(tmp_path: Path, capsys) -> None:
+    # ~30 ms a pass on one thread here: fewer than the 20 passes a confirmed floor needs fit in 0.4 s.
+    arch = tmp_path / "big.yaml"
+    arch.write_text("{family: resnet_cifar, depth: 20, width: 1.0}\n")
+    assert main(["profile", str(arch), "--input", "3,96,96", "--classes", "10", "--json", "--min-seconds", "0.1",
+                 "--max-seconds", "0.4"]) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert "measuring the latency of resnet_cifar(depth=20,width=1.0) on cpu for 0.1-0.4 s" in captured.err
+    # Past max_seconds by the round under way at most (one pass, the probe's share), not by a warm-up of
+    # three passes of every copy.
+    assert out["latency_seconds"] < 0.4 + 4 * out["latency_median_ms"] / 1e3 + 0.3
+    if out["latency_calls"] < 20:  # the usual case; a fast machine may fit them all
+        text = format_profile(out)
+        assert f"only {out['latency_calls']} passes fit in max_seconds" in text and "raise --max-seconds" in text

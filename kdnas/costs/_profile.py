@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -12,6 +14,7 @@ from kdnas.costs._counts import COUNTERS, count
 from kdnas.costs._latency import measure_latency
 from kdnas.costs._setting import LatencySetting, resolve_device
 from kdnas.costs._table import LatencyTable
+from kdnas.costs._timing import _MIN_SAMPLES as MIN_SAMPLES
 from kdnas.errors import KdnasError
 from kdnas.models import ArchSpec, build, make_spec
 
@@ -34,7 +37,8 @@ def check_setting(raw: dict, where: str) -> LatencySetting:
 
 
 def profile(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int, counter: str = "flop_counter",
-            setting: LatencySetting | None = None, table: LatencyTable | None = None) -> dict:
+            setting: LatencySetting | None = None, table: LatencyTable | None = None,
+            say: Callable[[str], None] = lambda line: None) -> dict:
     """Params, MACs, FLOPs and (unless ``setting`` is None) measured latency, as one JSON-able dict; with a
     ``table``, also the lookup-table estimate ``latency_estimate_ms``."""
     if num_classes < 1:
@@ -51,6 +55,9 @@ def profile(spec: ArchSpec, input_shape: tuple[int, int, int], num_classes: int,
         with torch.random.fork_rng(devices=[]):
             model = build(spec, input_shape, num_classes)
         out["latency_setting"] = setting.identity()
+        # A large network takes seconds a pass: say what is being waited for, and for how long at most.
+        say(f"measuring the latency of {spec.label()} on {setting.device} for {setting.min_seconds:g}-"
+            f"{setting.max_seconds:g} s (--max-seconds) ...")
         if table is not None:
             out["latency_estimate_ms"] = table.estimate(copy.deepcopy(model), input_shape, setting)
         out.update(measure_latency(model, input_shape, setting).to_dict())
@@ -75,7 +82,11 @@ def format_profile(p: dict) -> str:
         if "latency_estimate_ms" in p:
             lines.append(f"  estimate {p['latency_estimate_ms']:>11.3f} ms   sum of the layers in the lookup table "
                          f"(no residual adds or Python overhead: for ranking)")
-        if not p["latency_stable"]:
+        if not p["latency_stable"] and p["latency_calls"] < MIN_SAMPLES:
+            lines.append(f"  warning: the latency floor was not confirmed: only {p['latency_calls']} passes fit in "
+                         f"max_seconds (a floor needs {MIN_SAMPLES}); raise --max-seconds to about "
+                         f"{math.ceil(1.2 * MIN_SAMPLES / p['latency_calls'] * p['latency_seconds'])}")
+        elif not p["latency_stable"]:
             lines.append("  warning: the latency floor was not confirmed before max_seconds: the machine was busy "
                          "throughout; run again on a quieter machine or raise --max-seconds")
     return "\n".join(lines)

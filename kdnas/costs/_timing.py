@@ -131,8 +131,12 @@ class _Workload:
         self.stable = False
         self.number = 1
         start = time.perf_counter()
+        # Three passes at least, unless one pass outlasts the whole warm-up: a large network (a second a pass)
+        # has allocated its memory after one, and two more would push the measurement past max_seconds.
         while len(self.samples) < 3 or time.perf_counter() - start < warmup_s:
             self.samples.append(self.sample())
+            if time.perf_counter() - start > 2 * max(warmup_s, _WARMUP_S):
+                break
         if not self.stepwise:
             self.number = max(1, math.ceil(_MIN_BLOCK_S[device.type] / max(sum(self.samples[-1]) / 1e3, 1e-9)))
         self.samples = []
