@@ -14,7 +14,8 @@ storage. Two mechanisms find such trials:
 
 A dead worker's trial is failed with ``fail_reason`` and retried (:func:`retry_trial`) at most
 ``parallel.max_retry`` times, the sampled candidate enqueued again as a WAITING trial that the next free
-worker runs. A trial interrupted by Ctrl-C is retried the same way, at once (:func:`retry_interrupted`). Completed trials are never touched: a trial is COMPLETE only once the storage committed it.
+worker runs. A trial interrupted by Ctrl-C is retried the same way, at once (:func:`retry_interrupted`).
+Completed trials are never touched: a trial is COMPLETE only once the storage committed it.
 """
 
 from __future__ import annotations

@@ -89,4 +89,5 @@ class Resumable:
 
 def _global_rng() -> dict:
     # CUDA's generators only once CUDA is in use: asking earlier would initialise it in a CPU-only run.
-    return {"cpu": torch.get_rng_state(), "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None}
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    return {"cpu": torch.get_rng_state(), "cuda": cuda}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 
 import torch
@@ -16,8 +15,6 @@ from kdnas.errors import KdnasError, TrialFailure
 from kdnas.models import KDNet, build, digest
 from kdnas.resumable import Resumable
 from kdnas.train import accuracy, fit
-
-log = logging.getLogger("kdnas")
 
 CACHE_FORMAT = 1  # bump when training code changes in a way that makes cached teachers stale
 

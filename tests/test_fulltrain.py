@@ -104,6 +104,30 @@ def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(bundle: Path
         torch.testing.assert_close(a[k], b[k], msg=k)
 
 
+def _epochs_done(state: Path) -> int:
+    try:
+        s = torch.load(state, weights_only=True)
+    except Exception:  # not written yet, or being replaced
+        return 0
+    return s["fit"]["epoch"]
+
+
+def test_ctrl_c_ends_with_one_line_and_exit_130_and_keeps_the_state(bundle: Path, tmp_path: Path) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    proc = subprocess.Popen([sys.executable, "-m", "kdnas.cli", "train", str(b), "--epochs", "30", "--threads", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while _epochs_done(b / "train/state.pt") < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert err == "interrupted: run the same command again to continue after the last finished epoch\n"
+    assert _epochs_done(b / "train/state.pt") >= 1, "the finished epochs are kept"
+    assert not (b / "weights_full.pt").exists()
+
+
 def test_not_a_bundle_is_exit_2(tmp_path: Path, capsys) -> None:
     assert main(["train", str(tmp_path)]) == 2
     assert "is not a kdnas bundle: recipe.json is missing" in capsys.readouterr().err

@@ -64,7 +64,8 @@ def _equal_weights(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
-def test_sigint_during_the_teacher_then_the_rerun_continues_after_its_last_epoch(tmp_path: Path, monkeypatch, capsys) -> None:
+def test_sigint_during_the_teacher_then_the_rerun_continues_after_its_last_epoch(tmp_path: Path, monkeypatch,
+                                                                                 capsys) -> None:
     monkeypatch.chdir(tmp_path)
     study = write_tiny_study(tmp_path, teacher_epochs=12)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -106,7 +107,8 @@ def test_sigint_during_the_teacher_then_the_rerun_continues_after_its_last_epoch
 W = {w: make_spec({"family": "resnet_cifar", "depth": 8, "width": w}) for w in (0.5, 0.75, 1.0)}
 
 
-def test_interrupted_assistant_resumes_and_ends_like_an_uninterrupted_run(tmp_path: Path, ctrl_c: CtrlC, monkeypatch) -> None:
+def test_interrupted_assistant_resumes_and_ends_like_an_uninterrupted_run(tmp_path: Path, ctrl_c: CtrlC,
+                                                                          monkeypatch) -> None:
     monkeypatch.setattr(kdnas.resumable, "PROGRESS_EVERY_S", 0.0)  # a line per epoch, to interrupt after the second
     split = load_split(DataConfig("digits"))
     torch.manual_seed(0)

@@ -10,7 +10,8 @@ for any number of guides.
 Assistants are trained once and stored by content: their key hashes their spec, the keys of the guides
 they learnt from (so the key of an assistant covers its whole chain prefix), the assistant recipe, the data
 split and the seed. Every later trial and every worker sharing the run folder loads them instead. A file
-lock makes concurrent workers that need the same assistant train it once.
+lock makes concurrent workers that need the same assistant train it once; under it, an assistant whose
+training was interrupted continues after its last finished epoch (:mod:`kdnas.resumable`).
 """
 
 from __future__ import annotations
