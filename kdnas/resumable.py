@@ -61,7 +61,8 @@ class Resumable:
             for gen, rng in zip(self.generators, rngs):
                 gen.set_state(rng)
             torch.set_rng_state(saved["cpu"])
-            if saved["cuda"] is not None and torch.cuda.is_available():
+            # Another machine sharing the run folder may have other GPUs (or none): there CRD's draws differ.
+            if saved["cuda"] is not None and torch.cuda.is_available() and len(saved["cuda"]) == torch.cuda.device_count():
                 torch.cuda.set_rng_state_all(saved["cuda"])
         except (KdnasError, KeyError, TypeError, ValueError, RuntimeError) as err:
             # Only time is lost: the partial state is kdnas's own, and the run starts over and replaces it.

@@ -170,3 +170,18 @@ def test_a_trial_interrupted_by_ctrl_c_is_retried_on_resume(tmp_path: Path, ctrl
     assert done.state == TrialState.COMPLETE and done.params == first.params, "the interrupted candidate ran again"
     assert done.user_attrs["assistants"][0]["trained_now"]
     assert "assistant resnet_cifar(depth=8,width=0.5): resuming after epoch 1/3" in ctrl_c.lines
+
+
+def test_a_damaged_partial_checkpoint_costs_only_time(tiny_study: Path, tmp_path: Path, ctrl_c: CtrlC) -> None:
+    cfg = load_study(tiny_study)
+    split = load_split(cfg.data)
+    store = ArtifactStore(tmp_path / "store")
+    partial = store.path("teachers", f"{teacher_key(cfg, split)}.partial")
+    partial.parent.mkdir(parents=True)
+    partial.write_bytes(b"not a checkpoint")
+    teacher, info = get_teacher(cfg, split, store, torch.device("cpu"))
+    assert info["trained_now"] and not partial.exists()
+    assert any(line.startswith(f"teacher resnet_cifar(depth=8,width=0.5): cannot resume from {partial}")
+               and line.endswith("training from the first epoch") for line in ctrl_c.lines), ctrl_c.lines
+    straight, _ = get_teacher(cfg, split, ArtifactStore(tmp_path / "straight"), torch.device("cpu"))
+    _equal_weights(straight.state_dict(), teacher.state_dict())
