@@ -66,12 +66,17 @@ def test_full_training_beats_the_brief_run_and_is_written_back(bundle: Path, tmp
     assert "assistant_0: already trained" in capsys.readouterr().out
 
 
-def _student_epoch(state: Path) -> int:
+def _epochs_done(state: Path, stage: str | None = None) -> int:
+    """Epochs finished in the stage being trained (if it is ``stage``), as its state file says."""
     try:
         s = torch.load(state, weights_only=True)
     except Exception:  # not written yet, or being replaced
         return 0
-    return s["fit"]["epoch"] if s["stage"] == "student" else 0
+    return s["fit"]["epoch"] if stage in (None, s["stage"]) else 0
+
+
+def _student_epoch(state: Path) -> int:
+    return _epochs_done(state, "student")
 
 
 def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(bundle: Path, tmp_path: Path, capsys) -> None:
@@ -102,14 +107,6 @@ def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(bundle: Path
     b = torch.load(killed / "weights_full.pt", weights_only=True)
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)
-
-
-def _epochs_done(state: Path) -> int:
-    try:
-        s = torch.load(state, weights_only=True)
-    except Exception:  # not written yet, or being replaced
-        return 0
-    return s["fit"]["epoch"]
 
 
 def test_ctrl_c_ends_with_one_line_and_exit_130_and_keeps_the_state(bundle: Path, tmp_path: Path) -> None:
