@@ -105,7 +105,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from kdnas.fulltrain import train_bundle
 
-    result = train_bundle(args.bundle, args.epochs, args.device, threads=args.threads)
+    try:
+        result = train_bundle(args.bundle, args.epochs, args.device, threads=args.threads)
+    except KeyboardInterrupt:  # the last epoch's state is on disk (written atomically): one line, no traceback
+        print("interrupted: run the same command again to continue after the last finished epoch", file=sys.stderr)
+        return 130
     print(f"trained {args.bundle} for {result['epochs']} epochs: val {result['val_accuracy']:.2%}, "
           f"test {result['test_accuracy']:.2%}; weights in {Path(args.bundle) / 'weights_full.pt'}")
     return 0

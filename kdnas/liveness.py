@@ -14,7 +14,8 @@ storage. Two mechanisms find such trials:
 
 A dead worker's trial is failed with ``fail_reason`` and retried (:func:`retry_trial`) at most
 ``parallel.max_retry`` times, the sampled candidate enqueued again as a WAITING trial that the next free
-worker runs. Completed trials are never touched: a trial is COMPLETE only once the storage committed it.
+worker runs. A trial interrupted by Ctrl-C is retried the same way, at once (:func:`retry_interrupted`).
+Completed trials are never touched: a trial is COMPLETE only once the storage committed it.
 """
 
 from __future__ import annotations
@@ -110,6 +111,14 @@ def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retry:
     )
     trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)
     return study._storage.get_trial(trial_id).number
+
+
+def retry_interrupted(trial: optuna.Trial, max_retry: int) -> str:
+    """Enqueue the candidate of ``trial``, interrupted by Ctrl-C (or by its parent's end), again, as a killed
+    worker's is; return the trial's ``fail_reason``, which says so. Optuna then fails the trial itself."""
+    retry = retry_trial(trial.study, trial.study._storage.get_trial(trial._trial_id), max_retry)
+    then = f"retried as trial {retry}" if retry is not None else f"not retried again (parallel.max_retry: {max_retry})"
+    return f"interrupted (Ctrl-C, or its parent process ended); {then}"
 
 
 def fail_dead(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str, max_retry: int) -> Optional[str]:

@@ -19,7 +19,7 @@ from kdnas.distill import resolve_hyperparameters
 from kdnas.distill.chain import AssistantPool, Guide, guided_loss
 from kdnas.early_stop import checkpoint_hook
 from kdnas.errors import KdnasError, TrialFailure
-from kdnas.liveness import WorkerLock, mark, sweep
+from kdnas.liveness import WorkerLock, mark, retry_interrupted, sweep
 from kdnas.models import ArchSpec, build, digest
 from kdnas.score import DIRECTIONS, METRIC_NAMES, combined_score, constraints, feasible, measured_front
 from kdnas.space import MethodSpec, screen
@@ -214,7 +214,7 @@ def make_objective(rt: Runtime, lock: WorkerLock | None = None) -> Callable[[opt
             oom = "can't allocate memory" in str(err) or "out of memory" in str(err)
             reason = f"{'out of memory' if oom else type(err).__name__}: {_first_line(err)}"
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C, or its parent process ended)")
+            trial.set_user_attr("fail_reason", retry_interrupted(trial, rt.cfg.parallel.max_retry))
             raise
         trial.set_user_attr("fail_reason", reason)
         raise TrialFailure(reason)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import logging
 import time
 
 import torch
@@ -14,9 +13,8 @@ from kdnas.config import StudyConfig
 from kdnas.data import DataSplit
 from kdnas.errors import KdnasError, TrialFailure
 from kdnas.models import KDNet, build, digest
+from kdnas.resumable import Resumable
 from kdnas.train import accuracy, fit
-
-log = logging.getLogger("kdnas")
 
 CACHE_FORMAT = 1  # bump when training code changes in a way that makes cached teachers stale
 
@@ -70,14 +68,17 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
             if not trained:
                 model.load_state_dict(store.get_state_dict("teachers", key))
             else:
-                log.info("training teacher %s (%d epochs) ...", cfg.teacher_spec.label(), cfg.teacher.train.epochs)
                 model.to(device)
+                # After every epoch: a partial checkpoint, read back only here, under this lock, after Ctrl-C.
+                run = Resumable(store.path("teachers", f"{key}.partial"), f"teacher {cfg.teacher_spec.label()}",
+                                cfg.teacher.train.epochs)
                 try:
-                    fit(model, split.train, cfg.teacher.train,
-                        lambda logits, batch: F.cross_entropy(logits, batch.y), cfg.teacher.seed)
+                    fit(model, split.train, cfg.teacher.train, lambda logits, batch: F.cross_entropy(logits, batch.y),
+                        cfg.teacher.seed, checkpoint=run.checkpoint, resume=run.resume)
                 except TrialFailure as err:
                     raise KdnasError(f"{cfg.path}: teacher.train: teacher training failed: {err.reason}") from None
                 store.put_state_dict("teachers", key, model.state_dict())
+                run.finished()
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)

@@ -66,12 +66,17 @@ def test_full_training_beats_the_brief_run_and_is_written_back(bundle: Path, tmp
     assert "assistant_0: already trained" in capsys.readouterr().out
 
 
-def _student_epoch(state: Path) -> int:
+def _epochs_done(state: Path, stage: str | None = None) -> int:
+    """Epochs finished in the stage being trained (if it is ``stage``), as its state file says."""
     try:
         s = torch.load(state, weights_only=True)
     except Exception:  # not written yet, or being replaced
         return 0
-    return s["fit"]["epoch"] if s["stage"] == "student" else 0
+    return s["fit"]["epoch"] if stage in (None, s["stage"]) else 0
+
+
+def _student_epoch(state: Path) -> int:
+    return _epochs_done(state, "student")
 
 
 def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(bundle: Path, tmp_path: Path, capsys) -> None:
@@ -102,6 +107,22 @@ def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(bundle: Path
     b = torch.load(killed / "weights_full.pt", weights_only=True)
     for k in a:
         torch.testing.assert_close(a[k], b[k], msg=k)
+
+
+def test_ctrl_c_ends_with_one_line_and_exit_130_and_keeps_the_state(bundle: Path, tmp_path: Path) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    proc = subprocess.Popen([sys.executable, "-m", "kdnas.cli", "train", str(b), "--epochs", "30", "--threads", "1"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while _epochs_done(b / "train/state.pt") < 1 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    assert proc.returncode == 130, err
+    assert err == "interrupted: run the same command again to continue after the last finished epoch\n"
+    assert _epochs_done(b / "train/state.pt") >= 1, "the finished epochs are kept"
+    assert not (b / "weights_full.pt").exists()
 
 
 def test_not_a_bundle_is_exit_2(tmp_path: Path, capsys) -> None:

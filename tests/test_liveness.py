@@ -12,7 +12,7 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from kdnas.liveness import WORKER_ATTR, WorkerLock, is_alive, live_workers, sweep
+from kdnas.liveness import WORKER_ATTR, WorkerLock, is_alive, live_workers, retry_interrupted, sweep
 from kdnas.workers import Tickets
 
 # A worker's lock as WorkerLock takes it, in a process that starts in milliseconds (no torch to import).
@@ -114,3 +114,15 @@ def test_tickets_are_shared_exactly_between_processes() -> None:
     assert sum(taken) == 200
     local = Tickets(2, shared=False)
     assert [local.take() for _ in range(3)] == [True, True, False]
+
+
+def test_an_interrupted_trial_is_retried_at_most_max_retry_times_and_its_reason_says_so() -> None:
+    study = optuna.create_study()
+    trial = study.ask({"x": FloatDistribution(0, 1)})
+    assert retry_interrupted(trial, 1) == "interrupted (Ctrl-C, or its parent process ended); retried as trial 1"
+    study.tell(trial, state=TrialState.FAIL)
+    again = study.ask({"x": FloatDistribution(0, 1)})  # the retry, waiting: Optuna runs it first
+    assert again.number == 1 and again.params == trial.params
+    assert retry_interrupted(again, 1) == "interrupted (Ctrl-C, or its parent process ended); not retried again " \
+                                          "(parallel.max_retry: 1)"
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.RUNNING]

@@ -10,7 +10,8 @@ for any number of guides.
 Assistants are trained once and stored by content: their key hashes their spec, the keys of the guides
 they learnt from (so the key of an assistant covers its whole chain prefix), the assistant recipe, the data
 split and the seed. Every later trial and every worker sharing the run folder loads them instead. A file
-lock makes concurrent workers that need the same assistant train it once.
+lock makes concurrent workers that need the same assistant train it once; under it, an assistant whose
+training was interrupted continues after its last finished epoch (:mod:`kdnas.resumable`).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from kdnas.data import BatchSource, DataSplit
 from kdnas.teacher_logits import teacher_logits
 from kdnas.distill import METHODS, make_loss
 from kdnas.models import ArchSpec, KDNet, build, digest
+from kdnas.resumable import Resumable
 from kdnas.space import Chain, MethodSpec
 from kdnas.train import Batch, LossFn, TrainRecipe, accuracy, fit
 
@@ -51,14 +53,17 @@ class Guide:
 
 @contextlib.contextmanager
 def guided_loss(method: MethodSpec, student: nn.Module, guides: list[Guide], train: BatchSource,
-                drop_rate: float, seed: int) -> Iterator[tuple[LossFn, nn.Module | None]]:
+                drop_rate: float, seed: int, drops: torch.Generator | None = None
+                ) -> Iterator[tuple[LossFn, nn.Module | None]]:
     """The loss of ``student`` taught by ``guides`` with ``method``: one :func:`kdnas.distill.make_loss` per
     guide (each with its own cached logits, hooks and adapters), averaged over the guides kept in a batch.
 
     Each per-guide loss is ``(1 - alpha) CE + alpha D_g``, so their mean is ``(1 - alpha) CE + alpha mean(D_g)``.
-    Yields ``(loss_fn, adapters)`` like ``make_loss``; a label-only method ignores the guides.
+    Yields ``(loss_fn, adapters)`` like ``make_loss``; a label-only method ignores the guides. The drops are
+    drawn from ``drops`` when given (a caller that checkpoints the run saves its state), else from a
+    generator seeded with ``seed``.
     """
-    gen = torch.Generator().manual_seed(seed)
+    gen = drops if drops is not None else torch.Generator().manual_seed(seed)
     with contextlib.ExitStack() as stack:
         if not METHODS.get(method.name).uses_teacher:
             yield stack.enter_context(make_loss(method, student, None, train))
@@ -127,15 +132,21 @@ class AssistantPool:
                 info = self.store.get_json("assistants", key)
             else:
                 t0 = time.perf_counter()
-                log.info("training assistant %s from %s ...", spec.label(), ", ".join(g.name for g in parents))
-                with guided_loss(self.method, model, parents, self.split.train, self.drop_rate, self.seed) as (loss_fn, extra):
-                    fit(model, self.split.train, self.recipe, loss_fn, self.seed, extra=extra)
+                # After every epoch: a partial checkpoint, read back only here, under this lock, after Ctrl-C.
+                drops = torch.Generator().manual_seed(self.seed)
+                run = Resumable(self.store.path("assistants", f"{key}.partial"), f"assistant {spec.label()}",
+                                self.recipe.epochs, [drops], f" from {', '.join(g.name for g in parents)}")
+                with guided_loss(self.method, model, parents, self.split.train, self.drop_rate, self.seed,
+                                 drops) as (loss_fn, extra):
+                    fit(model, self.split.train, self.recipe, loss_fn, self.seed, extra=extra,
+                        checkpoint=run.checkpoint, resume=run.resume)
                 info = {"spec": spec.to_dict(), "key": key, "guides": [g.key for g in parents],
                         "val_accuracy": accuracy(model, self.split.val),
                         "seconds": time.perf_counter() - t0, "trained_in_trial": trial_number, "pid": os.getpid()}
                 # Weights first, description last: the description's presence means the pair is complete.
                 self.store.put_state_dict("assistants", key, model.state_dict())
                 self.store.put_json("assistants", key, info)
+                run.finished()
                 trained_now = True
         model.eval()
         for p in model.parameters():
