@@ -32,6 +32,10 @@ def _load(args: argparse.Namespace):
 
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    from kdnas.preflight import preflight
+
+    for warning in preflight(cfg):  # reads the data and a teacher checkpoint: what would fail later
+        print(warning, file=sys.stderr)
     print(f"{args.study}: ok (study {cfg.name!r}, space {cfg.resolve(cfg.search.space)}, "
           f"{len(cfg.space.describe())} searched parameters)")
     return 0
@@ -243,7 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="bundle folder to create")
     sp.add_argument("--force", action="store_true", help="replace a non-empty --out")
     sp.add_argument("--storage", help="Optuna storage URL")
-    add("validate", cmd_validate, "check a study file and its search space; run nothing")
+    add("validate", cmd_validate, "check a study file, its search space, its data and teacher checkpoint; "
+                                   "train nothing")
     sp = sub.add_parser("train", help="train an exported student (and its chain) fully; resumes if interrupted",
                         description="train an exported student (and its chain) fully; resumes if interrupted")
     sp.add_argument("bundle", help="a folder written by `kdnas export`")

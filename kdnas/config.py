@@ -14,6 +14,7 @@ from typing import Any, Literal, Optional
 from kdnas._schema import Collector, is_missing, load_yaml, parse_section
 from kdnas.costs import DEVICE, CostsConfig
 from kdnas.data import DataConfig, check_data_root
+from kdnas.errors import Problem
 from kdnas.early_stop import EarlyStopping
 from kdnas.models import ArchSpec, check_spec
 from kdnas.score import METRIC_NAMES, ScoreConfig
@@ -132,7 +133,8 @@ class StudyConfig:
 
     def check(self, report) -> None:
         if not _NAME.match(self.name):
-            report("name", f"must be letters, digits, '_', '.', '-' (it names folders), but got {self.name!r}")
+            report("name", f"must start with a letter or digit, then letters, digits, '_', '.', '-' (it names the "
+                   f"folders runs/<name>/ and reports/<name>/), but got {self.name!r}")
         for key in ("device",):
             if not _DEVICE.match(self.device):
                 report(key, f"expected cpu, cuda, cuda:N or mps, got {self.device!r}")
@@ -185,6 +187,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         else:
             raw = {**raw, key: value}
     cfg = parse_section(StudyConfig, raw, "", problems.add)
+    _name_flags(problems, overrides or {})
     if is_missing(cfg):
         # Still look at the space file if the key is usable, so its problems are listed too.
         space = (raw.get("search") or {}).get("space") if isinstance(raw.get("search"), dict) else None
@@ -202,6 +205,17 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     object.__setattr__(cfg, "space_obj", check_space(space_path, problems))
     problems.raise_if_any()
     return cfg
+
+
+def _name_flags(problems: Collector, overrides: dict[str, Any]) -> None:
+    """A problem with a value given by a flag names the flag (``--trials``), not the study file, which may hold
+    a good value. ``overrides`` are the flags' values by section, as load_study takes them."""
+    flags = {}
+    for key, value in overrides.items():
+        for sub in (value if isinstance(value, dict) else {None: value}):
+            flags[f"{key}.{sub}" if sub else key] = f"--{(sub or key).replace('_', '-')}"
+    problems.problems = [Problem(flags[p.key], "", p.message) if p.file == problems.file and p.key in flags else p
+                         for p in problems.problems]
 
 
 def _relative(study: Path, rel: str) -> Path:
