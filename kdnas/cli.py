@@ -24,10 +24,15 @@ def _overrides(args: argparse.Namespace) -> dict:
     return out
 
 
+# The study keys flags set: a problem with one names the flag the user typed, not the study file.
+_FLAGS = {"seed": "--seed", "device": "--device", "storage": "--storage", "search.trials": "--trials",
+          "search.timeout": "--timeout", "parallel.workers": "--workers"}
+
+
 def _load(args: argparse.Namespace):
     from kdnas.config import load_study
 
-    return load_study(args.study, _overrides(args))
+    return load_study(args.study, _overrides(args), _FLAGS)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
@@ -79,7 +84,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from kdnas.study import open_study
 
     overrides = _overrides(args)
-    configs = [load_study(path, overrides) for path in [args.study, *args.more]]
+    configs = [load_study(path, overrides, _FLAGS) for path in [args.study, *args.more]]
     studies = [open_study(cfg, create=False) for cfg in configs]
     if len(studies) == 1:
         # `kdnas fidelity` writes its results beside the study's own report; --out elsewhere still shows them.
@@ -119,7 +124,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     from kdnas.config import load_study
     from kdnas.fidelity import agreement, describe, run_fidelity
 
-    cfg = load_study(args.study, {"storage": args.storage} if args.storage else None)
+    cfg = load_study(args.study, {"storage": args.storage} if args.storage else None, _FLAGS)
     flags = [f"--{k} {v}" for k, v in (("top", args.top), ("epochs", args.epochs), ("threads", args.threads),
                                        ("device", args.device), ("seed", args.seed)) if v is not None]
     command = " ".join(["kdnas fidelity", args.study, *flags])

@@ -173,8 +173,10 @@ class StudyConfig:
         return self.storage or f"sqlite:///{self.run_dir / 'study.db'}"
 
 
-def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
-    """Load and validate a study file (and its search space). ``overrides`` are top-level keys from flags."""
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None,
+               flags: dict[str, str] | None = None) -> StudyConfig:
+    """Load and validate a study file (and its search space). ``overrides`` are top-level keys from flags;
+    ``flags`` maps the dotted keys they set (``search.trials``) to the flags, which messages name instead."""
     path = Path(path)
     problems = Collector(path)
     raw = load_yaml(path, "study file")
@@ -187,7 +189,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         else:
             raw = {**raw, key: value}
     cfg = parse_section(StudyConfig, raw, "", problems.add)
-    _name_flags(problems, overrides or {})
+    _name_flags(problems, overrides or {}, flags or {})
     if is_missing(cfg):
         # Still look at the space file if the key is usable, so its problems are listed too.
         space = (raw.get("search") or {}).get("space") if isinstance(raw.get("search"), dict) else None
@@ -207,15 +209,13 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     return cfg
 
 
-def _name_flags(problems: Collector, overrides: dict[str, Any]) -> None:
+def _name_flags(problems: Collector, overrides: dict[str, Any], flags: dict[str, str]) -> None:
     """A problem with a value given by a flag names the flag (``--trials``), not the study file, which may hold
-    a good value. ``overrides`` are the flags' values by section, as load_study takes them."""
-    flags = {}
-    for key, value in overrides.items():
-        for sub in (value if isinstance(value, dict) else {None: value}):
-            flags[f"{key}.{sub}" if sub else key] = f"--{(sub or key).replace('_', '-')}"
-    problems.problems = [Problem(flags[p.key], "", p.message) if p.file == problems.file and p.key in flags else p
-                         for p in problems.problems]
+    a good value."""
+    given = {f"{key}.{sub}" for key, value in overrides.items() if isinstance(value, dict) for sub in value}
+    given |= {key for key, value in overrides.items() if not isinstance(value, dict)}
+    problems.problems = [Problem(flags[p.key], "", p.message) if p.file == problems.file and p.key in given
+                         and p.key in flags else p for p in problems.problems]
 
 
 def _relative(study: Path, rel: str) -> Path:

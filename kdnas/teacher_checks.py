@@ -52,7 +52,7 @@ def _mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor])
 
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    shapes = [f"{k} is {tuple(found[k].shape)} in the file, {tuple(v.shape)} in the architecture"
+    shapes = [f"{k} (file {tuple(found[k].shape)}, architecture {tuple(v.shape)})"
               for k, v in expected.items() if k in found and found[k].shape != v.shape]
     parts = [f"{len(names)} {what}: {some(names)}" for what, names in
              (("keys missing", missing), ("unexpected keys", unexpected), ("shapes differ", shapes)) if names]
