@@ -94,6 +94,13 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
      r"study\.yaml: data\.root: folder not found: .*no_such_folder \(set data\.download: true"),
     ("data root for embedded data", edit("seed: 0}", "seed: 0, root: .}"), [],
      r"data\.root: dataset 'digits' is embedded in kdnas and reads no folder; remove data\.root"),
+    ("name of dots", edit("name: tiny", "name: .."), [],
+     r"study\.yaml: name: must start with a letter or digit, then letters, digits, .*but got '\.\.'$"),
+    ("misspelt domain type", edit("temperature: {type: float", "temperature: {tpye: float", "space.yaml"), [],
+     r"space\.yaml: methods\.hinton\.temperature\.tpye: unknown key in a domain; valid keys: "),
+    ("missing image folder", edit("data: {dataset: digits, val_fraction: 0.2, test_fraction: 0.2, seed: 0}",
+                                  "data: {dataset: imagefolder, root: no_images}"), [],
+     r"study\.yaml: data\.root: folder not found: \S*no_images$"),  # no hint to download the user's own images
     ("unknown MAC counter", edit("costs: {latency:", "costs: {counter: ptflops, latency:"), [],
      r"costs\.counter: expected one of 'flop_counter', 'fvcore', 'thop', got 'ptflops'"),
     ("background latency neither a boolean nor auto", edit("costs: {latency: {", "costs: {latency: {background: sometimes, "), [],
