@@ -203,7 +203,8 @@ class _Unparsed:
 
 
 for _op in ("lt", "le", "gt", "ge", "eq", "ne", "bool", "hash", "format", "str", "repr", "len", "iter", "contains",
-            "add", "radd", "sub", "rsub", "mul", "rmul", "truediv", "rtruediv", "float", "int", "index", "getitem"):
+            "add", "radd", "sub", "rsub", "mul", "rmul", "truediv", "rtruediv", "floordiv", "mod", "pow", "neg", "abs",
+            "float", "int", "index", "getitem", "getattr", "call"):
     setattr(_Unparsed, f"__{_op}__", _Unparsed._skip)
 _UNPARSED = _Unparsed()
 

@@ -25,8 +25,11 @@ def load_teacher_checkpoint(cfg: StudyConfig, model: torch.nn.Module, input_shap
     assert cfg.teacher.checkpoint is not None and cfg.teacher_spec is not None
     path = cfg.resolve(cfg.teacher.checkpoint)
     where = f"{cfg.path}: teacher.checkpoint"
-    with open(path, "rb") as f:
-        head = f.read(16)
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError as err:
+        raise KdnasError(f"{where}: cannot read {path}: {err.strerror or err}") from None
     # torch.save writes a zip archive (PK); PyTorch before 1.6 a pickle (protocol byte 0x80).
     if not (head.startswith(b"PK") or head.startswith(b"\x80")):
         raise KdnasError(f"{where}: {path} is not a PyTorch checkpoint (a file written by torch.save); it begins "
