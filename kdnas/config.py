@@ -14,8 +14,8 @@ from typing import Any, Literal, Optional
 from kdnas._schema import Collector, is_missing, load_yaml, parse_section
 from kdnas.costs import DEVICE, CostsConfig
 from kdnas.data import DataConfig, check_data_root
-from kdnas.errors import Problem
 from kdnas.early_stop import EarlyStopping
+from kdnas.errors import Problem
 from kdnas.models import ArchSpec, check_spec
 from kdnas.score import METRIC_NAMES, ScoreConfig
 from kdnas.space import SearchSpace, check_space

@@ -12,7 +12,7 @@ import torch
 from kdnas.cli import main
 from kdnas.errors import KdnasError
 from kdnas.models import build, make_spec
-from tests._datafiles import write_imagefolder
+from tests._datafiles import write_cifar, write_imagefolder
 from tests._util import write_tiny_study
 
 IMAGES = "{dataset: imagefolder, root: pets, val_fraction: 0.25, test_fraction: 0.25}"
@@ -65,12 +65,28 @@ def test_one_class_is_an_error_in_validate_and_when_a_search_loads_it(tmp_path: 
     write_imagefolder(tmp_path / "pets", per_class=12, classes=("cat",))
     study = write_tiny_study(tmp_path, data=IMAGES)
     code, err = validate(study, capsys)
-    assert code == 2 and f"holds 1 class folder; a classifier needs at least two" in err
+    assert code == 2 and "holds 1 class folder; a classifier needs at least two" in err
     # A search does not train a teacher (to 100 %) and a front of meaningless trials: it stops at load time.
     assert main(["search", str(study), "--trials", "1"]) == 2
     err = capsys.readouterr().err
     assert f"{study}: data.root: {tmp_path / 'pets'} holds 1 class; a classifier needs at least two" in err
     assert "Traceback" not in err
+
+
+def test_one_class_in_a_torchvision_set_is_an_error_in_validate_and_at_load(tmp_path: Path, capsys) -> None:
+    import pickle
+
+    from kdnas.data import DataConfig, load_split
+
+    write_cifar(tmp_path / "data", hundred=True)
+    train = tmp_path / "data/cifar-100-python/train"
+    entry = pickle.loads(train.read_bytes())
+    train.write_bytes(pickle.dumps({**entry, "fine_labels": [3] * len(entry["fine_labels"])}, protocol=2))
+    study = write_tiny_study(tmp_path, data="{dataset: cifar100, root: data}")
+    code, err = validate(study, capsys)
+    assert code == 2 and f"{study}: data.root: {tmp_path / 'data'} holds 1 class; a classifier needs at least two" in err
+    with pytest.raises(KdnasError, match="holds 1 class; a classifier needs at least two"):
+        load_split(DataConfig("cifar100", root=str(tmp_path / "data")))
 
 
 def test_a_text_file_as_teacher_checkpoint_is_one_short_line(tmp_path: Path, monkeypatch, capsys) -> None:
