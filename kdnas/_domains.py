@@ -68,6 +68,8 @@ _DOMAIN_KEYS = {"categorical": {"type", "choices"}, "int": {"type", "low", "high
 
 
 def parse_domain(raw: Any, report) -> Domain | None:
+    """The domain ``raw`` describes, or None. Every problem is reported, not only the first: a domain with an
+    unknown key is still built (and its values checked by the caller), though the space it is in is rejected."""
     if not isinstance(raw, dict):
         if isinstance(raw, (list, tuple)):
             report("", f"a list is ambiguous here; write {{type: categorical, choices: {raw!r}}}")
@@ -75,44 +77,52 @@ def parse_domain(raw: Any, report) -> Domain | None:
         return Domain("fixed", value=raw)
     kind = raw.get("type")
     if kind not in _DOMAIN_KEYS:
-        report("type", f"expected one of 'categorical', 'int', 'float', got {kind!r}")
+        every = set().union(*_DOMAIN_KEYS.values())
+        for key in sorted(set(raw) - every, key=str):  # `tpye:` is a misspelt key, not a missing type
+            report(str(key), f"unknown key in a domain; valid keys: {', '.join(sorted(every))}")
+        if "type" in raw:
+            report("type", f"expected one of 'categorical', 'int', 'float', got {kind!r}")
+        else:
+            report("type", "required key is missing (one of 'categorical', 'int', 'float')")
         return None
-    unknown = sorted(set(raw) - _DOMAIN_KEYS[kind])
-    for key in unknown:
-        report(key, f"unknown key for a {kind} domain; valid keys: {', '.join(sorted(_DOMAIN_KEYS[kind]))}")
+    for key in sorted(set(raw) - _DOMAIN_KEYS[kind], key=str):
+        report(str(key), f"unknown key for a {kind} domain; valid keys: {', '.join(sorted(_DOMAIN_KEYS[kind]))}")
     if kind == "categorical":
         choices = raw.get("choices")
         if not isinstance(choices, list) or not choices:
             report("choices", f"expected a non-empty list, got {choices!r}")
             return None
-        return None if unknown else Domain("categorical", choices=tuple(choices))
+        return Domain("categorical", choices=tuple(choices))
     num = int if kind == "int" else (int, float)
-    ok = not unknown
+    ends = True  # low and high are numbers: the range itself can be checked
     for key in ("low", "high"):
         if key not in raw:
             report(key, "required key is missing")
-            ok = False
+            ends = False
         elif not isinstance(raw[key], num) or isinstance(raw[key], bool):
             report(key, f"expected {'an integer' if kind == 'int' else 'a number'}, got {raw[key]!r}")
-            ok = False
+            ends = False
     step, log = raw.get("step"), raw.get("log", False)
+    ok = ends
     if step is not None and (not isinstance(step, num) or isinstance(step, bool) or step <= 0):
         report("step", f"`step > 0` must hold ({'an integer' if kind == 'int' else 'a number'}), but got step={step!r}")
         ok = False
     if not isinstance(log, bool):
         report("log", f"expected true or false, got {log!r}")
         ok = False
-    if not ok:
+    if not ends:
         return None
     low, high = raw["low"], raw["high"]
     if low > high:
         report("", f"empty range: `low <= high` must hold, but got low={low}, high={high}")
-        return None
-    if log and low <= 0:
+        ok = False
+    if log is True and low <= 0:
         report("low", f"a log-scale range needs `low > 0`, but got low={low}")
-        return None
-    if log and step is not None and not (kind == "int" and step == 1):
+        ok = False
+    if log is True and step is not None and not (kind == "int" and step == 1):
         report("step", "a log-scale range cannot have a step")
+        ok = False
+    if not ok:
         return None
     return Domain(kind, low=float(low) if kind == "float" else low, high=float(high) if kind == "float" else high, step=step, log=log)
 

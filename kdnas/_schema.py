@@ -173,13 +173,40 @@ def parse_section(cls: type, raw: Any, prefix: str, report: Report) -> Any:
             ok = False
         else:
             values[name] = value
-    if not ok:
-        return _MISSING
-    obj = cls(**values)
+    if ok:
+        obj = cls(**values)
+    else:
+        # The section's own rules still run on the keys that parsed, so that every problem of a file is listed
+        # at once (not a chain's `min > max` only after a misspelt mode is fixed). The object is never returned.
+        obj = object.__new__(cls)
+        for name in fields:
+            object.__setattr__(obj, name, values.get(name, _UNPARSED))
     check = getattr(obj, "check", None)
     if check is not None:
-        check(lambda key, message: report(join(prefix, key), message))
-    return obj
+        try:
+            check(lambda key, message: report(join(prefix, key), message))
+        except _Skip:
+            pass  # a rule used a key that did not parse (its problem is reported): the rules after it are skipped
+    return obj if ok else _MISSING
+
+
+class _Skip(Exception):
+    pass
+
+
+class _Unparsed:
+    """The value of a key that did not parse, seen by a section's ``check``: using it in any way (comparing,
+    formatting, testing its truth) stops that check, so that no rule judges a default the user did not write."""
+
+    def _skip(self, *args: Any) -> Any:
+        raise _Skip
+
+
+for _op in ("lt", "le", "gt", "ge", "eq", "ne", "bool", "hash", "format", "str", "repr", "len", "iter", "contains",
+            "add", "radd", "sub", "rsub", "mul", "rmul", "truediv", "rtruediv", "floordiv", "mod", "pow", "neg", "abs",
+            "float", "int", "index", "getitem", "getattr", "call"):
+    setattr(_Unparsed, f"__{_op}__", _Unparsed._skip)
+_UNPARSED = _Unparsed()
 
 
 def is_missing(value: Any) -> bool:

@@ -24,14 +24,23 @@ def _overrides(args: argparse.Namespace) -> dict:
     return out
 
 
+# The study keys flags set: a problem with one names the flag the user typed, not the study file.
+_FLAGS = {"seed": "--seed", "device": "--device", "storage": "--storage", "search.trials": "--trials",
+          "search.timeout": "--timeout", "parallel.workers": "--workers"}
+
+
 def _load(args: argparse.Namespace):
     from kdnas.config import load_study
 
-    return load_study(args.study, _overrides(args))
+    return load_study(args.study, _overrides(args), _FLAGS)
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    from kdnas.preflight import preflight
+
+    for warning in preflight(cfg):  # reads the data and a teacher checkpoint: what would fail later
+        print(warning, file=sys.stderr)
     print(f"{args.study}: ok (study {cfg.name!r}, space {cfg.resolve(cfg.search.space)}, "
           f"{len(cfg.space.describe())} searched parameters)")
     return 0
@@ -75,7 +84,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from kdnas.study import open_study
 
     overrides = _overrides(args)
-    configs = [load_study(path, overrides) for path in [args.study, *args.more]]
+    configs = [load_study(path, overrides, _FLAGS) for path in [args.study, *args.more]]
     studies = [open_study(cfg, create=False) for cfg in configs]
     if len(studies) == 1:
         # `kdnas fidelity` writes its results beside the study's own report; --out elsewhere still shows them.
@@ -119,7 +128,7 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     from kdnas.config import load_study
     from kdnas.fidelity import agreement, describe, run_fidelity
 
-    cfg = load_study(args.study, {"storage": args.storage} if args.storage else None)
+    cfg = load_study(args.study, {"storage": args.storage} if args.storage else None, _FLAGS)
     flags = [f"--{k} {v}" for k, v in (("top", args.top), ("epochs", args.epochs), ("threads", args.threads),
                                        ("device", args.device), ("seed", args.seed)) if v is not None]
     command = " ".join(["kdnas fidelity", args.study, *flags])
@@ -248,7 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", required=True, help="bundle folder to create")
     sp.add_argument("--force", action="store_true", help="replace a non-empty --out")
     sp.add_argument("--storage", help="Optuna storage URL")
-    add("validate", cmd_validate, "check a study file and its search space; run nothing")
+    add("validate", cmd_validate, "check a study file, its search space, its data and teacher checkpoint; "
+                                   "train nothing")
     sp = sub.add_parser("train", help="train an exported student (and its chain) fully; resumes if interrupted",
                         description="train an exported student (and its chain) fully; resumes if interrupted")
     sp.add_argument("bundle", help="a folder written by `kdnas export`")

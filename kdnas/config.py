@@ -15,6 +15,7 @@ from kdnas._schema import Collector, is_missing, load_yaml, parse_section
 from kdnas.costs import DEVICE, CostsConfig
 from kdnas.data import DataConfig, check_data_root
 from kdnas.early_stop import EarlyStopping
+from kdnas.errors import Problem
 from kdnas.models import ArchSpec, check_spec
 from kdnas.score import METRIC_NAMES, ScoreConfig
 from kdnas.space import SearchSpace, check_space
@@ -133,7 +134,8 @@ class StudyConfig:
 
     def check(self, report) -> None:
         if not _NAME.match(self.name):
-            report("name", f"must be letters, digits, '_', '.', '-' (it names folders), but got {self.name!r}")
+            report("name", f"must start with a letter or digit, then letters, digits, '_', '.', '-' (it names the "
+                   f"folders runs/<name>/ and reports/<name>/), but got {self.name!r}")
         for key in ("device",):
             if not _DEVICE.match(self.device):
                 report(key, f"expected cpu, cuda, cuda:N or mps, got {self.device!r}")
@@ -172,8 +174,10 @@ class StudyConfig:
         return self.storage or f"sqlite:///{self.run_dir / 'study.db'}"
 
 
-def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> StudyConfig:
-    """Load and validate a study file (and its search space). ``overrides`` are top-level keys from flags."""
+def load_study(path: str | Path, overrides: dict[str, Any] | None = None,
+               flags: dict[str, str] | None = None) -> StudyConfig:
+    """Load and validate a study file (and its search space). ``overrides`` are top-level keys from flags;
+    ``flags`` maps the dotted keys they set (``search.trials``) to the flags, which messages name instead."""
     path = Path(path)
     problems = Collector(path)
     raw = load_yaml(path, "study file")
@@ -186,6 +190,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         else:
             raw = {**raw, key: value}
     cfg = parse_section(StudyConfig, raw, "", problems.add)
+    _name_flags(problems, overrides or {}, flags or {})
     if is_missing(cfg):
         # Still look at the space file if the key is usable, so its problems are listed too.
         space = (raw.get("search") or {}).get("space") if isinstance(raw.get("search"), dict) else None
@@ -194,7 +199,6 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
         problems.raise_if_any()
     object.__setattr__(cfg, "path", path)
     object.__setattr__(cfg, "overrides", dict(overrides or {}))
-    object.__setattr__(cfg, "home", study_home(path, cfg.name))
     teacher_spec = check_spec(cfg.teacher.arch, problems.under("teacher.arch"))
     object.__setattr__(cfg, "teacher_spec", teacher_spec)
     if cfg.teacher.checkpoint is not None and not cfg.resolve(cfg.teacher.checkpoint).is_file():
@@ -203,6 +207,7 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> Stu
     space_path = cfg.resolve(cfg.search.space)
     object.__setattr__(cfg, "space_obj", check_space(space_path, problems))
     problems.raise_if_any()
+    object.__setattr__(cfg, "home", study_home(path, cfg.name))
     return cfg
 
 
@@ -223,6 +228,15 @@ def study_home(path: Path, name: str) -> Path:
             "reports/ now live beside the study file: move them to %s to silence this", name, (home / "runs").resolve())
         return legacy
     return home
+
+
+def _name_flags(problems: Collector, overrides: dict[str, Any], flags: dict[str, str]) -> None:
+    """A problem with a value given by a flag names the flag (``--trials``), not the study file, which may hold
+    a good value."""
+    given = {f"{key}.{sub}" for key, value in overrides.items() if isinstance(value, dict) for sub in value}
+    given |= {key for key, value in overrides.items() if not isinstance(value, dict)}
+    problems.problems = [Problem(flags[p.key], "", p.message) if p.file == problems.file and p.key in given
+                         and p.key in flags else p for p in problems.problems]
 
 
 def _relative(study: Path, rel: str) -> Path:

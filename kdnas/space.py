@@ -30,7 +30,7 @@ from typing import Any, Callable, Literal, Optional
 import optuna
 
 from kdnas._domains import Domain, parse_group
-from kdnas._schema import Collector, is_missing, load_yaml, parse_section
+from kdnas._schema import Collector, load_yaml, parse_section
 from kdnas.distill import METHODS, check_hyperparameters
 from kdnas.models import FAMILIES, ArchSpec, check_spec
 
@@ -270,8 +270,11 @@ def check_space(path: Path, problems: Collector) -> SearchSpace | None:
         limits = parse_section(Limits, raw.get("limits"), "limits", local.add)
         chain = parse_section(ChainSettings, raw.get("chain") or {"max_assistants": 0}, "chain", local.add)
         assistants = families
-        if not is_missing(chain) and chain.assistants is not None:
-            assistants = _parse_families(chain.assistants, local, "chain.assistants")
+        # Read from the file, not the parsed section: the assistants' problems are listed even when another
+        # key of `chain` has one (a chain section that does not parse is itself reported).
+        raw_assistants = raw["chain"].get("assistants") if isinstance(raw.get("chain"), dict) else None
+        if isinstance(raw_assistants, dict):
+            assistants = _parse_families(raw_assistants, local, "chain.assistants")
     problems.problems.extend(local.problems)
     if local.problems:
         return None

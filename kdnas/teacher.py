@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import time
 
 import torch
 import torch.nn.functional as F
 
-from kdnas.artifacts import ArtifactStore, file_lock, load_state_dict
+from kdnas.artifacts import ArtifactStore, file_lock
 from kdnas.config import StudyConfig
 from kdnas.data import DataSplit
 from kdnas.errors import KdnasError, TrialFailure
 from kdnas.models import KDNet, build, digest
 from kdnas.resumable import Resumable
+from kdnas.teacher_checks import chance_warning, load_teacher_checkpoint
 from kdnas.train import accuracy, fit
+
+log = logging.getLogger("kdnas")
 
 CACHE_FORMAT = 1  # bump when training code changes in a way that makes cached teachers stale
 
@@ -44,18 +48,7 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
     torch.manual_seed(cfg.teacher.seed)  # before build: the initial weights are part of what the seed fixes
     model = build(cfg.teacher_spec, split.input_shape, split.num_classes)
     if cfg.teacher.checkpoint is not None:
-        path = cfg.resolve(cfg.teacher.checkpoint)
-        state = load_state_dict(path)
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as err:
-            # The first line only says "Error(s) in loading state_dict"; the second names a mismatch.
-            lines = [line.strip() for line in str(err).splitlines() if line.strip()]
-            first = lines[1] if len(lines) > 1 else (lines[0] if lines else "")
-            raise KdnasError(
-                f"{cfg.path}: teacher.checkpoint: {path} does not match teacher.arch "
-                f"{cfg.teacher_spec.label()} for input {split.input_shape} and {split.num_classes} classes ({first})"
-            ) from None
+        path = load_teacher_checkpoint(cfg, model, split.input_shape, split.num_classes)
         # The file's content, not its path, identifies the teacher for caches of its outputs.
         source = {"checkpoint": str(path), "checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
         trained = False
@@ -89,6 +82,9 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
         **_evaluation(model, source, split, store),
         "seconds": time.perf_counter() - t0,
     }
+    warning = chance_warning(info["val_accuracy"], split.num_classes)
+    if warning:
+        log.warning(warning)
     return model, info
 
 

@@ -136,5 +136,5 @@ def test_bad_checkpoint_on_a_new_study_writes_nothing(tiny_study: Path, tmp_path
     (tmp_path / "teacher.pt").write_bytes(b"not a checkpoint")
     tiny_study.write_text(tiny_study.read_text().replace("  train: {epochs: 2, lr: 0.1}", "  checkpoint: teacher.pt"))
     assert main(["search", str(tiny_study)]) == 2
-    assert "cannot load checkpoint safely" in capsys.readouterr().err
+    assert "teacher.pt is not a PyTorch checkpoint" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists() and not (tmp_path / "reports").exists()

@@ -57,6 +57,17 @@ class ArrayImages(Images):
         return h.hexdigest()[:16]
 
 
+class UnreadableImage(KdnasError):
+    """An image file that cannot be decoded. Read in a DataLoader worker, the error reaches the main process
+    as ``UnreadableImage("Caught UnreadableImage in DataLoader worker process 0. Original Traceback ...")``:
+    only the original message, its last line, is kept, so the user sees the file, not a worker's traceback."""
+
+    def __init__(self, message: str):
+        if "Original Traceback" in message:
+            message = message.rstrip().rsplit(f"{type(self).__name__}: ", 1)[-1]
+        super().__init__(message)
+
+
 class FileImages(Images):
     """Image files decoded on access (RGB), resized to ``size`` (H, W) when ``resize``."""
 
@@ -80,8 +91,9 @@ class FileImages(Images):
                     if self.resize and im.size != (w, h):
                         im = im.resize((w, h), Image.Resampling.BILINEAR)
                     arr = np.asarray(im)
-            except OSError as err:
-                raise KdnasError(f"cannot read image {path}: {err}") from None
+            except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for damaged files
+                raise UnreadableImage(f"cannot read image {path}: {err or type(err).__name__} (`kdnas validate` "
+                                      f"lists every unreadable image)") from None
             if arr.shape[:2] != (h, w):
                 raise KdnasError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, not {w}x{h} like the first image; "
                                  f"set data.resize to bring every image to one size")

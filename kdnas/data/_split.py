@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from kdnas.data._batches import BatchSource, LoaderSource, TensorSource, normalise
-from kdnas.data._sources import DATASETS, Images, Location
+from kdnas.data._sources import DATASETS, Images, Location, RawDataset
 from kdnas.errors import KdnasError
 from kdnas.models import digest
 
@@ -81,9 +81,41 @@ def resolve_root(data: DataConfig, study_file: Optional[Path]) -> Optional[Path]
 
 def check_data_root(data: DataConfig, study_file: Path, report) -> None:
     """A missing ``data.root`` is a study-file problem, found by ``kdnas validate`` too."""
+    problem = _root_problem(data, resolve_root(data, study_file))
+    if problem:
+        report("data.root", problem)
+
+
+def _root_problem(data: DataConfig, root: Optional[Path]) -> Optional[str]:
+    if root is None or data.download or root.is_dir():
+        return None
+    # Only torchvision's sets can be downloaded: an image folder is the user's own.
+    hint = " (set data.download: true to let torchvision download into it)" if DATASETS.get(data.dataset).files == \
+        "torchvision" else ""
+    return f"folder not found: {root}{hint}"
+
+
+def load_raw(data: DataConfig, study_file: Optional[Path] = None) -> RawDataset:
+    """``data.dataset`` as its source gives it, before splitting; a missing folder, or fewer than two classes,
+    is a KdnasError. ``study_file`` anchors a relative ``data.root`` and names the file in messages."""
+    source = DATASETS.get(data.dataset)
+    file = f"{study_file}: " if study_file is not None else ""
+    where = f"{file}data.root"
     root = resolve_root(data, study_file)
-    if root is not None and not data.download and not root.is_dir():
-        report("data.root", f"folder not found: {root} (set data.download: true to let torchvision download into it)")
+    if source.needs_root:
+        if root is None:
+            raise KdnasError(f"{where}: dataset {data.dataset!r} is read from a local folder: set data.root to it")
+        problem = _root_problem(data, root)
+        if problem:
+            raise KdnasError(f"{where}: {problem}")
+    raw = source.load(Location(root, data.download, data.resize, where))
+    present = len(np.unique(raw.train_y))
+    if present < 2:
+        # One class trains every network to 100 %: a search would rank nothing and report a meaningless front.
+        place = f"{where}: {root}" if root is not None else f"{file}data.dataset: {data.dataset}"
+        raise KdnasError(f"{place} holds {present} class{'' if present == 1 else 'es'}; a classifier needs at least "
+                         f"two" + (" (one sub-folder of images per class)" if source.files == "folder" else ""))
+    return raw
 
 
 @dataclass
@@ -191,17 +223,8 @@ def load_split(data: DataConfig, device: torch.device | str = "cpu", study_file:
     messages.
     """
     device = torch.device(device)
-    source = DATASETS.get(data.dataset)
+    raw = load_raw(data, study_file)
     file = f"{study_file}: " if study_file is not None else ""
-    where = f"{file}data.root"
-    root = resolve_root(data, study_file)
-    if source.needs_root:
-        if root is None:
-            raise KdnasError(f"{where}: dataset {data.dataset!r} is read from a local folder: set data.root to it")
-        if not data.download and not root.is_dir():
-            raise KdnasError(f"{where}: folder not found: {root} (set data.download: true to let torchvision "
-                             f"download into it)")
-    raw = source.load(Location(root, data.download, data.resize, where))
     pool = np.arange(len(raw.train_y))
     test_fraction = data.effective_test_fraction()
     if test_fraction is None:
