@@ -78,33 +78,40 @@ def _outputs(bundle: Path, x: torch.Tensor) -> dict[str, torch.Tensor]:
                 "onnx": torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])}
 
 
-def test_a_trained_bundle_is_kept_and_its_deployment_files_hold_its_weights(bundle: Path, tmp_path: Path,
-                                                                             capsys) -> None:
+def test_training_rewrites_the_deployment_files_and_readme_with_the_trained_weights(bundle: Path, tmp_path: Path,
+                                                                                    capsys) -> None:
     b = tmp_path / "b"
     shutil.copytree(bundle, b)
     x = torch.randn(6, 1, 8, 8)
     brief = _outputs(b, x)
-    assert main(["train", str(b), "--epochs", "3"]) == 0
-    assert "rewrote student.onnx with the fully trained weights" in capsys.readouterr().out
+    assert main(["train", str(b), "--epochs", "2"]) == 0
     full = _outputs(b, x)
     assert not torch.allclose(full["load_student"], brief["load_student"])
     torch.testing.assert_close(full["pt2"], full["load_student"])
     torch.testing.assert_close(full["onnx"], full["load_student"], atol=1e-5, rtol=1e-4)
+    assert "rewrote student.onnx with the fully trained weights" in capsys.readouterr().out
     result = json.loads((b / "recipe.json").read_text())["full_result"]
-    assert f"the fully trained ones (weights_full.pt: `kdnas train`, 3 epochs: val {result['val_accuracy']:.2%}" in \
+    assert f"the fully trained ones (weights_full.pt: `kdnas train`, 2 epochs: val {result['val_accuracy']:.2%}" in \
         (b / "README.md").read_text()
 
-    # Another run would replace 3 epochs of training with 1: refused, saying what is there; nothing changes.
+
+def test_a_trained_bundle_is_trained_again_only_with_force(bundle: Path, tmp_path: Path, capsys) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    assert main(["train", str(b), "--epochs", "2"]) == 0
+    result = json.loads((b / "recipe.json").read_text())["full_result"]
     weights = (b / "weights_full.pt").read_bytes()
+    capsys.readouterr()
+    # Another run would replace 2 epochs of training with 1: refused, saying what is there; nothing changes.
     assert main(["train", str(b), "--epochs", "1"]) == 2
     err = capsys.readouterr().err
-    assert f"already holds fully trained weights (weights_full.pt: 3 epochs on cpu, val {result['val_accuracy']:.2%}" in err
+    assert f"already holds fully trained weights (weights_full.pt: 2 epochs on cpu, val {result['val_accuracy']:.2%}" in err
     assert "pass --force" in err and (b / "weights_full.pt").read_bytes() == weights
     assert json.loads((b / "recipe.json").read_text())["full_result"] == result
     assert main(["train", str(b), "--epochs", "1", "--force"]) == 0
     assert json.loads((b / "recipe.json").read_text())["full_result"]["epochs"] == 1
     assert (b / "weights_full.pt").read_bytes() != weights
-    again = _outputs(b, x)
+    again = _outputs(b, torch.randn(2, 1, 8, 8))
     torch.testing.assert_close(again["onnx"], again["load_student"], atol=1e-5, rtol=1e-4)
 
 
