@@ -96,7 +96,7 @@ def check_target(out: Path, force: bool, protected: Iterable[Path]) -> None:
     if not (out / "student.json").is_file() or not (out / "recipe.json").is_file():
         raise KdnasError(f"--out {out}: is not a kdnas bundle (no student.json and recipe.json), so --force does not "
                          f"replace it; choose another --out")
-    foreign = [e for e in entries if e not in FILES]
+    foreign = [e for e in entries if e not in FILES and not e.startswith(".deploy.")]  # .deploy.*: deploy's scratch
     if foreign:
         raise KdnasError(f"--out {out}: holds files kdnas did not write ({', '.join(foreign[:5])}"
                          f"{', ...' if len(foreign) > 5 else ''}), so --force does not replace it; move them or "
@@ -123,7 +123,7 @@ def trained_summary(bundle: Path) -> str:
 def new_folder(parent: Path, name: str) -> Path:
     """An empty hidden folder beside ``parent/name``, with the permissions the umask gives (not mkdtemp's 0700)."""
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}."))
+    tmp = Path(tempfile.mkdtemp(dir=parent, prefix=f".{name}."))  # a unique name; 0700 until the chmod
     os.chmod(tmp, 0o777 & ~_UMASK)
     return tmp
 
@@ -188,11 +188,11 @@ def deploy(bundle: Path, formats: Iterable[str], strict: bool = True,
             path = write_deployment(model, shape, tmp, fmt)
             os.replace(path, bundle / path.name)
             written.append(bundle / path.name)
-        except KdnasError as err:
+        except Exception as err:  # after a long training, any failure here is a line, not a traceback
             if strict:
                 raise
             (bundle / FORMATS[fmt]).unlink(missing_ok=True)
-            say(f"removed {FORMATS[fmt]}, which held the old weights: {err}")
+            say(f"removed {FORMATS[fmt]}, which held the old weights: {type(err).__name__}: {err}")
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     if (bundle / "student.onnx").is_file():

@@ -161,3 +161,14 @@ def test_an_exported_bundle_respects_the_umask(in_finished: Path) -> None:
         os.umask(old)
     assert (in_finished / "shared").stat().st_mode & 0o777 == 0o755  # tempfile.mkdtemp alone makes it 0700
     assert (in_finished / "shared/guides").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_study_searched_before_preprocessing_was_recorded_exports_it_from_its_data(in_finished: Path) -> None:
+    study = _study()
+    recorded = study.user_attrs["preprocess"]
+    study.set_user_attr("preprocess", None)  # as a study searched by an older kdnas has it
+    try:
+        assert _export(in_finished / "study.yaml", in_finished / "old") == 0
+    finally:
+        study.set_user_attr("preprocess", recorded)
+    assert json.loads((in_finished / "old/preprocess.json").read_text()) == recorded
