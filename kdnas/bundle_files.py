@@ -220,7 +220,7 @@ def readme(bundle: Path) -> str:
                else "the brief-trained ones (weights.pt)")
     setting = costs["latency_setting"]
     files = "\n".join(f"- `{name}{'/' if (bundle / name).is_dir() else ''}`: {what}" for name, what in FILES.items()
-                      if (bundle / name).exists())
+                      if (bundle / name).exists() or name == "README.md")
     pre = ""
     if (bundle / "preprocess.json").is_file():
         p = read_json(bundle / "preprocess.json")
