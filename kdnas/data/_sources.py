@@ -113,8 +113,8 @@ class Location:
     root: Optional[Path]
     download: bool = False
     resize: Optional[int] = None
-    channels: Optional[int] = None  # imagefolder: 1 reads images as grayscale; None or 3 as RGB
     where: str = "data.root"  # "<study file>: data.root", for messages
+    channels: Optional[int] = None  # imagefolder: 1 reads images as grayscale; None or 3 as RGB
 
     def missing(self, name: str, layout: str) -> KdnasError:
         return KdnasError(f"{self.where}: no {name} files in {self.root} (expected {layout}); point data.root at the "

@@ -208,7 +208,7 @@ def load_split(data: DataConfig, device: torch.device | str = "cpu", study_file:
         if not data.download and not root.is_dir():
             raise KdnasError(f"{where}: folder not found: {root} (set data.download: true to let torchvision "
                              f"download into it)")
-    raw = source.load(Location(root, data.download, data.resize, data.channels, where))
+    raw = source.load(Location(root, data.download, data.resize, where, data.channels))
     pool = np.arange(len(raw.train_y))
     test_fraction = data.effective_test_fraction()
     if test_fraction is None:
