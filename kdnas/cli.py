@@ -115,12 +115,31 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kdnas.fulltrain import train_bundle
 
     try:
-        result = train_bundle(args.bundle, args.epochs, args.device, threads=args.threads)
+        result = train_bundle(args.bundle, args.epochs, args.device, threads=args.threads, force=args.force)
     except KeyboardInterrupt:  # the last epoch's state is on disk (written atomically): one line, no traceback
         print("interrupted: run the same command again to continue after the last finished epoch", file=sys.stderr)
         return 130
     print(f"trained {args.bundle} for {result['epochs']} epochs: val {result['val_accuracy']:.2%}, "
           f"test {result['test_accuracy']:.2%}; weights in {Path(args.bundle) / 'weights_full.pt'}")
+    return 0
+
+
+def cmd_deploy(args: argparse.Namespace) -> int:
+    from kdnas.bundle_files import deploy
+
+    for path in deploy(Path(args.bundle), args.format):
+        print(f"wrote {path}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from kdnas.predict import predict_images, write_csv
+
+    rows = predict_images(args.bundle, args.images, brief=args.brief)
+    if args.out:
+        write_csv(rows, Path(args.out))
+    print(f"{len(rows)} predictions in {args.out}" if args.out else
+          "\n".join(f"{r['path']}\t{r['class']}\t{r['probability']:.3f}" for r in rows))
     return 0
 
 
@@ -235,6 +254,12 @@ def build_parser() -> argparse.ArgumentParser:
         sp.set_defaults(func=func)
         return sp
 
+    def add_bundle(name: str, func: Callable, help: str) -> argparse.ArgumentParser:
+        sp = sub.add_parser(name, help=help, description=help)
+        sp.add_argument("bundle", help="a folder written by `kdnas export`")
+        sp.set_defaults(func=func)
+        return sp
+
     sp = add("search", cmd_search, "run (or resume) a study and write its report")
     sp.add_argument("--trials", type=int, help="trials to add in this run (default: search.trials)")
     sp.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
@@ -255,18 +280,24 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--format", action="append", choices=["pt2", "onnx"],
                     help="also write a deployment file: pt2 (torch.export) or onnx; repeatable")
     sp.add_argument("--out", required=True, help="bundle folder to create")
-    sp.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    sp.add_argument("--force", action="store_true", help="replace the kdnas bundle at --out (never other files, "
+                                                         "nor a bundle trained by `kdnas train`)")
     sp.add_argument("--storage", help="Optuna storage URL")
     add("validate", cmd_validate, "check a study file, its search space, its data and teacher checkpoint; "
                                    "train nothing")
-    sp = sub.add_parser("train", help="train an exported student (and its chain) fully; resumes if interrupted",
-                        description="train an exported student (and its chain) fully; resumes if interrupted")
-    sp.add_argument("bundle", help="a folder written by `kdnas export`")
+    sp = add_bundle("train", cmd_train, "train an exported student (and its chain) fully; resumes if interrupted")
     sp.add_argument("--epochs", type=int, help="epochs for each stage (default: the bundle's full_train)")
     sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     sp.add_argument("--threads", type=int, help="torch threads (default: all cores); results repeat exactly only "
                                                 "with the same thread count")
-    sp.set_defaults(func=cmd_train)
+    sp.add_argument("--force", action="store_true", help="train a bundle already trained again, from scratch")
+    sp = add_bundle("deploy", cmd_deploy, "(re)write a bundle's deployment files from the weights load_student uses")
+    sp.add_argument("--format", action="append", choices=["pt2", "onnx"], required=True, help="pt2 or onnx; repeatable")
+    sp = add_bundle("predict", cmd_predict, "print the class of each image (files, or folders of them) by a bundle's "
+                                            "student, preprocessed as its preprocess.json says")
+    sp.add_argument("images", nargs="+", help="image files, or folders of them")
+    sp.add_argument("--out", help="write a CSV (path, class, index, probability) instead of printing")
+    sp.add_argument("--brief", action="store_true", help="use the brief-trained weights even after `kdnas train`")
     sp = add("fidelity", cmd_fidelity, "retrain K completed trials with the full budget and measure how well brief "
                                        "training ranked them (Kendall tau, Spearman rho); resumes if interrupted")
     sp.add_argument("--top", type=int, required=True, metavar="K",

@@ -4,36 +4,35 @@ A bundle is a folder that needs nothing else to be used or trained fully::
 
     student.json   the architecture spec, input shape, class count
     weights.pt     the brief-trained state_dict
+    preprocess.json  what the model is fed: input shape, color, resize, mean and std; class names in output order
     recipe.json    teacher, assistant chain, method and hyperparameters, data split, seeds, training
                    recipes (brief and a suggested full one), library versions
     costs.json     params, MACs, latency and where the latency was measured
     guides/        the teacher's and each assistant's weights, so `kdnas train` can rebuild the chain
     README.md      the same, for humans
-    student.pt2 / student.onnx   deployment formats, when asked for
+    student.pt2 / student.onnx   deployment formats, when asked for (kdnas.bundle_files keeps them in step)
 """
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import platform
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import optuna
 
-from kdnas.artifacts import ArtifactStore, load_state_dict
+from kdnas.artifacts import ArtifactStore
+from kdnas.bundle_files import FORMATS, check_target, load_student, new_folder, readme, replace_folder, write_deployment
 from kdnas.config import StudyConfig
 from kdnas.errors import KdnasError
-from kdnas.models import KDNet, build, make_spec
 from kdnas.study import front_trials
 
+__all__ = ["export_trial", "load_student", "pick_trial", "parse_pick", "FORMATS"]
+
 BUNDLE_FORMAT = 1
-FORMATS = ("pt2", "onnx")
 
 _CONDITION = re.compile(r"^\s*(params|macs|latency_ms|val_accuracy|test_accuracy)\s*(<=|>=|<|>)\s*([0-9.eE+-]+)\s*$")
 _OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
@@ -125,28 +124,12 @@ def _recipe(cfg: StudyConfig, study: optuna.Study, t: optuna.trial.FrozenTrial) 
     }
 
 
-def _readme(recipe: dict, costs: dict, student: dict) -> str:
-    chain = " > ".join(json.dumps(a["spec"]) for a in recipe["chain"]["assistants"]) or "none (direct distillation)"
-    return f"""# kdnas student: study `{recipe['study']}`, trial {recipe['trial']}
-
-- Architecture: `{json.dumps(student['spec'])}` for inputs {student['input_shape']}, {student['num_classes']} classes
-- Brief training: val accuracy {recipe['brief_result']['val_accuracy']:.2%}, test accuracy {recipe['brief_result']['test_accuracy']:.2%}
-- Costs: {costs['params']:,} params, {costs['macs']:,} MACs, {costs['latency_ms']:.3f} ms per batch of {costs['latency_setting']['batch_size']} on {costs['latency_setting']['device']} ({costs['latency_setting']['threads']} threads)
-- Teacher: `{json.dumps(recipe['teacher']['spec'])}`; chain ({recipe['chain']['mode']}): {chain}
-- Method: `{json.dumps(recipe['method'])}`
-
-Use it: `model = kdnas.load_student("THIS_FOLDER")`. Train it fully (chain, then student, from scratch with
-the recipe in recipe.json): `kdnas train THIS_FOLDER [--epochs N] [--device cuda]`.
-"""
-
-
 def export_trial(cfg: StudyConfig, study: optuna.Study, number: int, out: Path, force: bool = False,
                  formats: tuple[str, ...] = ()) -> Path:
     """Write the bundle of trial ``number`` to ``out`` (all files appear at once, or none)."""
     t = completed_trial(study, number)
     out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not force:
-        raise KdnasError(f"{out} exists and is not empty; choose another --out or pass --force")
+    check_target(out, force, _protected(cfg))
     ua = t.user_attrs
     store = ArtifactStore(cfg.run_dir / "artifacts")
     weights = store.path("students", ua["weights"])
@@ -164,26 +147,45 @@ def export_trial(cfg: StudyConfig, study: optuna.Study, number: int, out: Path, 
     for name, path in guides.items():
         if not path.is_file():
             raise KdnasError(f"weights for guides/{name} are missing at {path} (was the run folder moved?)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}."))
+    preprocess = _preprocess(cfg, study)
+    tmp = new_folder(out.parent, out.name)
     try:
-        (tmp / "student.json").write_text(json.dumps(student, indent=2) + "\n")
-        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=2) + "\n")
-        (tmp / "costs.json").write_text(json.dumps(costs, indent=2) + "\n")
-        (tmp / "README.md").write_text(_readme(recipe, costs, student))
+        for name, content in (("student.json", student), ("recipe.json", recipe), ("costs.json", costs),
+                              ("preprocess.json", preprocess)):
+            (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
         shutil.copyfile(weights, tmp / "weights.pt")
         (tmp / "guides").mkdir()
         for name, path in guides.items():
             shutil.copyfile(path, tmp / "guides" / name)
         for fmt in formats:
             write_deployment(load_student(tmp), tuple(student["input_shape"]), tmp, fmt)
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        (tmp / "README.md").write_text(readme(tmp))
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _protected(cfg: StudyConfig) -> list[Path]:
+    """Folders an --out must neither be nor hold: where the user works, and the study's files and results."""
+    folders = [Path.cwd(), cfg.path.parent, cfg.run_dir, cfg.report_dir, cfg.resolve(cfg.search.space).parent]
+    return folders + ([cfg.resolve(cfg.data.root)] if cfg.data.root else [])
+
+
+def _preprocess(cfg: StudyConfig, study: optuna.Study) -> dict:
+    """What the student is fed (kdnas.data._preprocess): recorded by the search; for a study searched before
+    kdnas recorded it, read again from the data, which must be the split the study was searched on."""
+    if study.user_attrs.get("preprocess"):
+        return study.user_attrs["preprocess"]
+    from kdnas.data import load_split
+
+    split = load_split(cfg.data, "cpu", cfg.path)
+    fingerprint = study.user_attrs.get("data", {}).get("fingerprint")
+    if fingerprint and split.fingerprint != fingerprint:
+        raise KdnasError(f"{cfg.path}: data: the split here ({split.fingerprint}) is not the one study {cfg.name!r} was "
+                         f"searched on ({fingerprint}), so its preprocessing cannot be recorded in the bundle")
+    return split.preprocess
 
 
 def _teacher_weights(cfg: StudyConfig, store: ArtifactStore, recipe: dict) -> Path:
@@ -191,53 +193,3 @@ def _teacher_weights(cfg: StudyConfig, store: ArtifactStore, recipe: dict) -> Pa
     if teacher.get("checkpoint"):
         return Path(teacher["checkpoint"])
     return store.path("teachers", teacher["cache_key"])
-
-
-def write_deployment(model: KDNet, input_shape: tuple[int, int, int], folder: Path, fmt: str) -> Path:
-    """``student.pt2`` (torch.export, dynamic batch) or ``student.onnx`` (dynamic batch; needs onnx)."""
-    import torch
-    from torch.export import Dim
-
-    example = (torch.randn(2, *input_shape),)
-    dynamic = {"x": {0: Dim("batch", min=1, max=65536)}}
-    model = model.eval()
-    if fmt == "pt2":
-        path = folder / "student.pt2"
-        torch.export.save(torch.export.export(model, example, dynamic_shapes=dynamic), path)
-        return path
-    if fmt == "onnx":
-        try:
-            import onnx  # noqa: F401
-            import onnxscript  # noqa: F401
-        except ImportError:
-            raise KdnasError("--format onnx needs the onnx and onnxscript packages: pip install 'kdnas[onnx]'") from None
-        path = folder / "student.onnx"
-        with contextlib.redirect_stdout(io.StringIO()):  # the exporter prints progress lines of its own
-            torch.onnx.export(model, example, path, dynamic_shapes=dynamic, dynamo=True, verbose=False)
-        return path
-    raise KdnasError(f"unknown export format {fmt!r}; valid: {', '.join(FORMATS)}")
-
-
-def load_student(bundle: str | Path, brief: bool = False) -> KDNet:
-    """Rebuild an exported student with its weights (loaded with ``weights_only=True``), in eval mode.
-
-    The weights are the fully trained ones when ``kdnas train`` has run on the bundle (unless ``brief``),
-    else those of the brief search trial."""
-    bundle = Path(bundle)
-    meta_path = bundle / "student.json"
-    try:
-        meta = json.loads(meta_path.read_text())
-    except FileNotFoundError:
-        raise KdnasError(f"{bundle} is not a kdnas bundle: student.json is missing") from None
-    except ValueError as err:
-        raise KdnasError(f"{meta_path}: malformed JSON: {err}") from None
-    spec = make_spec(meta["spec"], source=str(meta_path))
-    model = build(spec, tuple(meta["input_shape"]), int(meta["num_classes"]))
-    # Fully trained weights (`kdnas train`) when there are some, else the brief-trained ones.
-    weights = bundle / "weights_full.pt" if (bundle / "weights_full.pt").is_file() and not brief else bundle / "weights.pt"
-    state = load_state_dict(weights)
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise KdnasError(f"{weights} does not match {spec.label()}: {str(err).splitlines()[0]}") from None
-    return model.eval()

@@ -21,6 +21,7 @@ import torch
 
 from kdnas.artifacts import atomic_write_bytes, load_object, load_state_dict, save_object, save_state_dict
 from kdnas._schema import Collector, parse_section
+from kdnas.bundle_files import deploy, present_formats, read_json, trained_summary
 from kdnas.data import DataConfig, load_split
 from kdnas.teacher_logits import TeacherLogits
 from kdnas.distill.chain import Guide, guided_loss
@@ -32,15 +33,6 @@ from kdnas.train import TrainRecipe, accuracy, fit, predict
 log = logging.getLogger("kdnas")
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise KdnasError(f"{path.parent} is not a kdnas bundle: {path.name} is missing") from None
-    except ValueError as err:
-        raise KdnasError(f"{path}: malformed JSON: {err}") from None
-
-
 def _recipe(d: dict[str, Any], epochs: int, where: str) -> TrainRecipe:
     problems = Collector(where)
     recipe = parse_section(TrainRecipe, {**d, "epochs": epochs}, "", problems.add)
@@ -49,11 +41,16 @@ def _recipe(d: dict[str, Any], epochs: int, where: str) -> TrainRecipe:
 
 
 def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "cpu", threads: int | None = None,
-                 say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Train the bundle's chain and student fully; return ``full_result``."""
+                 say: Callable[[str], None] = print, force: bool = False) -> dict[str, Any]:
+    """Train the bundle's chain and student fully; return ``full_result``. A bundle already trained is
+    trained again only with ``force`` (its weights are replaced when the new training ends)."""
     bundle = Path(bundle)
-    recipe = _read_json(bundle / "recipe.json")
-    meta = _read_json(bundle / "student.json")
+    recipe = read_json(bundle / "recipe.json")
+    meta = read_json(bundle / "student.json")
+    state_path = bundle / "train" / "state.pt"
+    if (bundle / "weights_full.pt").is_file() and not state_path.is_file() and not force:
+        raise KdnasError(f"{bundle}: already holds {trained_summary(bundle)}; pass --force to train it again from "
+                         f"scratch (the weights there are replaced only when the new training ends)")
     if epochs is not None and epochs < 1:
         raise KdnasError(f"--epochs: `epochs >= 1` must hold, but got epochs={epochs}")
     from kdnas.costs import resolve_device
@@ -73,7 +70,6 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
                          f"the one the student was searched on ({data['fingerprint']}); different data or library versions")
     shape, classes = split.input_shape, split.num_classes
     state_dir = bundle / "train"
-    state_path = state_dir / "state.pt"
     resume = load_object(state_path) if state_path.is_file() else None
 
     teacher = build(make_spec(recipe["teacher"]["spec"], "recipe.json teacher.spec"), shape, classes).to(dev)
@@ -143,6 +139,11 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
     recipe["full_result"] = result
     atomic_write_bytes(bundle / "recipe.json", (json.dumps(recipe, indent=2) + "\n").encode())
     state_path.unlink(missing_ok=True)
+    if not (bundle / "preprocess.json").is_file():  # a bundle exported before kdnas wrote it
+        atomic_write_bytes(bundle / "preprocess.json", (json.dumps(split.preprocess, indent=2) + "\n").encode())
+    # The deployment files and the README must describe the weights load_student now returns.
+    for path in deploy(bundle, present_formats(bundle), strict=False, say=say):
+        say(f"rewrote {path.name} with the fully trained weights")
     return result
 
 

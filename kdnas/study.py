@@ -301,6 +301,7 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
         study.set_user_attr("teacher", ti)
         study.set_user_attr("data", {"dataset": cfg.data.dataset, **rt.split.sizes(), "fingerprint": rt.split.fingerprint,
                                      "input_shape": list(rt.split.input_shape), "num_classes": rt.split.num_classes})
+        study.set_user_attr("preprocess", rt.split.preprocess)  # what `kdnas export` writes to preprocess.json
         for line in sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry):
             progress(line)
         # The study's wall clock counts from the start of the command, teacher training included; a trial

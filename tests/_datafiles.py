@@ -83,9 +83,10 @@ def write_svhn(root: Path, n_train: int = 60, n_test: int = 20, seed: int = 0) -
 
 
 def write_imagefolder(root: Path, per_class: int = 12, classes: tuple[str, ...] = ("cat", "dog", "owl"),
-                      sizes: tuple[tuple[int, int], ...] = ((20, 16),), seed: int = 0) -> Written:
-    """``root/<class>/<i>.png`` RGB images, cycling through ``sizes`` (width, height). ``x`` is returned for
-    the first size only when all share it (decoding order: classes sorted, files sorted)."""
+                      sizes: tuple[tuple[int, int], ...] = ((20, 16),), seed: int = 0, channels: int = 3) -> Written:
+    """``root/<class>/<i>.png`` RGB images (grayscale with ``channels=1``), cycling through ``sizes`` (width,
+    height). ``x`` is returned for the first size only when all share it (decoding order: classes sorted,
+    files sorted)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -94,9 +95,29 @@ def write_imagefolder(root: Path, per_class: int = 12, classes: tuple[str, ...] 
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
             w, h = sizes[i % len(sizes)]
-            arr = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
-            Image.fromarray(arr).save(root / name / f"{i:03d}.png")
+            arr = rng.integers(0, 256, (h, w, channels), dtype=np.uint8)
+            Image.fromarray(arr[:, :, 0] if channels == 1 else arr).save(root / name / f"{i:03d}.png")
             xs.append(arr.transpose(2, 0, 1))
             ys.append(c)
     x = np.stack(xs) if len(sizes) == 1 else np.empty(0)
     return {"train": (x, np.array(ys, dtype=np.int64))}
+
+
+def write_digits_folder(root: Path, per_class: int, name=str) -> dict[str, list[Path]]:
+    """The first ``per_class`` of each of scikit-learn's 8x8 digits as an image folder of grayscale PNGs (values
+    0..16 scaled to 0..255), digit ``d`` in folder ``name(d)``; returns the files written, per folder."""
+    from PIL import Image
+
+    from kdnas.data import DATASETS, Location
+
+    raw = DATASETS.get("digits").load(Location(None))
+    x = np.rint(raw.train.read(np.arange(len(raw.train_y)))[:, 0] * 255).astype(np.uint8)
+    out: dict[str, list[Path]] = {}
+    for d in range(10):
+        folder = root / name(d)
+        folder.mkdir(parents=True, exist_ok=True)
+        out[name(d)] = []
+        for i, k in enumerate(np.flatnonzero(raw.train_y == d)[:per_class]):
+            Image.fromarray(x[k]).save(folder / f"{i:03d}.png")
+            out[name(d)].append(folder / f"{i:03d}.png")
+    return out

@@ -157,6 +157,21 @@ def test_imagefolder_of_mixed_sizes_without_resize_names_the_fix(tmp_path: Path)
         load_split(DataConfig("imagefolder", root=str(tmp_path)))
 
 
+def test_imagefolder_keeps_grayscale_images_one_channel_when_asked(tmp_path: Path) -> None:
+    x, y = write_imagefolder(tmp_path, per_class=10, sizes=((9, 7),), channels=1)["train"]
+    rgb = load_split(DataConfig("imagefolder", root=str(tmp_path), test_fraction=0.3, val_fraction=0.3))
+    assert rgb.input_shape == (3, 7, 9) and rgb.preprocess["color"] == "RGB"  # as before: RGB unless asked
+    assert load_split(DataConfig("imagefolder", root=str(tmp_path), test_fraction=0.3, val_fraction=0.3,
+                                 channels=3)).fingerprint == rgb.fingerprint
+    gray = load_split(DataConfig("imagefolder", root=str(tmp_path), test_fraction=0.3, val_fraction=0.3, channels=1))
+    assert gray.input_shape == (1, 7, 9) and gray.fingerprint != rgb.fingerprint
+    assert gray.preprocess["color"] == "L" and len(gray.preprocess["mean"]) == 1
+    written = {tuple(r.ravel()): int(c) for r, c in zip(x, y)}
+    for part in (gray.train, gray.val, gray.test):
+        assert part.x.shape[1] == 1
+        assert all(written[tuple(r.ravel())] == int(c) for r, c in zip(raw_pixels(part), part.y))
+
+
 def test_cifar_pickles_that_would_run_code_are_refused(tmp_path: Path) -> None:
     write_cifar(tmp_path)
     with open(tmp_path / "cifar-10-batches-py" / "data_batch_3", "wb") as f:
@@ -190,6 +205,8 @@ def test_missing_root_or_files_is_one_clear_message(tmp_path: Path, monkeypatch,
     ({"dataset": "mnist", "root": ".", "test_fraction": 0.2}, "data.test_fraction: dataset 'mnist' has an official"),
     ({"dataset": "mnist", "root": ".", "resize": 32}, "data.resize: resize applies to dataset 'imagefolder' only"),
     ({"dataset": "digits", "loader_workers": -1}, "data.loader_workers: `loader_workers >= 0` must hold"),
+    ({"dataset": "digits", "channels": 1}, "data.channels: channels applies to dataset 'imagefolder' only"),
+    ({"dataset": "imagefolder", "root": ".", "channels": 2}, "data.channels: expected 1 (grayscale) or 3 (RGB)"),
 ])
 def test_data_section_rules(tmp_path: Path, data: dict, message: str) -> None:
     from kdnas.config import load_study

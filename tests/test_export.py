@@ -1,8 +1,11 @@
-"""Export: --pick by budget, self-contained bundles, deployment formats that run at several batch sizes."""
+"""Export: --pick by budget, self-contained bundles, deployment formats that run at several batch sizes, and
+--force that replaces a bundle and nothing else."""
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path
 
 import optuna
@@ -60,8 +63,18 @@ def test_bundle_is_self_contained_and_deploys(in_finished: Path, capsys) -> None
     number = int(capsys.readouterr().out.split("exported trial ")[1].split()[0])
     trial = _study().trials[number]
     for name in ("student.json", "weights.pt", "recipe.json", "costs.json", "README.md", "guides/teacher.pt",
-                 "student.pt2", "student.onnx"):
+                 "student.pt2", "student.onnx", "preprocess.json"):
         assert (out / name).is_file(), name
+    # The ONNX file holds its weights: no student.onnx.data beside it, and it runs on its own.
+    assert not (out / "student.onnx.data").exists()
+    alone = in_finished / "alone"
+    alone.mkdir()
+    shutil.copyfile(out / "student.onnx", alone / "student.onnx")
+    pre = json.loads((out / "preprocess.json").read_text())
+    assert pre["input_shape"] == [1, 8, 8] and pre["color"] == "L" and pre["resize"] is None
+    assert pre["classes"] == [str(i) for i in range(10)] and len(pre["mean"]) == len(pre["std"]) == 1
+    readme = (out / "README.md").read_text()
+    assert "`student.onnx`: ONNX model with its weights inside" in readme and "the brief-trained ones" in readme
     recipe = json.loads((out / "recipe.json").read_text())
     assert recipe["trial"] == number and recipe["versions"]["torch"] == torch.__version__
     assert recipe["full_train"]["epochs"] >= recipe["student_train"]["epochs"]
@@ -74,7 +87,7 @@ def test_bundle_is_self_contained_and_deploys(in_finished: Path, capsys) -> None
     exported = torch.export.load(out / "student.pt2").module()
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(out / "student.onnx"))
+    session = onnxruntime.InferenceSession(str(alone / "student.onnx"))
     for batch in (1, 7):
         x = torch.randn(batch, 1, 8, 8)
         with torch.no_grad():
@@ -90,3 +103,72 @@ def test_export_refuses_unfinished_or_missing_trials(in_finished: Path, capsys) 
     assert "has no trial 99" in capsys.readouterr().err
     assert main(["export", study_file, "--pick", "params<>3", "--out", str(in_finished / "x")]) == 2
     assert not (in_finished / "x").exists()
+
+
+def _export(study_file: Path, out: Path | str, *flags: str) -> int:
+    return main(["export", str(study_file), "--trial", "0", "--out", str(out), *flags])
+
+
+def _project(folder: Path) -> dict[str, bytes | None]:
+    """The user's files under ``folder`` (the study, runs/, reports/) with their content (the database's only
+    by name: SQLite rewrites its journal files on every read)."""
+    return {str(p.relative_to(folder)): None if p.name.startswith("study.db") else p.read_bytes()
+            for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.relative_to(folder).parts[0] in ("study.yaml", "space.yaml", "runs", "reports")}
+
+
+def test_force_never_replaces_the_project_or_anything_but_a_bundle(in_finished: Path, capsys) -> None:
+    study_file = in_finished / "study.yaml"
+    before = _project(in_finished)
+    assert "runs/tiny/study.db" in before and any(k.startswith("runs/tiny/artifacts/students/") for k in before)
+    # The working folder (which holds the study, runs/ and reports/) and any folder above it.
+    for out in (".", str(in_finished), "..", "runs", "reports/tiny"):
+        assert _export(study_file, out, "--force") == 2, out
+        err = capsys.readouterr().err
+        assert err.startswith("kdnas: error: --out ") and "--force never replaces this one" in err, err
+    assert _project(in_finished) == before
+    # A folder of the user's files, and a file.
+    mine = in_finished / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep me")
+    assert _export(study_file, mine, "--force") == 2
+    assert "is not a kdnas bundle" in capsys.readouterr().err and (mine / "notes.txt").read_text() == "keep me"
+    (in_finished / "file.txt").write_text("keep me too")
+    assert _export(study_file, in_finished / "file.txt", "--force") == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert (in_finished / "file.txt").read_text() == "keep me too"
+    # A bundle: replaced with --force only; one the user added a file to, or trained fully, is kept.
+    bundle = in_finished / "forced"
+    assert _export(study_file, bundle) == 0
+    assert _export(study_file, bundle) == 2 and "exists and is not empty" in capsys.readouterr().err
+    (bundle / "stale.txt").write_text("")
+    assert _export(study_file, bundle, "--force") == 2 and "holds files kdnas did not write (stale.txt)" in capsys.readouterr().err
+    (bundle / "stale.txt").unlink()
+    shutil.copyfile(bundle / "weights.pt", bundle / "weights_full.pt")
+    assert _export(study_file, bundle, "--force") == 2 and "holds fully trained weights" in capsys.readouterr().err
+    assert (bundle / "weights_full.pt").is_file()
+    (bundle / "weights_full.pt").unlink()
+    assert _export(study_file, bundle, "--force") == 0
+    assert not [p for p in in_finished.iterdir() if p.name.startswith(".forced")]  # no temporary folder left
+    assert _project(in_finished) == before and len(_study().trials) == 4
+
+
+def test_an_exported_bundle_respects_the_umask(in_finished: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        assert _export(in_finished / "study.yaml", in_finished / "shared") == 0
+    finally:
+        os.umask(old)
+    assert (in_finished / "shared").stat().st_mode & 0o777 == 0o755  # tempfile.mkdtemp alone makes it 0700
+    assert (in_finished / "shared/guides").stat().st_mode & 0o777 == 0o755
+
+
+def test_a_study_searched_before_preprocessing_was_recorded_exports_it_from_its_data(in_finished: Path) -> None:
+    study = _study()
+    recorded = study.user_attrs["preprocess"]
+    study.set_user_attr("preprocess", None)  # as a study searched by an older kdnas has it
+    try:
+        assert _export(in_finished / "study.yaml", in_finished / "old") == 0
+    finally:
+        study.set_user_attr("preprocess", recorded)
+    assert json.loads((in_finished / "old/preprocess.json").read_text()) == recorded

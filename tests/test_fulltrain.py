@@ -1,4 +1,5 @@
-"""`kdnas train`: full training of an exported student and its chain; checkpoints; resume after SIGKILL."""
+"""`kdnas train`: full training of an exported student and its chain; checkpoints; resume after SIGKILL; a
+trained bundle kept unless --force; deployment files that follow the weights."""
 
 from __future__ import annotations
 
@@ -42,7 +43,8 @@ def bundle(tmp_path_factory) -> Path:
                                     directions=["maximize", "minimize", "minimize"])
         study.enqueue_trial({"chain.length": 1})
         assert main(["search", str(study_file), "--trials", "1"]) == 0
-        assert main(["export", str(study_file), "--trial", "0", "--out", str(folder / "bundle")]) == 0
+        assert main(["export", str(study_file), "--trial", "0", "--out", str(folder / "bundle"),
+                     "--format", "onnx", "--format", "pt2"]) == 0
     return folder / "bundle"
 
 
@@ -61,9 +63,74 @@ def test_full_training_beats_the_brief_run_and_is_written_back(bundle: Path, tmp
     x = torch.randn(3, 1, 8, 8)
     with torch.no_grad():
         assert not torch.equal(full(x), short(x))
-    # Rerunning a finished bundle reuses the trained assistant and trains the student again from scratch.
-    assert main(["train", str(b), "--epochs", "2"]) == 0
+    # Training a trained bundle again (--force) reuses the trained assistant and trains the student from scratch.
+    assert main(["train", str(b), "--epochs", "2", "--force"]) == 0
     assert "assistant_0: already trained" in capsys.readouterr().out
+
+
+def _outputs(bundle: Path, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The logits of ``x`` by load_student, the ONNX file and the torch.export file of ``bundle``."""
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(bundle / "student.onnx"))
+    with torch.no_grad():
+        return {"load_student": load_student(bundle)(x), "pt2": torch.export.load(bundle / "student.pt2").module()(x),
+                "onnx": torch.from_numpy(session.run(None, {session.get_inputs()[0].name: x.numpy()})[0])}
+
+
+def test_training_rewrites_the_deployment_files_and_readme_with_the_trained_weights(bundle: Path, tmp_path: Path,
+                                                                                    capsys) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    x = torch.randn(6, 1, 8, 8)
+    brief = _outputs(b, x)
+    assert main(["train", str(b), "--epochs", "2"]) == 0
+    full = _outputs(b, x)
+    assert not torch.allclose(full["load_student"], brief["load_student"])
+    torch.testing.assert_close(full["pt2"], full["load_student"])
+    torch.testing.assert_close(full["onnx"], full["load_student"], atol=1e-5, rtol=1e-4)
+    assert "rewrote student.onnx with the fully trained weights" in capsys.readouterr().out
+    result = json.loads((b / "recipe.json").read_text())["full_result"]
+    assert f"the fully trained ones (weights_full.pt: `kdnas train`, 2 epochs: val {result['val_accuracy']:.2%}" in \
+        (b / "README.md").read_text()
+
+
+def test_a_trained_bundle_is_trained_again_only_with_force(bundle: Path, tmp_path: Path, capsys) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    assert main(["train", str(b), "--epochs", "2"]) == 0
+    result = json.loads((b / "recipe.json").read_text())["full_result"]
+    weights = (b / "weights_full.pt").read_bytes()
+    capsys.readouterr()
+    # Another run would replace 2 epochs of training with 1: refused, saying what is there; nothing changes.
+    assert main(["train", str(b), "--epochs", "1"]) == 2
+    err = capsys.readouterr().err
+    assert f"already holds fully trained weights (weights_full.pt: 2 epochs on cpu, val {result['val_accuracy']:.2%}" in err
+    assert "pass --force" in err and (b / "weights_full.pt").read_bytes() == weights
+    assert json.loads((b / "recipe.json").read_text())["full_result"] == result
+    assert main(["train", str(b), "--epochs", "1", "--force"]) == 0
+    assert json.loads((b / "recipe.json").read_text())["full_result"]["epochs"] == 1
+    assert (b / "weights_full.pt").read_bytes() != weights
+    again = _outputs(b, torch.randn(2, 1, 8, 8))
+    torch.testing.assert_close(again["onnx"], again["load_student"], atol=1e-5, rtol=1e-4)
+
+
+def test_deploy_writes_the_deployment_files_of_the_weights_in_use(bundle: Path, tmp_path: Path, capsys) -> None:
+    b = tmp_path / "b"
+    shutil.copytree(bundle, b)
+    (b / "student.onnx").unlink()
+    (b / "student.pt2").unlink()
+    assert main(["deploy", str(b), "--format", "onnx"]) == 0
+    assert f"wrote {b / 'student.onnx'}" in capsys.readouterr().out and not (b / "student.pt2").exists()
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        ref = load_student(b)(x)
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(b / "student.onnx"))
+    torch.testing.assert_close(torch.from_numpy(session.run(None, {"x": x.numpy()})[0]), ref, atol=1e-5, rtol=1e-4)
+    assert main(["deploy", str(tmp_path), "--format", "onnx"]) == 2
+    assert "is not a kdnas bundle: student.json is missing" in capsys.readouterr().err
 
 
 def _epochs_done(state: Path, stage: str | None = None) -> int:

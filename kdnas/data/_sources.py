@@ -69,11 +69,14 @@ class UnreadableImage(KdnasError):
 
 
 class FileImages(Images):
-    """Image files decoded on access (RGB), resized to ``size`` (H, W) when ``resize``."""
+    """Image files decoded on access as ``color`` ("RGB", or "L": one grayscale channel), resized to ``size``
+    (H, W) when ``resize``. ``kdnas predict`` reads a bundle's inputs through this class too, so a deployed
+    model sees exactly what evaluation saw; ``hint`` ends the message for an image of another size."""
 
-    def __init__(self, root: Path, paths: list[str], size: tuple[int, int], resize: bool):
-        self.root, self.paths, self.resize = root, paths, resize
-        self.shape = (3, *size)
+    def __init__(self, root: Path, paths: list[str], size: tuple[int, int], resize: bool, color: str = "RGB",
+                 hint: str = "like the first image; set data.resize to bring every image to one size"):
+        self.root, self.paths, self.resize, self.color, self.hint = root, paths, resize, color, hint
+        self.shape = (1 if color == "L" else 3, *size)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -87,16 +90,16 @@ class FileImages(Images):
             path = self.paths[int(i)]
             try:
                 with Image.open(path) as im:
-                    im = im.convert("RGB")
+                    im = im.convert(self.color)
                     if self.resize and im.size != (w, h):
                         im = im.resize((w, h), Image.Resampling.BILINEAR)
                     arr = np.asarray(im)
+                    arr = arr[:, :, None] if arr.ndim == 2 else arr  # "L" decodes to (H, W)
             except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for damaged files
                 raise UnreadableImage(f"cannot read image {path}: {err or type(err).__name__} (`kdnas validate` "
                                       f"lists every unreadable image)") from None
             if arr.shape[:2] != (h, w):
-                raise KdnasError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, not {w}x{h} like the first image; "
-                                 f"set data.resize to bring every image to one size")
+                raise KdnasError(f"{path} is {arr.shape[1]}x{arr.shape[0]}, not {w}x{h} {self.hint}")
             out[k] = arr.transpose(2, 0, 1)
         return out
 
@@ -112,6 +115,7 @@ class RawDataset:
     num_classes: int
     test: Optional[Images] = None  # the official test split, where the dataset has one
     test_y: Optional[np.ndarray] = None
+    classes: Optional[tuple[str, ...]] = None  # class names in label order; None = "0", "1", ...
 
 
 @dataclass(frozen=True)
@@ -122,6 +126,7 @@ class Location:
     download: bool = False
     resize: Optional[int] = None
     where: str = "data.root"  # "<study file>: data.root", for messages
+    channels: Optional[int] = None  # imagefolder: 1 reads images as grayscale; None or 3 as RGB
 
     def missing(self, name: str, layout: str) -> KdnasError:
         return KdnasError(f"{self.where}: no {name} files in {self.root} (expected {layout}); point data.root at the "
@@ -250,7 +255,7 @@ def _mnist_like(tv_class: str):
                                         f"t10k-images-idx3-ubyte, t10k-labels-idx1-ubyte") from None
         as_images = lambda d: ArrayImages(d.data.numpy()[:, None])  # (N, 28, 28) uint8 -> (N, 1, 28, 28)
         return RawDataset(as_images(train), train.targets.numpy().astype(np.int64), 10, as_images(test),
-                          test.targets.numpy().astype(np.int64))
+                          test.targets.numpy().astype(np.int64), tuple(train.classes))
 
     return load
 
@@ -300,7 +305,11 @@ def _imagefolder(loc: Location) -> RawDataset:
                 size = (im.size[1], im.size[0])
         except OSError as err:
             raise KdnasError(f"cannot read image {paths[0]}: {err}") from None
-    return RawDataset(FileImages(loc.root, paths, size, loc.resize is not None), y, len(folder.classes))
+    color = "L" if loc.channels == 1 else "RGB"
+    # ImageFolder numbers the classes in the string order of their folder names ('1', '10', '2', ...):
+    # folder.classes is that order, the label order, which a bundle records for deployment.
+    return RawDataset(FileImages(loc.root, paths, size, loc.resize is not None, color), y, len(folder.classes),
+                      classes=tuple(folder.classes))
 
 
 # --- the registry ------------------------------------------------------------------------------------------

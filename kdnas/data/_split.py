@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from kdnas.data._batches import BatchSource, LoaderSource, TensorSource, normalise
+from kdnas.data._preprocess import describe
 from kdnas.data._sources import DATASETS, Images, Location, RawDataset
 from kdnas.errors import KdnasError
 from kdnas.models import digest
@@ -34,6 +35,7 @@ class DataConfig:
     test_fraction: Optional[float] = None  # only reported; null = the official test split, or 0.2 where there is none
     seed: int = 0  # the split's seed; part of every cache key
     resize: Optional[int] = None  # imagefolder: resize every image to resize x resize pixels
+    channels: Optional[int] = None  # imagefolder: 1 = grayscale, 3 = RGB; null = 3
     in_memory: Optional[bool] = None  # null = by size (IN_MEMORY_MAX_BYTES); false = stream through a DataLoader
     loader_workers: int = 2  # DataLoader worker processes when the data streams
 
@@ -52,6 +54,10 @@ class DataConfig:
             report("resize", f"resize applies to dataset 'imagefolder' only, not {self.dataset!r}")
         if self.resize is not None and self.resize < 1:
             report("resize", f"`resize >= 1` must hold, but got resize={self.resize}")
+        if self.channels is not None and source.files != "folder":
+            report("channels", f"channels applies to dataset 'imagefolder' only ({self.dataset!r} has its own)")
+        if self.channels not in (None, 1, 3):
+            report("channels", f"expected 1 (grayscale) or 3 (RGB), but got channels={self.channels}")
         if self.loader_workers < 0:
             report("loader_workers", f"`loader_workers >= 0` must hold, but got loader_workers={self.loader_workers}")
         if source.official_test and self.test_fraction is not None:
@@ -108,7 +114,7 @@ def load_raw(data: DataConfig, study_file: Optional[Path] = None) -> RawDataset:
         problem = _root_problem(data, root)
         if problem:
             raise KdnasError(f"{where}: {problem}")
-    raw = source.load(Location(root, data.download, data.resize, where))
+    raw = source.load(Location(root, data.download, data.resize, where, data.channels))
     present = len(np.unique(raw.train_y))
     if present < 2:
         # One class trains every network to 100 %: a search would rank nothing and report a meaningless front.
@@ -129,6 +135,7 @@ class DataSplit:
     input_shape: tuple[int, int, int]
     fingerprint: str  # hash of the dataset's content, the split parameters and the split's indices
     in_memory: bool
+    preprocess: dict = field(default_factory=dict)  # what a deployed model is fed (kdnas.data._preprocess)
 
     def sizes(self) -> dict[str, int]:
         return {"train": len(self.train), "val": len(self.val), "test": len(self.test)}
@@ -240,6 +247,8 @@ def load_split(data: DataConfig, device: torch.device | str = "cpu", study_file:
         "dataset": data.dataset,
         "content": [raw.train.digest(), raw.test.digest() if raw.test is not None else None],
         "resize": data.resize,
+        # Only where it changes what is read, so the fingerprints (and caches) of RGB folders stay as they were.
+        **({"channels": data.channels} if data.channels == 1 else {}),
         "val_fraction": data.val_fraction,
         "test_fraction": test_fraction,
         "seed": data.seed,
@@ -254,5 +263,7 @@ def load_split(data: DataConfig, device: torch.device | str = "cpu", study_file:
             return _in_memory(images, idx, y[idx], mean, std, device)
         return LoaderSource(images, idx, torch.from_numpy(y[idx]).to(device), mean, std, data.loader_workers)
 
+    classes = raw.classes or [str(i) for i in range(raw.num_classes)]
     return DataSplit(part(raw.train, train, raw.train_y), part(raw.train, val, raw.train_y),
-                     part(test_images, test, test_y), raw.num_classes, raw.train.shape, fingerprint, in_memory)
+                     part(test_images, test, test_y), raw.num_classes, raw.train.shape, fingerprint, in_memory,
+                     describe(raw.train.shape, data.resize, mean, std, classes))
