@@ -28,11 +28,14 @@ RECORD = "comparable"
 
 
 def recipe(cfg: StudyConfig) -> dict[str, dict[str, Any]]:
-    """``{"study": {key: value}, "space": {key: value}}``: what this study file makes of every trial."""
+    """``{"study": {key: value}, "space": {key: value}[, "score": {key: value}]}``: what this study file makes
+    of every trial."""
     study: dict[str, Any] = {}
     _flatten("student.train", cfg.student.train.to_dict(), study)
-    a = cfg.assistants  # a trial's assistants are trained with these: they shape its student too
-    _flatten("assistants", {"train": a.train.to_dict(), "method": a.method, "drop_rate": a.drop_rate, "seed": a.seed}, study)
+    a = cfg.assistants
+    if cfg.space.chain.max_assistants:  # a trial's assistants are trained with these: they shape its student too
+        _flatten("assistants", {"train": a.train.to_dict(), "method": a.method, "drop_rate": a.drop_rate,
+                                "seed": a.seed}, study)
     # A teacher from a checkpoint is compared by its content (check_inputs), not by its path: a moved file is fine.
     t = cfg.teacher
     _flatten("teacher", {"arch": t.arch} if t.checkpoint else {"arch": t.arch, "seed": t.seed, "train": t.train.to_dict()},
@@ -51,7 +54,12 @@ def recipe(cfg: StudyConfig) -> dict[str, dict[str, Any]]:
         for name, domains in families.items():
             for param, domain in domains.items():
                 space[f"{section}.{name}.{param}"] = domain.describe()
-    return json.loads(json.dumps({"study": study, "space": space}))  # as stored: tuples become lists
+    out = {"study": study, "space": space}
+    if cfg.score.mode == "score":  # the value a trial stores is its combined score: made with these
+        sc = cfg.score
+        out["score"] = {"score.below": sc.below, "score.above": sc.above,
+                        **{f"score.targets.{k}": v for k, v in sc.targets.items()}}
+    return json.loads(json.dumps(out))  # as stored: tuples become lists
 
 
 def _flatten(prefix: str, value: Any, out: dict[str, Any]) -> None:
@@ -83,8 +91,10 @@ def check_recipe(cfg: StudyConfig, attrs: dict[str, Any] | None) -> None:
     if not stored:  # a new study, or one from before the record: recorded when the search starts
         return
     now = recipe(cfg)
-    for part, file in (("study", cfg.path), ("space", cfg.resolve(cfg.search.space))):
-        old, new = stored.get(part, {}), now[part]
+    for part, file in (("study", cfg.path), ("space", cfg.resolve(cfg.search.space)), ("score", cfg.path)):
+        if part not in stored or part not in now:  # score: in score mode only (open_study refuses another mode)
+            continue
+        old, new = stored[part], now[part]
         changed = [k for k in sorted(set(old) | set(new)) if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
         if changed:
             key = changed[0]
