@@ -95,7 +95,10 @@ def check_recipe(cfg: StudyConfig, attrs: dict[str, Any] | None) -> None:
         if part not in stored or part not in now:  # score: in score mode only (open_study refuses another mode)
             continue
         old, new = stored[part], now[part]
-        changed = [k for k in sorted(set(old) | set(new)) if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
+        # In the study file's sections, a key recorded on one side only is a setting one kdnas version lacked
+        # (a new field takes its default, the old behaviour): not a change. In the space, it is one.
+        keys = set(old) | set(new) if part == "space" else set(old) & set(new)
+        changed = [k for k in sorted(keys) if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
         if changed:
             key = changed[0]
             more = f" (also changed: {', '.join(changed[1:])})" if len(changed) > 1 else ""

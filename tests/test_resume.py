@@ -12,7 +12,8 @@ import pytest
 
 from kdnas.cli import main
 from kdnas.config import load_study
-from kdnas.resume import RECORD, recipe
+from kdnas.errors import KdnasError
+from kdnas.resume import RECORD, check_recipe, recipe
 from tests._util import searched_tiny_study, stored_trials
 
 
@@ -78,6 +79,16 @@ def test_a_study_from_before_the_record_is_recorded_not_refused(copy: Path, caps
     study = optuna.load_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db")
     assert study.user_attrs[RECORD] == recipe(load_study(copy / "study.yaml"))
     assert len(study.trials) == 2
+
+
+def test_a_setting_the_record_lacks_is_no_change_but_a_new_space_parameter_is(searched: Path) -> None:
+    cfg = load_study(searched / "study.yaml")
+    stored = recipe(cfg)
+    del stored["study"]["student.train.warmup"]  # recorded by a kdnas without that setting: it had the default
+    check_recipe(cfg, {RECORD: stored})
+    del stored["space"]["students.resnet_cifar.width"]
+    with pytest.raises(KdnasError, match=r"students.resnet_cifar.width: .* searched with \(absent\), now one of"):
+        check_recipe(cfg, {RECORD: stored})
 
 
 def test_unchanged_study_resumes_and_pruned_lines_name_the_candidate(copy: Path, capsys) -> None:
