@@ -273,7 +273,7 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
     # Before anything is written: an unreachable storage, then a teacher checkpoint that does not load.
     storage = check_storage(cfg)
     stored = resume.stored_attrs(cfg, storage)
-    resume.check_recipe(cfg, stored)
+    resume.check_recipe(cfg, stored)  # a resumed study's changed recipe or space: refused before any training
     n = min(cfg.parallel.workers, cfg.search.trials)
     rt = prepare(cfg, workers=n, resumed=stored)
     lock = None
