@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
 
+from kdnas.artifacts import atomic_write_bytes
 from kdnas.score import pareto_mask
 
 # (column, axis label): units always in the label; sizes span orders of magnitude, hence log axes.
@@ -25,13 +27,12 @@ def _plt():
 
 
 def save(fig, path: Path) -> Path:
-    """Write atomically: a reader never sees half a PNG."""
-    plt = _plt()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
+    """Write atomically: a reader never sees half a PNG. Through a temporary file of its own: two processes
+    writing one study's report at once (two searches ending together) shared one temporary name before."""
+    buf = io.BytesIO()
+    fig.savefig(buf, dpi=110, format="png")
+    _plt().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
     return path
 
 

@@ -1,4 +1,10 @@
-"""Study -> DataFrame -> trials.csv, pareto.png, hypervolume.png, summary.md. Reads only the storage."""
+"""Study -> DataFrame -> trials.csv, pareto.png, hypervolume.png, summary.md. Reads only the storage.
+
+A report is made from one snapshot of the study's trials, read once: another process (a search in another
+terminal, or this study's workers) may add or finish trials while it is written, and a table, a front and a
+hypervolume history taken from different reads do not fit together (a trial that completed between two reads
+made the front one entry longer than the table). A trial still RUNNING in the snapshot is on no front.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import functools
 import importlib
 import importlib.util
 import json
+import logging
 import sys
 import types
 import warnings
@@ -26,10 +33,14 @@ COLUMNS = [
 ]
 
 
-def trials_frame(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial; ``pareto`` marks the front over the study's own objectives."""
+Trials = list[optuna.trial.FrozenTrial]
+
+
+def trials_frame(study: optuna.Study, trials: Trials | None = None) -> pd.DataFrame:
+    """One row per trial of ``trials`` (default: the study's, read now); ``pareto`` marks the front over the
+    study's own objectives."""
     rows = []
-    trials = study.get_trials(deepcopy=False)
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
     # A dead worker's trial is retried as a new trial that records the original's number.
     retried = {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
     for t in trials:
@@ -67,9 +78,8 @@ def trials_frame(study: optuna.Study) -> pd.DataFrame:
         })
     df = pd.DataFrame(rows, columns=COLUMNS)
     done = (df["state"] == "COMPLETE") & df["feasible"]
-    if done.any():
-        attrs = [t.user_attrs for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and feasible(t)]
-        df.loc[done, "pareto"] = measured_front(attrs, study.user_attrs["objectives"])
+    if done.any():  # from the rows themselves: the columns are named like the trial attributes
+        df.loc[done, "pareto"] = measured_front(df.loc[done].to_dict("records"), study.user_attrs["objectives"])
     return df
 
 
@@ -81,7 +91,7 @@ def hypervolume_series(study: optuna.Study, df: pd.DataFrame) -> pd.Series | Non
     if any(o != "accuracy" and teacher.get(METRIC_NAMES[o]) is None for o in objectives):
         return None
     ok = (df["state"] == "COMPLETE") & df["feasible"]
-    rows = [t.user_attrs for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE" and feasible(t)]
+    rows = df.loc[ok].to_dict("records")  # the table's trials, in its order: one history entry per row
     history = hypervolume_history(normalise(rows, objectives, teacher)) if rows else []
     series = pd.Series(float("nan"), index=df["number"].to_numpy(), name="hypervolume")
     series[df.loc[ok, "number"].to_numpy()] = history
@@ -179,12 +189,16 @@ def _ped_anova_evaluator() -> type:
     return PedAnovaImportanceEvaluator
 
 
-def importances(study: optuna.Study) -> dict[str, float]:
+def importances(study: optuna.Study, trials: Trials | None = None) -> dict[str, float]:
     """Parameter importances for validation accuracy by Optuna's default evaluator (PED-ANOVA), normalised
-    to sum to 1 as ``optuna.importance.get_param_importances`` does; {} when too few trials."""
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE]
+    to sum to 1 as ``optuna.importance.get_param_importances`` does; {} when too few trials. With ``trials``
+    (a snapshot), of those trials only."""
+    done = [t for t in (study.get_trials(deepcopy=False) if trials is None else trials)
+            if t.state == optuna.trial.TrialState.COMPLETE]
     if len(done) < 4:
         return {}
+    if trials is not None:
+        study = _in_memory(study, done)
     try:
         with warnings.catch_warnings():
             # PED-ANOVA ranks what leads to LOW target values, hence the minus sign; its reminder of that, and
@@ -197,12 +211,28 @@ def importances(study: optuna.Study) -> dict[str, float]:
     return {k: (v / total if total else 1 / len(raw)) for k, v in raw.items()}
 
 
+def _in_memory(study: optuna.Study, trials: Trials) -> optuna.Study:
+    """A copy of ``study`` in memory holding only ``trials``: for an evaluator that reads a study, not a list."""
+    storage = optuna.storages.InMemoryStorage()
+    quiet = logging.getLogger("optuna.storages._in_memory")  # its "new study created in memory" line
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        storage.create_new_study(study.directions, study.study_name)
+    finally:
+        quiet.setLevel(level)
+    copy = optuna.load_study(study_name=study.study_name, storage=storage)
+    copy.add_trials(trials)
+    return copy
+
+
 def write_report(study: optuna.Study, out_dir: Path, fidelity_csv: Path | None = None) -> list[Path]:
     """Write the report files into ``out_dir``; return their paths. With a ``fidelity.csv`` (``kdnas fidelity``;
     by default the one in ``out_dir``), ``fidelity.png`` and a fidelity section are added."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    df = trials_frame(study)
+    trials = study.get_trials(deepcopy=False)  # the one snapshot every file is made from (module docstring)
+    df = trials_frame(study, trials)
     name = study.study_name
     csv = out_dir / "trials.csv"
     atomic_write_bytes(csv, df.to_csv(index=False).encode())
@@ -211,7 +241,7 @@ def write_report(study: optuna.Study, out_dir: Path, fidelity_csv: Path | None =
         ("Validation accuracy against each cost", plots.plot_pareto([(name, df, teacher)], out_dir / "pareto.png",
                                                                      f"{name}: validation accuracy vs cost")),
         ("Did distillation and assistants help?", plots.plot_effects(df, out_dir / "effects.png", f"{name}: effects")),
-        ("Parameter importances", plots.plot_importances(importances(study), out_dir / "importances.png",
+        ("Parameter importances", plots.plot_importances(importances(study, trials), out_dir / "importances.png",
                                                          f"{name}: what matters for validation accuracy")),
     ]
     hv = hypervolume_series(study, df)

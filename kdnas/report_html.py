@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from kdnas.artifacts import atomic_write_bytes
+
 _STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1300px; color: #222; }
 table { border-collapse: collapse; font-size: 13px; margin: 1em 0; }
@@ -59,7 +61,5 @@ def write_html(path: Path, title: str, intro: list[str], df: pd.DataFrame, figur
     parts.append(f"<h2>All trials ({len(df)})</h2>" + table(df.sort_values("number")))
     parts.append("<p class='muted'>Written by kdnas report. Candidates are ranked on the validation split; "
                  "test accuracy is reported only.</p></body></html>")
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text("".join(parts), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_bytes(path, "".join(parts).encode("utf-8"))  # a temporary file of its own (see plots.save)
     return path

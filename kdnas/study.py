@@ -11,6 +11,7 @@ from typing import Callable
 import optuna
 import torch
 
+from kdnas import resume
 from kdnas.artifacts import ArtifactStore
 from kdnas.config import StudyConfig
 from kdnas.costs import AFTER, HERE, Counts, LatencyCache, LatencyService, count, measuring_place, resolve_device
@@ -21,6 +22,7 @@ from kdnas.early_stop import checkpoint_hook
 from kdnas.errors import KdnasError, TrialFailure
 from kdnas.liveness import WorkerLock, mark, retry_interrupted, sweep
 from kdnas.models import ArchSpec, build, digest
+from kdnas.sampling import make_sampler, process_sampler  # noqa: F401 (make_sampler: kdnas.study's API)
 from kdnas.score import DIRECTIONS, METRIC_NAMES, combined_score, constraints, feasible, measured_front
 from kdnas.space import MethodSpec, screen
 from kdnas.storage import check_storage, is_local, mask_url, open_storage
@@ -56,8 +58,10 @@ class Runtime:
         return self._counts[spec]
 
 
-def prepare(cfg: StudyConfig, threads: int | None = None, workers: int = 1) -> Runtime:
-    """What every trial of this process needs; ``threads`` per process, ``workers`` processes in all."""
+def prepare(cfg: StudyConfig, threads: int | None = None, workers: int = 1,
+            resumed: dict | None = None) -> Runtime:
+    """What every trial of this process needs; ``threads`` per process, ``workers`` processes in all.
+    ``resumed``: the stored study's attributes, whose split and teacher these must be (kdnas.resume)."""
     device = resolve_device(cfg.device)
     resolve_device(cfg.costs.latency.device)
     torch.set_num_threads(threads or cfg.threads or os.cpu_count() or 1)
@@ -66,14 +70,15 @@ def prepare(cfg: StudyConfig, threads: int | None = None, workers: int = 1) -> R
     latency = LatencyCache(cfg.run_dir / "latency_cache.json", None if place == HERE else LatencyService(),
                            after=place == AFTER)
     try:
-        return _prepare(cfg, device, latency)
+        return _prepare(cfg, device, latency, resumed)
     except BaseException:
         latency.close()
         raise
 
 
-def _prepare(cfg: StudyConfig, device: torch.device, latency: LatencyCache) -> Runtime:
+def _prepare(cfg: StudyConfig, device: torch.device, latency: LatencyCache, resumed: dict | None) -> Runtime:
     split = load_split(cfg.data, device, cfg.path)
+    resume.check_inputs(cfg, resumed, fingerprint=split.fingerprint)  # before a teacher is trained for it
     store = ArtifactStore(cfg.run_dir / "artifacts")
     assert cfg.teacher_spec is not None
     # Requested first: beside the training (a core spare) it is measured while the teacher trains or loads.
@@ -82,6 +87,7 @@ def _prepare(cfg: StudyConfig, device: torch.device, latency: LatencyCache) -> R
     counts = count(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.counter)
     info.update(params=counts.params, macs=counts.macs)
     identity = info.get("cache_key") or info["checkpoint_sha256"]
+    resume.check_inputs(cfg, resumed, teacher=identity)
     augment = cfg.student.train.augment.active
     logits = teacher_logits(teacher, identity, split, store, random_augment=augment)
     info.update(teacher_latency())
@@ -247,18 +253,6 @@ def open_study(cfg: StudyConfig, create: bool, storage: optuna.storages.BaseStor
     return study
 
 
-def make_sampler(cfg: StudyConfig, n_existing: int, worker: int = 0) -> optuna.samplers.BaseSampler:
-    # Offset the seed by the trials already stored: a resumed run with the same seed would otherwise replay
-    # the first run's random start-up samples and train the same candidates again. Likewise every worker
-    # needs a seed of its own.
-    seed = cfg.seed + n_existing if worker == 0 else int(digest([cfg.seed, n_existing, worker], 8), 16) % (2**31)
-    if cfg.search.sampler == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    # The constant liar makes a worker's sampler count its peers' running trials as bad results, so that
-    # parallel workers do not all sample the same promising region; alone, it changes nothing.
-    return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
-
-
 def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     """The completed, feasible trials on the Pareto front of the measured objectives (in score mode too)."""
     done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE and feasible(t)]
@@ -272,18 +266,16 @@ def _print(line: str) -> None:
     print(line, flush=True)  # progress must show up live even when stdout is a file or a pipe
 
 
-def _finished(study: optuna.Study) -> int:
-    return sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
-
-
 def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna.Study:
     """Run ``cfg.search.trials`` more trials (or until the timeout) with ``cfg.parallel.workers`` worker
     processes, and return the study."""
     started = time.time()
     # Before anything is written: an unreachable storage, then a teacher checkpoint that does not load.
     storage = check_storage(cfg)
+    stored = resume.stored_attrs(cfg, storage)
+    resume.check_recipe(cfg, stored)  # a resumed study's changed recipe or space: refused before any training
     n = min(cfg.parallel.workers, cfg.search.trials)
-    rt = prepare(cfg, workers=n)
+    rt = prepare(cfg, workers=n, resumed=stored)
     lock = None
     try:
         study = open_study(cfg, create=True, storage=storage)
@@ -298,10 +290,7 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
             f"{'trained in' if ti['trained_now'] else 'loaded in'} {ti['seconds']:.1f}s; its logits "
             f"{'come from a per-study table' if ti['logits_cached'] else 'are computed per batch (random augmentation)'}"
         )
-        study.set_user_attr("teacher", ti)
-        study.set_user_attr("data", {"dataset": cfg.data.dataset, **rt.split.sizes(), "fingerprint": rt.split.fingerprint,
-                                     "input_shape": list(rt.split.input_shape), "num_classes": rt.split.num_classes})
-        study.set_user_attr("preprocess", rt.split.preprocess)  # what `kdnas export` writes to preprocess.json
+        resume.record(study, cfg, ti, rt.split)
         for line in sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry):
             progress(line)
         # The study's wall clock counts from the start of the command, teacher training included; a trial
@@ -310,9 +299,8 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
         if deadline is not None and time.time() >= deadline:
             progress(f"timeout of {cfg.search.timeout:g}s reached before the first trial started")
             return study
-        finished = _finished(study)
         if n == 1:
-            _run_trials(cfg, rt, study, lock, Tickets(cfg.search.trials, shared=False), deadline, finished, 0, progress, started)
+            _run_trials(cfg, rt, study, lock, Tickets(cfg.search.trials, shared=False), deadline, progress, started)
             return study
         rt.close()  # the workers measure their own candidates
         threads = threads_per_worker(cfg.threads, n)
@@ -326,7 +314,7 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
                 progress(line)
 
         overrides = {**cfg.overrides, "parallel": {**cfg.overrides.get("parallel", {}), "workers": n}}
-        run_pool(n, lambda i: (i, str(cfg.path), overrides, tickets, deadline, threads, finished, started), on_exit)
+        run_pool(n, lambda i: (i, str(cfg.path), overrides, tickets, deadline, threads, started), on_exit)
     finally:
         rt.close()
         if lock is not None:
@@ -335,7 +323,7 @@ def search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> optuna
 
 
 def run_worker(cfg: StudyConfig, index: int, tickets: Tickets, deadline: float | None, threads: int,
-               finished: int, started: float) -> None:
+               started: float) -> None:
     """One worker process of ``kdnas search --workers N``: it loads what the parent prepared and runs trials."""
     if not tickets.left():  # its peers, started sooner, took every trial
         return
@@ -344,7 +332,7 @@ def run_worker(cfg: StudyConfig, index: int, tickets: Tickets, deadline: float |
     try:
         study = open_study(cfg, create=False)
         lock = WorkerLock(cfg.run_dir)
-        _run_trials(cfg, rt, study, lock, tickets, deadline, finished, index, _print, started, prefix=f"w{index} ")
+        _run_trials(cfg, rt, study, lock, tickets, deadline, _print, started, prefix=f"w{index} ")
     finally:
         rt.close()
         if lock is not None:
@@ -352,18 +340,17 @@ def run_worker(cfg: StudyConfig, index: int, tickets: Tickets, deadline: float |
 
 
 def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: WorkerLock, tickets: Tickets,
-                deadline: float | None, finished: int, index: int, progress: Callable[[str], None], started: float,
-                prefix: str = "") -> None:
-    study.sampler = make_sampler(cfg, len(study.trials), index)
+                deadline: float | None, progress: Callable[[str], None], started: float, prefix: str = "") -> None:
+    study.sampler = process_sampler(cfg)  # seeded by this process's first trial (kdnas/sampling.py)
     study.pruner = cfg.search.early_stopping.pruner()  # used by single-objective studies only
     n_new = cfg.search.trials
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = _finished(study) - finished
+        done = tickets.finished_one()  # this command's trials: another command may add to the study meanwhile
         elapsed = time.time() - started
         head = f"{prefix}[{done:>3}/{n_new} {elapsed:6.1f}s] trial {trial.number:>3}"
+        ua = trial.user_attrs
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            ua = trial.user_attrs
             front = front_trials(study)
             best = max(t.user_attrs["val_accuracy"] for t in front)
             tail = f"front {len(front)}, best val {best:.1%}"
@@ -372,8 +359,10 @@ def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: Worker
             progress(f"{head} val {ua['val_accuracy']:6.1%}  {ua['params']:>9,} params  {ua['latency_ms']:7.3f} ms  "
                      f"{ua['student']} {ua['method']} {ua['chain']}  ({ua['trial_seconds']:.1f}s) | {tail}")
         else:
-            reason = trial.user_attrs.get("fail_reason") or trial.user_attrs.get("prune_reason", "")
-            progress(f"{head} {trial.state.name}: {reason}")
+            reason = ua.get("fail_reason") or ua.get("prune_reason", "")
+            # The candidate, as on COMPLETE lines (absent when sampling itself failed).
+            cand = " ".join(ua[k] for k in ("student", "method", "chain") if k in ua)
+            progress(f"{head} {trial.state.name}: {reason}" + (f" | {cand}" if cand else ""))
 
     def before_trial() -> None:
         for line in sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry):

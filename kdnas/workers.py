@@ -43,6 +43,10 @@ class Tickets:
     def __init__(self, n: int, shared: bool):
         self._value = mp.get_context("spawn").Value("i", n) if shared else None
         self._n = n
+        # Trials finished by this command (its pool): progress lines count these, not the study's trials, which
+        # another command on the same study adds to as well.
+        self._finished = mp.get_context("spawn").Value("i", 0) if shared else None
+        self._done = 0
 
     def left(self) -> int:
         return self._n if self._value is None else self._value.value
@@ -56,6 +60,15 @@ class Tickets:
                 return False
             self._value.value -= 1
             return True
+
+    def finished_one(self) -> int:
+        """Count one more finished trial of this command; return how many it has finished."""
+        if self._finished is None:
+            self._done += 1
+            return self._done
+        with self._finished.get_lock():
+            self._finished.value += 1
+            return self._finished.value
 
 
 def optimize(study: optuna.Study, objective: Callable, tickets: Tickets, deadline: Optional[float],
@@ -126,7 +139,7 @@ def _watch_parent(parent: int) -> None:
 
 
 def worker_main(index: int, study_file: str, overrides: dict[str, Any], tickets: Tickets, deadline: Optional[float],
-                threads: int, finished_before: int, started: float) -> None:
+                threads: int, started: float) -> None:
     """Entry point of one worker process (started by :func:`run_pool`)."""
     _watch_parent(os.getppid())
     from kdnas import _malloc
@@ -139,7 +152,7 @@ def worker_main(index: int, study_file: str, overrides: dict[str, Any], tickets:
         from kdnas.config import load_study
         from kdnas.study import run_worker
 
-        run_worker(load_study(Path(study_file), overrides), index, tickets, deadline, threads, finished_before, started)
+        run_worker(load_study(Path(study_file), overrides), index, tickets, deadline, threads, started)
     except KeyboardInterrupt:
         sys.exit(130)
     except KdnasError as err:

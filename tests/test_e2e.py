@@ -80,12 +80,19 @@ def test_search_report_resume_export(tiny_study: Path, tmp_path: Path, capsys) -
     assert main(["report", str(tiny_study)]) == 0
 
 
-def test_changed_teacher_section_retrains(tiny_study: Path, tmp_path: Path, capsys) -> None:
+def test_changed_teacher_section_is_refused_on_resume_and_trains_under_a_new_name(tiny_study: Path, tmp_path: Path,
+                                                                                   capsys) -> None:
     assert main(["search", str(tiny_study), "--trials", "1"]) == 0
     tiny_study.write_text(tiny_study.read_text().replace("epochs: 2", "epochs: 3"))
+    capsys.readouterr()
+    # Students distilled from another teacher would not be comparable with the stored ones (kdnas/resume.py).
+    assert main(["search", str(tiny_study), "--trials", "1"]) == 2
+    assert "teacher.train.epochs: the study 'tiny' in storage was searched with 2, now 3" in capsys.readouterr().err
+    tiny_study.write_text(tiny_study.read_text().replace("name: tiny", "name: tiny3"))
     assert main(["search", str(tiny_study), "--trials", "1"]) == 0
     assert "trained in" in capsys.readouterr().out
-    assert len(list((tmp_path / "runs/tiny/artifacts/teachers").glob("*.pt"))) == 2
+    assert len(list((tmp_path / "runs/tiny/artifacts/teachers").glob("*.pt"))) == 1
+    assert len(stored_trials()) == 1 and len(stored_trials("tiny3")) == 1
 
 
 def test_failing_trials_are_recorded_and_the_study_goes_on(tiny_study: Path, tmp_path: Path, capsys) -> None:

@@ -148,13 +148,16 @@ def test_cuda_out_of_memory_fails_the_trial_and_the_study_goes_on(monkeypatch, t
     assert all(r.startswith("out of memory: CUDA out of memory") for r in reasons), reasons
     assert "FAIL: out of memory: CUDA out of memory" in capsys.readouterr().out
 
-    # The GPU is still usable: the same study, now with a student that fits, completes its trials, and
-    # trials leave nothing behind on the GPU (what stays allocated is the same after one trial as after three).
+    # The GPU is still usable: in this process, a study with a student that fits (another space: another study
+    # name, kdnas/resume.py) completes its trials, and trials leave nothing behind on the GPU (what stays
+    # allocated is the same after one trial as after three).
     (tmp_path / "space.yaml").write_text(TINY_SPACE)
+    tiny_study.write_text(tiny_study.read_text().replace("name: tiny", "name: fits"))
     assert main(["search", str(tiny_study), "--trials", "1"]) == 0
     allocated = torch.cuda.memory_allocated()
     assert main(["search", str(tiny_study), "--trials", "2"]) == 0
-    assert [t.state.name for t in stored_trials()] == ["FAIL", "FAIL", "COMPLETE", "COMPLETE", "COMPLETE"]
+    assert [t.state.name for t in stored_trials("fits")] == ["COMPLETE", "COMPLETE", "COMPLETE"]
+    assert [t.state.name for t in stored_trials()] == ["FAIL", "FAIL"], "the first study is kept as it was"
     assert torch.cuda.memory_allocated() - allocated < 2**20, (allocated, torch.cuda.memory_allocated())
 
 

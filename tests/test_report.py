@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import optuna
 import pandas as pd
 
 from kdnas.cli import main
@@ -93,3 +94,48 @@ def test_importances_match_optunas_without_importing_scikit_learn() -> None:
     out = subprocess.run([sys.executable, "-c", IMPORTANCES_IN_A_FRESH_PROCESS], capture_output=True, text=True,
                          timeout=120)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-3000:]
+
+
+def _measured(acc: float, params: int) -> dict:
+    """A completed trial's attributes, as `kdnas search` records them."""
+    return {"val_accuracy": acc, "test_accuracy": acc, "params": params, "macs": 10 * params,
+            "latency_ms": params / 1000, "student": f"net{params}", "method": "hinton(alpha=0.5)", "chain": "direct",
+            "chain_length": 0, "candidate": {"student": {"family": "mlp"}, "method": {"name": "hinton"}}}
+
+
+def test_report_reads_one_snapshot_while_another_process_finishes_a_trial(tmp_path: Path) -> None:
+    """`kdnas report` beside a running search: a trial that completed between two reads of the study made the
+    front one entry longer than the table (pandas: "cannot set using a list-like indexer ...")."""
+    from optuna.distributions import FloatDistribution
+
+    from kdnas.report import write_report
+
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db",
+                                directions=["maximize", "minimize", "minimize"])
+    study.set_user_attr("objectives", ["accuracy", "params", "latency"])
+    study.set_user_attr("teacher", {"params": 1000, "macs": 10000, "latency_ms": 1.0})
+    x = {"x": FloatDistribution(0, 1)}
+    for i, (acc, params) in enumerate([(0.8, 100), (0.9, 300), (0.85, 200), (0.7, 400)]):
+        study.add_trial(optuna.trial.create_trial(params={"x": i / 4}, distributions=x, user_attrs=_measured(acc, params),
+                                                  values=[acc, params, params / 1000]))
+    running = study.ask(x)  # another process's trial, still training when the report starts
+    for key, value in _measured(0.95, 150).items():
+        running.set_user_attr(key, value)
+    read, finished = study.get_trials, []
+
+    def get_trials(*args, **kwargs):  # the other process finishes its trial right after the report's first read
+        trials = read(*args, **kwargs)
+        if not finished:
+            finished.append(True)
+            study.tell(running, [0.95, 150, 0.15])
+        return trials
+
+    study.get_trials = get_trials
+    write_report(study, tmp_path / "r")
+    df = pd.read_csv(tmp_path / "r/trials.csv")
+    assert list(df["state"]) == ["COMPLETE"] * 4 + ["RUNNING"] and not df["pareto"].iloc[4], "running: on no front"
+    assert list(df["pareto"]) == [True, True, True, False, False]
+    assert "Trials: 4 complete, 1 running" in (tmp_path / "r/summary.md").read_text()
+
+    write_report(study, tmp_path / "r")  # the next report has it, on the front
+    assert list(pd.read_csv(tmp_path / "r/trials.csv")["pareto"]) == [True, False, False, False, True]

@@ -38,6 +38,13 @@ def test_score_study_maximises_the_combined_score(tiny_study: Path, tmp_path: Pa
     assert "Hypervolume: 0." in summary and "Best combined score:" in summary
     assert pd.read_csv(report / "trials.csv")["score"].notna().all()
 
+    # Other targets would score new trials on another scale than the stored ones: refused at start too.
+    tiny_study.write_text(tiny_study.read_text().replace("params: 3000", "params: 6000"))
+    capsys.readouterr()
+    assert main(["search", str(tiny_study), "--trials", "1"]) == 2
+    assert "score.targets.params: the study 'tiny' in storage was searched with 3000.0, now 6000.0" in capsys.readouterr().err
+    tiny_study.write_text(tiny_study.read_text().replace("params: 6000", "params: 3000"))
+
     # The same study name with the other mode is refused, not silently mixed.
     tiny_study.write_text(tiny_study.read_text().replace("mode: score", "mode: pareto"))
     capsys.readouterr()

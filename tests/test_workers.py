@@ -52,6 +52,23 @@ def test_two_workers_run_exactly_the_requested_trials(tiny_study: Path, tmp_path
 # --- SIGKILL and resume -----------------------------------------------------------------------------------
 
 
+def test_two_searches_of_one_study_sample_apart_and_count_their_own_trials(tiny_study: Path, tmp_path: Path) -> None:
+    """Two `kdnas search` commands on one study, in two terminals: both used to seed their sampler alike (from
+    the trials stored when they started), train the same candidates, and count each other's trials."""
+    # One trial first: the teacher is cached, so both commands reach their trials together.
+    assert main(["search", str(tiny_study), "--trials", "1"]) == 0
+    command = [sys.executable, "-m", "kdnas.cli", "search", str(tiny_study), "--trials"]
+    procs = [subprocess.Popen(command + ["2"], cwd=tmp_path, env=ENV, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    trials = stored(tmp_path)
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 5, outs
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 5, "no candidate trained twice"
+    for out in outs:  # each counts its own 2 trials, whatever the other adds meanwhile
+        assert [line.split("/")[0] for line in out.splitlines() if line.startswith("[")] == ["[  1", "[  2"], out
+
+
 def _states(db: Path) -> dict[int, str]:
     """Trial number -> state, or "TRAINING" for a running trial past its sampling (it has a seed)."""
     try:
