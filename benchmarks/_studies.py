@@ -140,11 +140,11 @@ def _train_teacher(study: str) -> None:
     """Child process: train (or load) the study's teacher into runs/<name>/artifacts here; print seconds."""
     import torch
 
-    from kdnas.artifacts import ArtifactStore
+    from kdnas.core import ArtifactStore
     from kdnas.config import load_study
     from kdnas.data import load_split
-    from kdnas.study import resolve_device
-    from kdnas.teacher import get_teacher
+    from kdnas.costs import resolve_device
+    from kdnas.study import get_teacher
 
     cfg = load_study(study)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)

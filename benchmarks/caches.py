@@ -9,7 +9,7 @@ What "caches" means here, and what each side does:
 - **off**: the teacher (and each assistant) runs forward on every training batch of every trial, as
   happens when the students' inputs are randomly augmented, and every trial trains the assistants of its
   chain itself. Done by patching, in the `kdnas search` process of this side only,
-  ``kdnas.study.teacher_logits`` and ``kdnas.distill.chain.teacher_logits`` (they return the per-batch
+  ``kdnas.study._runner.teacher_logits`` and ``kdnas.distill._chain.teacher_logits`` (they return the per-batch
   provider, as with ``random_augment=True``; the inputs stay un-augmented, so both sides train on the same
   data) and ``AssistantPool.get`` (no memory, a throw-away store). No library code is changed.
 
@@ -48,12 +48,12 @@ import _studies  # noqa: E402
 
 def child(side: str, stats_path: str, argv: list[str]) -> int:
     """`kdnas search ...` with the caches of ``side`` ("on" or "off"), recording where time went."""
-    import kdnas.distill.chain as chain_mod
-    import kdnas.study as study_mod
-    import kdnas.teacher as teacher_mod
-    from kdnas.artifacts import ArtifactStore
+    import kdnas.distill._chain as chain_mod
+    import kdnas.study._runner as study_mod
+    import kdnas.study._teacher as teacher_mod
+    from kdnas.core import ArtifactStore
     from kdnas.cli import main
-    from kdnas.teacher_logits import TeacherLogits
+    from kdnas.distill import TeacherLogits
 
     # Per-batch forward passes are counted apart while an assistant is being trained (``in_assistant``): its
     # own time, assistant_s, includes them.
@@ -79,7 +79,7 @@ def child(side: str, stats_path: str, argv: list[str]) -> int:
     TeacherLogits.__call__ = timed_call
 
     real_logits = study_mod.teacher_logits
-    assert chain_mod.teacher_logits is real_logits, "kdnas.distill.chain no longer imports teacher_logits by name"
+    assert chain_mod.teacher_logits is real_logits, "kdnas.distill._chain no longer imports teacher_logits by name"
 
     def logits(model, key, split, store, random_augment):
         if side == "off":

@@ -1,6 +1,6 @@
 """Channels-last against the default layout on CPU: one training step and one inference pass, per family.
 
-``fit`` and ``predict`` run models channels-last on CPU (``kdnas.train.fast_layout``); this is the
+``fit`` and ``predict`` run models channels-last on CPU (``kdnas.train._fit.fast_layout``); this is the
 measurement behind that choice. The two layouts alternate, and each figure is the fastest of ``--rounds``,
 in CPU seconds of this process: with one thread that is the work done, which other processes on a shared
 machine barely disturb.

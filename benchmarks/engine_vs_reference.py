@@ -33,11 +33,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdnas.artifacts import ArtifactStore
+from kdnas.core import ArtifactStore
 from kdnas.data import DataConfig, load_split
-from kdnas.distill import METHODS
+from kdnas.distill import METHODS, teacher_logits
 from kdnas.models import build, make_spec
-from kdnas.teacher_logits import teacher_logits
 from kdnas.train import TrainRecipe, accuracy, fit
 
 STUDENT = make_spec({"family": "resnet_cifar", "depth": 8, "width": 1.0})

@@ -1,7 +1,7 @@
 """Inference batch size on CPU: kdnas's evaluation batch (``inference_batch_size``) against 512, its former one.
 
 Every completed trial evaluates its student on val and test, and early stopping evaluates it at checkpoints;
-the teacher's and assistants' logit tables are inference passes too. This times ``kdnas.train.predict`` on
+the teacher's and assistants' logit tables are inference passes too. This times ``kdnas.train._fit.predict`` on
 MNIST-5k's validation part (1,000 real images) for students of ``search_spaces/mixed_families.yaml`` and the
 mnist5k teacher, at both batch sizes, alternating, best of ``--repeats``, one thread, and checks that both
 give the same predictions.

@@ -2,7 +2,7 @@
 
 Every completed trial evaluates its student on val and test, early stopping evaluates it at checkpoints, and
 the teacher's and assistants' logit tables are inference passes too. ``predict`` runs them on a copy of the
-network with each BatchNorm folded into the convolution before it (``kdnas.train.inference_model``). This
+network with each BatchNorm folded into the convolution before it (``kdnas.train._fit.inference_model``). This
 times, side by side and alternating, on MNIST-5k's validation part (1,000 real images), one thread, batches of
 32 (kdnas's CPU inference batch), best of ``--repeats``:
 
@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _studies  # noqa: E402
 
-import kdnas.train as train  # noqa: E402
+import kdnas.train._fit as train  # noqa: E402
 from kdnas.data import DataConfig, load_split  # noqa: E402
 from kdnas.models import build, make_spec  # noqa: E402
 

@@ -8,7 +8,7 @@ imports they did not need:
   equal).
 - **importances**: ``optuna.importance.get_param_importances`` (PED-ANOVA) imports the package's fANOVA
   evaluators too, and they import scikit-learn and SciPy's statistics (2.4-3.4 s). kdnas loads the PED-ANOVA
-  evaluator alone (``kdnas.report.importances``; the figures are tested equal).
+  evaluator alone (``kdnas.results._report.importances``; the figures are tested equal).
 
 Each side runs in a fresh interpreter that has already imported what both sides need (numpy, torch, optuna,
 kdnas's data or report module), and times only the step, imports included. Sides alternate, ``--rounds``
@@ -43,7 +43,7 @@ for _ in range(40):
 
 PRELUDE = {
     "digits": "import numpy, torch, kdnas.data._sources as src\n",
-    "importances": ("import warnings, optuna, kdnas.report as rep\nwarnings.simplefilter('ignore')\n"
+    "importances": ("import warnings, optuna, kdnas.results._report as rep\nwarnings.simplefilter('ignore')\n"
                     "optuna.logging.set_verbosity(optuna.logging.WARNING)\n"
                     "study = optuna.load_study(study_name='s', storage={url!r})\n"),
 }

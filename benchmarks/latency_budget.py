@@ -47,7 +47,7 @@ BURNER = {"family": "mobilenetv2", "blocks": [1, 1, 1], "expansion": 4, "kernel_
 
 def _quiet_child(raw: str) -> None:
     """Child process: `kdnas profile`'s measurement (10 s, one thread) of one student; print its figures."""
-    from kdnas import _malloc
+    from kdnas.core import _malloc
 
     _malloc.tune()
     import torch
@@ -88,7 +88,7 @@ def main() -> None:
     mins = [float(m) for m in args.mins.split(",")]
     pairs = [(place, cap, least) for place in places for cap in caps for least in mins]
 
-    from kdnas import _malloc
+    from kdnas.core import _malloc
 
     _malloc.tune()  # as a study's process
     import torch

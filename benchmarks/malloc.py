@@ -1,10 +1,10 @@
-"""glibc's default malloc thresholds against kdnas's (kdnas/_malloc.py): training speed, side by side.
+"""glibc's default malloc thresholds against kdnas's (kdnas/core/_malloc.py): training speed, side by side.
 
 kdnas sets glibc's ``M_MMAP_THRESHOLD`` and ``M_TRIM_THRESHOLD`` at start-up so that the memory a training
 step frees is reused by the next step instead of being returned to the kernel and faulted in again.
 ``KDNAS_MALLOC=default`` leaves glibc as it is: that is the reference here, the same code otherwise.
 
-1. **Training** (always): kdnas's engine (``kdnas.train.fit``) trains each of three mnist5k students, one
+1. **Training** (always): kdnas's engine (``kdnas.train._fit.fit``) trains each of three mnist5k students, one
    per family, for ``--epochs`` on the mnist5k training split (batch 128, labels only), each fit in a fresh
    process, the two settings alternating within every round (which goes first alternates too). Printed per
    student and setting: the median seconds per fit, page faults per step and the kernel's share of the CPU
@@ -54,7 +54,7 @@ def _env(setting: str) -> dict[str, str]:
 
 def _fit_child(student: str, threads: int, epochs: int) -> None:
     """Child process: one fit of ``student`` on mnist5k; print its seconds, steps, page faults, CPU times."""
-    from kdnas import _malloc
+    from kdnas.core import _malloc
 
     tuned = _malloc.tune()
     import torch

@@ -18,9 +18,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from kdnas.core import TrialFailure
 from kdnas.data import DataConfig, load_split
 from kdnas.distill import METHODS, make_loss
-from kdnas.errors import TrialFailure
 from kdnas.models import build, make_spec
 from kdnas.train import TrainRecipe, accuracy, fit
 

@@ -7,8 +7,8 @@ stopping on, 0-1 assistant, the report at the end. (``--threads 1`` leaves a 2-c
 where latency is measured beside the training: the share is smaller there, and the study slower.) The run
 starts cold, as a new study does: the teacher is trained and its logit table computed in the measured run.
 
-Training time is measured by wrapping kdnas's training function ``kdnas.train.fit`` under the names that
-call it (``kdnas.study.fit`` for students, ``kdnas.distill.chain.fit`` for assistants, ``kdnas.teacher.fit``
+Training time is measured by wrapping kdnas's training function ``kdnas.train._fit.fit`` under the names that
+call it (``kdnas.study._runner.fit`` for students, ``kdnas.distill._chain.fit`` for assistants, ``kdnas.study._teacher.fit``
 for the teacher) with ``time.perf_counter``; a fit's time includes the early-stopping evaluations it runs at
 its checkpoints. Everything else a command does is outside training: imports, data loading, evaluation of
 each trained network on val and test, logit tables, counting and latency measurement, sampling, Optuna's
@@ -107,49 +107,49 @@ class Ledger:
 def instrument(ledger: Ledger) -> None:
     """Wrap what a `kdnas search` command calls, by the names it calls them under."""
     w = ledger.wrap
-    w("kdnas.study", "fit", f"{FIT}: students")
-    w("kdnas.distill.chain", "fit", f"{FIT}: assistants")
-    w("kdnas.teacher", "fit", f"{FIT}: teacher")
-    for mod in ("kdnas.study", "kdnas.teacher", "kdnas.distill.chain"):
+    w("kdnas.study._runner", "fit", f"{FIT}: students")
+    w("kdnas.distill._chain", "fit", f"{FIT}: assistants")
+    w("kdnas.study._teacher", "fit", f"{FIT}: teacher")
+    for mod in ("kdnas.study._runner", "kdnas.study._teacher", "kdnas.distill._chain"):
         w(mod, "accuracy", EVALUATION)
-    for mod in ("kdnas.study", "kdnas.distill.chain"):
+    for mod in ("kdnas.study._runner", "kdnas.distill._chain"):
         w(mod, "teacher_logits", LOGITS)
-    w("kdnas.study", "load_split", "data loading")
-    w("kdnas.study", "check_storage", "storage: open and check")
-    w("kdnas.study", "open_study", "storage: open and check")
-    w("kdnas.study", "count", "counting params and MACs")
-    w("kdnas.study", "screen", "screening candidates")
+    w("kdnas.study._runner", "load_split", "data loading")
+    w("kdnas.study._runner", "check_storage", "storage: open and check")
+    w("kdnas.study._runner", "open_study", "storage: open and check")
+    w("kdnas.study._runner", "count", "counting params and MACs")
+    w("kdnas.study._runner", "screen", "screening candidates")
     costs = importlib.import_module("kdnas.costs")
     measure = getattr(costs, "measure_latency", None)
     w(costs, "measure_latency", "latency measurement")
     if measure is not None and measure.__module__ != costs.__name__:  # a package: wrap it where it is called
         w(measure.__module__, "measure_latency", "latency measurement")
     w(costs.LatencyService, "_wait", "latency: waiting for the background process")
-    w("kdnas.study", "front_trials", "progress lines (Pareto front per trial)")
-    w("kdnas.study", "sweep", "liveness sweep of dead workers' trials")
-    w("kdnas.early_stop", "stop_reason", "early-stopping rule (reads peers from storage)")
-    w("kdnas.study", "build", "building networks")
-    w("kdnas.distill.chain", "build", "building networks")
-    w("kdnas.teacher", "build", "building networks")
-    w(importlib.import_module("kdnas.space").SearchSpace, "sample", "sampling (sampler + Optuna storage of the params)")
-    art = importlib.import_module("kdnas.artifacts").ArtifactStore
+    w("kdnas.study._runner", "front_trials", "progress lines (Pareto front per trial)")
+    w("kdnas.study._runner", "sweep", "liveness sweep of dead workers' trials")
+    w("kdnas.train._early_stop", "stop_reason", "early-stopping rule (reads peers from storage)")
+    w("kdnas.study._runner", "build", "building networks")
+    w("kdnas.distill._chain", "build", "building networks")
+    w("kdnas.study._teacher", "build", "building networks")
+    w(importlib.import_module("kdnas.config._space").SearchSpace, "sample", "sampling (sampler + Optuna storage of the params)")
+    art = importlib.import_module("kdnas.core._artifacts").ArtifactStore
     for attr in ("put_content", "put_state_dict", "get_state_dict", "put_json", "get_json"):
         w(art, attr, "artifact store: weights to/from disk")
     import optuna
 
     for attr in ("set_user_attr", "set_constraint"):
         w(optuna.trial.Trial, attr, "Optuna storage: user attributes and constraints")
-    w("kdnas.report", "write_report", "report (csv, plots, html)")
-    w("kdnas.study", "run_trial", "trial: rest (method setup, seeds, ...)")
-    w("kdnas.study", "prepare", "prepare: rest")
-    w("kdnas.study", "search", "search: rest (Optuna ask/tell, trial loop, sampler start-up)")
+    w("kdnas.results._report", "write_report", "report (csv, plots, html)")
+    w("kdnas.study._runner", "run_trial", "trial: rest (method setup, seeds, ...)")
+    w("kdnas.study._runner", "prepare", "prepare: rest")
+    w("kdnas.study._runner", "search", "search: rest (Optuna ask/tell, trial loop, sampler start-up)")
 
 
 # torch._dynamo (about 2.5 s here) is imported by the first torch.optim optimizer a process builds, or earlier
 # by the first network built on the meta device (counting MACs): without it here, its import was charged to
 # "counting params and MACs".
-COMMAND_IMPORTS = ("kdnas.cli", "kdnas.study", "kdnas.report", "torch._dynamo")
-WORKER_IMPORTS = ("kdnas.workers", "kdnas.config", "kdnas.study", "kdnas.cli", "torch._dynamo")
+COMMAND_IMPORTS = ("kdnas.cli", "kdnas.study._runner", "kdnas.results._report", "torch._dynamo")
+WORKER_IMPORTS = ("kdnas.study._workers", "kdnas.config._study", "kdnas.study._runner", "kdnas.cli", "torch._dynamo")
 POOL_WAIT = "waiting for the worker processes"
 IMPORTS = "imports (torch, optuna, kdnas, ...)"
 OTHER = "other (Optuna ask/tell, trial loop, cli, ...)"
@@ -170,7 +170,7 @@ def start(modules: tuple[str, ...], before: float = 0.0) -> tuple[Ledger, float]
 
 
 def timed_worker_main(*args) -> None:
-    """Runs in each worker process (``kdnas.workers.worker_main``, started by spawn): the same ledger as the
+    """Runs in each worker process (``kdnas.study._workers.worker_main``, started by spawn): the same ledger as the
     command's, written to ``$KDNAS_OVERHEAD_LEDGERS/<pid>.json`` when the worker ends."""
     import json
 
@@ -179,7 +179,7 @@ def timed_worker_main(*args) -> None:
     ledger.excl[IMPORTS], ledger.calls[IMPORTS] = imports, 1
     t0 = ledger.mark
     try:
-        sys.modules["kdnas.workers"].worker_main(*args)
+        sys.modules["kdnas.study._workers"].worker_main(*args)
     finally:
         end = time.perf_counter()
         ledger._charge(end)
@@ -262,8 +262,8 @@ def run(args, study: Path) -> None:
         ledgers.mkdir(exist_ok=True)
         os.environ["KDNAS_OVERHEAD_LEDGERS"] = str(ledgers)
         # spawn pickles the target by name: this module's function, found again in each worker process
-        importlib.import_module("kdnas.workers").worker_main = timed_worker_main
-        ledger.wrap("kdnas.study", "run_pool", POOL_WAIT)
+        importlib.import_module("kdnas.study._workers").worker_main = timed_worker_main
+        ledger.wrap("kdnas.study._runner", "run_pool", POOL_WAIT)
     from kdnas.cli import main as kdnas_main
 
     argv = ["search", str(study)]

@@ -41,13 +41,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdnas.artifacts import ArtifactStore
+from kdnas.core import ArtifactStore
 from kdnas.costs import count
 from kdnas.data import DataConfig, load_split
-from kdnas.distill.chain import AssistantPool, Guide, guided_loss
+from kdnas.distill import AssistantPool, Chain, Guide, MethodSpec, guided_loss, teacher_logits
 from kdnas.models import build, digest, make_spec
-from kdnas.space import Chain, MethodSpec
-from kdnas.teacher_logits import teacher_logits
 from kdnas.train import TrainRecipe, accuracy, fit
 
 CONDITIONS = ("none", "kd", "takd", "dgkd")

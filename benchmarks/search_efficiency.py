@@ -8,13 +8,13 @@ many times (one sampler seed each) in an in-memory Optuna study against a lookup
 proposes a candidate through the space's real ``sample`` (the same Optuna parameters a search sees), and
 the objective returns the candidate's stored figures. A proposal repeated within a run costs a trial and
 adds nothing, as a repeated candidate does in a real search (kdnas does not skip repeats). The hypervolume
-of trials 0..n-1 is computed by the report's own code (``kdnas.report.hypervolume_series``): each objective
+of trials 0..n-1 is computed by the report's own code (``kdnas.results._report.hypervolume_series``): each objective
 normalised by the teacher's costs, reference point 1.
 
     PYTHONPATH=. python benchmarks/search_efficiency.py            # 84 candidates: ~11 min the first time (2-core CPU)
     PYTHONPATH=. python benchmarks/search_efficiency.py --quick    # 12 candidates, 2 epochs: ~1 min
 
-Samplers: ``tpe`` and ``random`` exactly as ``kdnas.study.make_sampler`` builds them (the study seed
+Samplers: ``tpe`` and ``random`` exactly as ``kdnas.study._runner.make_sampler`` builds them (the study seed
 replaced by the run's seed), ``nsga2`` (Optuna's NSGA-II with a population of 10: the default 50 would be
 pure random sampling for most of these budgets) and ``shuffled`` (the candidates in a random order without
 repeats: random sampling that never proposes a candidate twice). Writes the figure (mean and spread of each
@@ -34,9 +34,9 @@ import numpy as np
 import optuna
 
 from kdnas.config import load_study
-from kdnas.errors import TrialFailure
-from kdnas.report import hypervolume_series, trials_frame
-from kdnas.score import DIRECTIONS, METRIC_NAMES, hypervolume, normalise, pareto_mask
+from kdnas.core import TrialFailure
+from kdnas.costs import DIRECTIONS, METRIC_NAMES, hypervolume, normalise, pareto_mask
+from kdnas.results import hypervolume_series, trials_frame
 from kdnas.study import make_objective, make_sampler, prepare
 
 # The space: resnet_small.yaml's student domains (depth categorical, width on its 0.125 grid), and a 2 x 2

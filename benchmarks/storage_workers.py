@@ -32,7 +32,7 @@ STORAGES = ("sqlite", "sqlite-rollback", "journal")
 def open_storage(kind: str, folder: Path) -> optuna.storages.BaseStorage:
     warnings.simplefilter("ignore")
     if kind == "sqlite":
-        from kdnas.storage import rdb_storage
+        from kdnas.study import rdb_storage
 
         return rdb_storage(f"sqlite:///{folder / 'study.db'}")
     if kind == "sqlite-rollback":  # SQLite's default journal mode, for comparison with the WAL kdnas sets

@@ -15,8 +15,8 @@ import torch
 
 import kdnas.costs._background as background
 from kdnas.cli import main
+from kdnas.core import TrialFailure
 from kdnas.costs import AFTER, BESIDE, HERE, LatencyCache, LatencyService, LatencySetting, measuring_place
-from kdnas.errors import TrialFailure
 from kdnas.models import make_spec
 from tests._util import REPO, write_tiny_study
 
@@ -172,7 +172,7 @@ def test_measuring_beside_the_evaluation_changes_no_trial_result(tmp_path: Path,
     # At `threads: 2` with every core training (`after`), the study evaluates each student on one thread
     # while the child measures its latency: the trials must train and score exactly as in a study that
     # measures in its own process, on two threads throughout.
-    import kdnas.study as study_module
+    import kdnas.study._trial as study_module
 
     monkeypatch.setattr(background, "usable_cores", lambda: 2)
     threads_seen: list[int] = []
@@ -217,7 +217,7 @@ def test_a_measurement_nobody_waits_for_goes_on_past_max_seconds_within_a_bound(
 
 def test_ctrl_c_while_the_teacher_trains_exits_130_and_ends_the_latency_process(tiny_study: Path, monkeypatch,
                                                                                   capsys) -> None:
-    import kdnas.teacher as teacher_module
+    import kdnas.study._teacher as teacher_module
 
     services = []
     original = LatencyService.__init__

@@ -10,8 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from kdnas.data import _batches
-from kdnas.data import Augment, BatchSource, DataConfig, LoaderSource, TensorSource, augment_batch, load_split
+from kdnas.data import Augment, BatchSource, DataConfig, LoaderSource, TensorSource, _batches, augment_batch, load_split
 from kdnas.models import build, make_spec
 from kdnas.train import TrainRecipe, fit, predict
 from tests._datafiles import write_cifar

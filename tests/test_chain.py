@@ -10,11 +10,10 @@ import torch
 import torch.nn.functional as F
 
 from kdnas.cli import main
-from kdnas.distill.chain import Guide, guided_loss
-from kdnas.distill import hinton_kd_term
+from kdnas.config import screen
+from kdnas.config._space import Candidate, Limits
+from kdnas.distill import Chain, Guide, MethodSpec, TeacherLogits, guided_loss, hinton_kd_term
 from kdnas.models import make_spec
-from kdnas.space import Candidate, Chain, Limits, MethodSpec, screen
-from kdnas.teacher_logits import TeacherLogits
 from kdnas.train import Batch
 
 W = {w: make_spec({"family": "resnet_cifar", "depth": 8, "width": w}) for w in (0.25, 0.5, 0.75, 1.0)}

@@ -8,8 +8,8 @@ import pytest
 
 from kdnas.cli import main
 from kdnas.config import load_study
-from kdnas.errors import ConfigError
-from kdnas.space import load_space
+from kdnas.config._space import load_space
+from kdnas.core import ConfigError
 from tests._util import REPO, shipped_study, write_tiny_study
 
 

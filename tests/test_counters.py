@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from kdnas.costs import COUNTERS, count
-from kdnas.models import ArchSpec, FAMILIES, build, make_spec
+from kdnas.models import FAMILIES, ArchSpec, build, make_spec
 
 SPECS = [
     {"family": "resnet_cifar", "depth": 8, "width": 0.25},  # residual adds and zero padding in the shortcuts
@@ -97,7 +97,7 @@ def test_counting_leaves_the_random_state_alone() -> None:
 
 
 def test_unknown_counter_lists_the_valid_ones() -> None:
-    from kdnas.errors import KdnasError
+    from kdnas.core import KdnasError
 
     with pytest.raises(KdnasError, match="unknown MAC counter 'ptflops'; valid names: flop_counter, fvcore, thop"):
         count(make_spec(SPECS[0]), SHAPE, 10, "ptflops")

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from kdnas.cli import main
+from kdnas.core import ConfigError, KdnasError
 from kdnas.data import DataConfig, load_split
-from kdnas.errors import ConfigError, KdnasError
 from tests._datafiles import write_cifar, write_imagefolder, write_mnist, write_svhn
 from tests._util import write_tiny_study
 
@@ -227,7 +227,8 @@ def test_digits_are_read_as_scikit_learn_reads_them() -> None:
     the same images, labels and order as ``load_digits``, so every split and cache key stays as it was."""
     from sklearn.datasets import load_digits
 
-    from kdnas.data._sources import Location, _digits, _digits_file
+    from kdnas.data import Location
+    from kdnas.data._sources import _digits, _digits_file
 
     assert _digits_file() is not None  # the direct path is the one taken here, not the fallback
     raw, ref = _digits(Location(None)), load_digits()

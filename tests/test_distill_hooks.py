@@ -7,8 +7,8 @@ import contextlib
 import pytest
 import torch
 
+from kdnas.core import KdnasError
 from kdnas.distill import FeatureTap, make_loss, pair_stages, probe_shapes
-from kdnas.errors import KdnasError
 from kdnas.models import build, make_spec
 from kdnas.train import Batch
 

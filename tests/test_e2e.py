@@ -10,8 +10,8 @@ import pandas as pd
 import torch
 
 from kdnas import load_student
-from kdnas.artifacts import ArtifactStore
 from kdnas.cli import main
+from kdnas.core import ArtifactStore
 from kdnas.data import DataConfig, load_split
 from kdnas.models import build, make_spec
 from tests._util import stored_trials
@@ -85,7 +85,7 @@ def test_changed_teacher_section_is_refused_on_resume_and_trains_under_a_new_nam
     assert main(["search", str(tiny_study), "--trials", "1"]) == 0
     tiny_study.write_text(tiny_study.read_text().replace("epochs: 2", "epochs: 3"))
     capsys.readouterr()
-    # Students distilled from another teacher would not be comparable with the stored ones (kdnas/resume.py).
+    # Students distilled from another teacher would not be comparable with the stored ones (kdnas/study/_resume.py).
     assert main(["search", str(tiny_study), "--trials", "1"]) == 2
     assert "teacher.train.epochs: the study 'tiny' in storage was searched with 2, now 3" in capsys.readouterr().err
     tiny_study.write_text(tiny_study.read_text().replace("name: tiny", "name: tiny3"))

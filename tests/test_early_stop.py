@@ -13,10 +13,11 @@ import torch
 
 from kdnas.cli import main
 from kdnas.config import load_study
-from kdnas.early_stop import EarlyStopping, stop_reason
-from kdnas.errors import ConfigError
+from kdnas.core import ConfigError
 from kdnas.models import build, make_spec
 from kdnas.study import open_study
+from kdnas.train import EarlyStopping
+from kdnas.train._early_stop import stop_reason
 from tests._util import write_tiny_study
 
 State = optuna.trial.TrialState

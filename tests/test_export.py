@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from kdnas import load_student
+from kdnas.bundle import pick_trial
+from kdnas.bundle._export import parse_pick
 from kdnas.cli import main
-from kdnas.errors import KdnasError
-from kdnas.export import parse_pick, pick_trial
+from kdnas.core import KdnasError
 from tests._util import searched_tiny_study
 
 

@@ -20,10 +20,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdnas.cli import main
+from kdnas.core import TrialFailure
 from kdnas.data import TensorSource
 from kdnas.distill import METHODS, Method
 from kdnas.distill._base import alpha
-from kdnas.errors import TrialFailure
 from kdnas.models import FAMILIES, ModelFamily, build, make_spec
 from kdnas.models._base import StagedNet
 from kdnas.train import TrainRecipe, fit

@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 import torch
 
+from kdnas.core import ConfigError
 from kdnas.costs import count
-from kdnas.errors import ConfigError
 from kdnas.models import build, make_spec
 
 PLAIN = {"family": "plain_cnn", "channels": [4, 6], "pool_every": 1, "hidden": 5, "kernel_size": 5}

@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from kdnas import fidelity
 from kdnas.cli import main
+from kdnas.results import _fidelity as fidelity
 from tests._util import searched_tiny_study, write_tiny_study
 
 ARGS = ["--top", "3", "--epochs", "2", "--threads", "1"]

@@ -23,9 +23,9 @@ from torch import nn
 from kdnas import load_student
 from kdnas.cli import main
 from kdnas.data import DataConfig, load_split
+from kdnas.distill._teacher_logits import KIND
 from kdnas.models import FAMILIES, ModelFamily
 from kdnas.models._base import StagedNet
-from kdnas.teacher_logits import KIND
 from tests._datafiles import write_cifar
 from tests._util import TINY_SPACE, stored_trials, write_tiny_study
 
@@ -149,7 +149,7 @@ def test_cuda_out_of_memory_fails_the_trial_and_the_study_goes_on(monkeypatch, t
     assert "FAIL: out of memory: CUDA out of memory" in capsys.readouterr().out
 
     # The GPU is still usable: in this process, a study with a student that fits (another space: another study
-    # name, kdnas/resume.py) completes its trials, and trials leave nothing behind on the GPU (what stays
+    # name, kdnas/study/_resume.py) completes its trials, and trials leave nothing behind on the GPU (what stays
     # allocated is the same after one trial as after three).
     (tmp_path / "space.yaml").write_text(TINY_SPACE)
     tiny_study.write_text(tiny_study.read_text().replace("name: tiny", "name: fits"))

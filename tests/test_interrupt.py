@@ -16,16 +16,15 @@ import pytest
 import torch
 from optuna.trial import TrialState
 
-import kdnas.resumable
-from kdnas.artifacts import ArtifactStore
-from kdnas.cli import main, setup_logging
+import kdnas.train._resumable
+from kdnas.cli import main
 from kdnas.config import load_study
+from kdnas.core import ArtifactStore, setup_logging
 from kdnas.data import DataConfig, load_split
-from kdnas.distill.chain import AssistantPool, Guide
+from kdnas.distill import AssistantPool, Guide, MethodSpec, TeacherLogits
 from kdnas.models import build, make_spec
-from kdnas.space import MethodSpec
-from kdnas.teacher import get_teacher, teacher_key
-from kdnas.teacher_logits import TeacherLogits
+from kdnas.study import get_teacher
+from kdnas.study._teacher import teacher_key
 from kdnas.train import TrainRecipe, predict
 from tests._util import REPO, stored_trials, write_tiny_study
 
@@ -109,7 +108,7 @@ W = {w: make_spec({"family": "resnet_cifar", "depth": 8, "width": w}) for w in (
 
 def test_interrupted_assistant_resumes_and_ends_like_an_uninterrupted_run(tmp_path: Path, ctrl_c: CtrlC,
                                                                           monkeypatch) -> None:
-    monkeypatch.setattr(kdnas.resumable, "PROGRESS_EVERY_S", 0.0)  # a line per epoch, to interrupt after the second
+    monkeypatch.setattr(kdnas.train._resumable, "PROGRESS_EVERY_S", 0.0)  # a line per epoch, to interrupt after the second
     split = load_split(DataConfig("digits"))
     torch.manual_seed(0)
     t = build(W[1.0], split.input_shape, split.num_classes).eval()

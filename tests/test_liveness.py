@@ -12,8 +12,8 @@ import optuna
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 
-from kdnas.liveness import WORKER_ATTR, WorkerLock, is_alive, live_workers, retry_interrupted, sweep
-from kdnas.workers import Tickets
+from kdnas.study._liveness import WORKER_ATTR, WorkerLock, is_alive, live_workers, retry_interrupted, sweep
+from kdnas.study._workers import Tickets
 
 # A worker's lock as WorkerLock takes it, in a process that starts in milliseconds (no torch to import).
 HOLD_LOCK = ("import fcntl, os, sys, time; p = os.path.join(sys.argv[1], 'workers', f'h-{os.getpid()}.lock'); "

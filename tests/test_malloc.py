@@ -1,4 +1,4 @@
-"""kdnas's glibc malloc thresholds (kdnas/_malloc.py): a training step stops faulting its memory in again.
+"""kdnas's glibc malloc thresholds (kdnas/core/_malloc.py): a training step stops faulting its memory in again.
 
 Each case runs in a fresh interpreter: the thresholds are process-wide and set once.
 """
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 # after three warm-up steps; the first line says whether kdnas set the thresholds.
 _STEPS = """
 import json, resource, sys
-from kdnas import _malloc
+from kdnas.core import _malloc
 tuned = _malloc.tune()
 import torch, torch.nn.functional as F
 from kdnas.models import build, make_spec
@@ -58,7 +58,7 @@ def _run(code: str, **extra: str) -> dict:
 
 
 def _glibc() -> bool:
-    from kdnas._malloc import glibc
+    from kdnas.core._malloc import glibc
 
     return glibc() is not None
 
@@ -76,7 +76,7 @@ def test_training_steps_stop_faulting_their_memory_in_again():
 @pytest.mark.parametrize("variable, value", [("KDNAS_MALLOC", "default"), ("MALLOC_TRIM_THRESHOLD_", "131072"),
                                              ("GLIBC_TUNABLES", "glibc.malloc.trim_threshold=131072")])
 def test_settings_of_the_user_are_left_alone(monkeypatch, variable, value):
-    from kdnas import _malloc
+    from kdnas.core import _malloc
 
     monkeypatch.setenv(variable, value)
     assert _malloc._tune() is False  # decided before glibc is touched: this process is left as it was
@@ -87,7 +87,7 @@ def test_every_kdnas_command_sets_them(tmp_path):
     # `kdnas profile --no-latency` only counts: what matters is that the entry point set the thresholds first.
     arch = tmp_path / "arch.yaml"
     arch.write_text("{family: resnet_cifar, depth: 8, width: 0.25}\n")
-    code = ("import json\nfrom kdnas.cli import main\nfrom kdnas import _malloc\n"
+    code = ("import json\nfrom kdnas.cli import main\nfrom kdnas.core import _malloc\n"
             f"rc = main(['profile', {str(arch)!r}, '--input', '1,8,8', '--classes', '10', '--no-latency'])\n"
             "print(json.dumps({'rc': rc, 'tuned': _malloc._done}))")
     assert _run(code) == {"rc": 0, "tuned": True}

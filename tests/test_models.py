@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from kdnas.errors import ConfigError
+from kdnas.core import ConfigError
 from kdnas.data import TensorSource
 from kdnas.models import FAMILIES, ArchSpec, build, make_spec
 from kdnas.train import predict
@@ -57,7 +57,7 @@ class TestFamilyContract:
 
     def test_predictions_do_not_depend_on_the_thread_count(self, family: str) -> None:
         """A study evaluates a student on fewer threads while the child process measures its latency
-        (kdnas/study.py): its accuracy must not depend on that. (On this project's CPU the logits are bitwise
+        (kdnas/study/_trial.py): its accuracy must not depend on that. (On this project's CPU the logits are bitwise
         equal; the test allows rounding.)"""
         torch.manual_seed(0)
         model = build(small_spec(family), (1, 28, 28), 10)

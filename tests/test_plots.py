@@ -8,7 +8,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pytest  # noqa: E402
 
-from kdnas.plots import plain_log_ticks  # noqa: E402
+from kdnas.results._plots import plain_log_ticks  # noqa: E402
 
 
 @pytest.mark.parametrize("low, high", [(0.31, 0.93), (0.045, 3.2), (1.5, 48.0), (0.02, 40.0), (0.004, 90.0)])

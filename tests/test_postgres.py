@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from kdnas.cli import main
-from kdnas.storage import rdb_storage
+from kdnas.study import rdb_storage
 from tests._postgres import PASSWORD
 from tests._util import write_tiny_study
 from tests.test_workers import ENV

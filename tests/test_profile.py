@@ -9,8 +9,7 @@ import pytest
 import torch
 
 from kdnas.cli import main
-from kdnas.costs import count
-from kdnas.costs._profile import format_profile
+from kdnas.costs import count, format_profile
 from kdnas.models import make_spec
 
 QUICK = ["--min-seconds", "0.02", "--max-seconds", "0.2"]

@@ -10,7 +10,7 @@ import optuna
 import pandas as pd
 
 from kdnas.cli import main
-from kdnas.plots import baseline_gains, front_2d
+from kdnas.results._plots import baseline_gains, front_2d
 
 
 def test_front_2d_by_hand() -> None:
@@ -62,7 +62,7 @@ def test_report_files_and_self_contained_html(tiny_study: Path, tmp_path: Path, 
 IMPORTANCES_IN_A_FRESH_PROCESS = r"""
 import sys, warnings
 import optuna
-from kdnas.report import importances
+from kdnas.results._report import importances
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 study = optuna.create_study(directions=["maximize", "minimize"], sampler=optuna.samplers.RandomSampler(seed=0))
@@ -108,7 +108,7 @@ def test_report_reads_one_snapshot_while_another_process_finishes_a_trial(tmp_pa
     front one entry longer than the table (pandas: "cannot set using a list-like indexer ...")."""
     from optuna.distributions import FloatDistribution
 
-    from kdnas.report import write_report
+    from kdnas.results import write_report
 
     study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db",
                                 directions=["maximize", "minimize", "minimize"])

@@ -12,8 +12,8 @@ import pytest
 
 from kdnas.cli import main
 from kdnas.config import load_study
-from kdnas.errors import KdnasError
-from kdnas.resume import RECORD, check_recipe, recipe
+from kdnas.core import KdnasError
+from kdnas.study._resume import RECORD, check_recipe, recipe
 from tests._util import searched_tiny_study, stored_trials
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kdnas.score import (
+from kdnas.costs._score import (
     Limits, ScoreConfig, Targets, combined_score, constraints, hypervolume, hypervolume_history, normalise, pareto_mask,
 )
 

@@ -11,8 +11,8 @@ import pytest
 
 from kdnas.cli import main
 from kdnas.config import load_study
-from kdnas.errors import ConfigError
-from kdnas.score import combined_score
+from kdnas.core import ConfigError
+from kdnas.costs import combined_score
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -9,8 +9,8 @@ import pytest
 
 from kdnas.cli import main
 from kdnas.config import load_study
+from kdnas.config._space import load_space
 from kdnas.costs import count
-from kdnas.space import load_space
 from tests._util import REPO, shipped_study
 
 SPACES = sorted((REPO / "search_spaces").glob("*.yaml"))

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import optuna
 
-from kdnas.storage import mask_text, mask_url, rdb_storage
+from kdnas.study import mask_url, rdb_storage
+from kdnas.study._storage import mask_text
 from tests._util import REPO
 
 
@@ -22,7 +23,7 @@ def test_passwords_are_masked() -> None:
 _CLAIM = """
 import json, sys, time
 import optuna
-from kdnas.storage import rdb_storage
+from kdnas.study import rdb_storage
 optuna.logging.set_verbosity(optuna.logging.ERROR)
 study = optuna.load_study(study_name="claims", storage=rdb_storage(sys.argv[1]))
 while time.time() < float(sys.argv[2]):
@@ -34,7 +35,7 @@ print(json.dumps([study.ask().number for _ in range(20)]))
 def test_two_processes_never_claim_the_same_waiting_trial(tmp_path: Path) -> None:
     # Retried and enqueued trials wait in storage until a worker claims one (Optuna's ask). On SQLite, Python's
     # driver ran the claim's read outside its transaction, and two workers starting together both ran the same
-    # trial (without kdnas/storage.py's BEGIN IMMEDIATE this test failed 3 times in 3; a CI run of
+    # trial (without kdnas/study/_storage.py's BEGIN IMMEDIATE this test failed 3 times in 3; a CI run of
     # test_workers lost a worker to it: "Cannot tell a COMPLETE trial").
     url = f"sqlite:///{tmp_path / 'study.db'}"
     study = optuna.create_study(study_name="claims", storage=rdb_storage(url))

@@ -13,9 +13,9 @@ import pytest
 
 from kdnas.cli import main
 from kdnas.config import load_study
+from kdnas.core import ConfigError
 from kdnas.distill import METHODS
-from kdnas.errors import ConfigError
-from kdnas.report import method_table
+from kdnas.results._report import method_table
 from kdnas.study import make_sampler, open_study
 from tests._util import REPO, write_tiny_study
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import torch
 
-from kdnas.artifacts import ArtifactStore
 from kdnas.config import load_study
+from kdnas.core import ArtifactStore
 from kdnas.data import DataConfig, load_split
-from kdnas.teacher import get_teacher, teacher_key
+from kdnas.study import get_teacher
+from kdnas.study._teacher import teacher_key
 
 
 def test_teacher_is_reproducible_regardless_of_global_rng(tiny_study: Path, tmp_path: Path) -> None:
@@ -37,7 +38,7 @@ def test_teacher_key_covers_what_determines_it(tiny_study: Path) -> None:
 
 
 def test_teacher_accuracy_is_evaluated_once_per_teacher_and_split(tiny_study: Path, tmp_path: Path, monkeypatch) -> None:
-    import kdnas.teacher as teacher_module
+    import kdnas.study._teacher as teacher_module
 
     cfg = load_study(tiny_study)
     store = ArtifactStore(tmp_path / "store")

@@ -8,12 +8,13 @@ from pathlib import Path
 import optuna
 import torch
 
-from kdnas.artifacts import ArtifactStore
 from kdnas.cli import main
 from kdnas.config import load_study
+from kdnas.core import ArtifactStore
 from kdnas.data import Augment, DataConfig, TensorSource, load_split
+from kdnas.distill import teacher_logits
+from kdnas.distill._teacher_logits import KIND
 from kdnas.models import build, make_spec
-from kdnas.teacher_logits import KIND, teacher_logits
 from kdnas.train import Batch, TrainRecipe, fit, predict
 
 

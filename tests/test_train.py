@@ -9,11 +9,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from kdnas.core import TrialFailure
 from kdnas.data import DataConfig, TensorSource, load_split
-from kdnas.errors import TrialFailure
 from kdnas.models import build, make_spec
-from kdnas import train
-from kdnas.train import TrainRecipe, accuracy, fit, lr_factor
+from kdnas.train import TrainRecipe, _fit as train, accuracy, fit
+from kdnas.train._fit import lr_factor
 
 SPEC = make_spec({"family": "resnet_cifar", "depth": 8, "width": 0.25})
 
@@ -121,7 +121,7 @@ def test_resume_from_a_checkpoint_ends_like_an_uninterrupted_run(digits) -> None
 
 def test_fit_matches_a_naive_loop(digits) -> None:
     """Equivalence: fit (batch source, channels-last on CPU) against the plainest loop on the same recipe."""
-    from kdnas.train import make_optimizer
+    from kdnas.train._fit import make_optimizer
 
     recipe = TrainRecipe(epochs=1, batch_size=32, lr=0.05)
     src = first(digits, 96)

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from kdnas.cli import main
-from kdnas.errors import KdnasError
+from kdnas.core import KdnasError
 from kdnas.models import build, make_spec
 from tests._datafiles import write_cifar, write_imagefolder
 from tests._util import write_tiny_study
@@ -137,7 +137,7 @@ def test_a_teacher_at_chance_is_a_warning_in_validate_and_in_search(tmp_path: Pa
 @pytest.mark.parametrize("accuracy, classes, warned", [(0.1, 10, True), (0.18, 10, True), (0.2, 10, False),
                                                        (0.5, 2, True), (0.6, 2, False), (0.12, 100, False)])
 def test_chance_means_within_a_tenth_of_the_way_to_perfect(accuracy: float, classes: int, warned: bool) -> None:
-    from kdnas.teacher_checks import chance_warning
+    from kdnas.study._teacher_checks import chance_warning
 
     assert (chance_warning(accuracy, classes) is not None) == warned
 

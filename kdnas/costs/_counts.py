@@ -29,8 +29,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from kdnas.core import Registry
 from kdnas.models import ArchSpec, build
-from kdnas.registry import Registry
 
 
 @dataclass(frozen=True)

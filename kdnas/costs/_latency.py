@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import torch
 from torch import nn
 
-from kdnas.artifacts import atomic_write_bytes, file_lock
+from kdnas.core import atomic_write_bytes, file_lock
 from kdnas.costs._background import LatencyService, ServiceError
 from kdnas.costs._setting import DTYPES, Latency, LatencySetting
 from kdnas.costs._timing import ESTIMATOR, Chain, measure_calls

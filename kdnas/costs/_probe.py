@@ -23,7 +23,7 @@ from pathlib import Path
 
 import torch
 
-from kdnas.artifacts import atomic_write_bytes, cache_dir
+from kdnas.core import atomic_write_bytes, cache_dir
 from kdnas.models import build, digest, make_spec
 
 # ResNet-8 at width 0.25 on one 8x8 image: 0.45 ms of the same small-op, dispatch-bound work as the students

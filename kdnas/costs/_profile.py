@@ -9,13 +9,12 @@ from typing import Callable
 
 import torch
 
-from kdnas._schema import Collector, load_yaml, parse_section
+from kdnas.core import Collector, KdnasError, load_yaml, parse_section
 from kdnas.costs._counts import COUNTERS, count
 from kdnas.costs._latency import measure_latency
 from kdnas.costs._setting import LatencySetting, resolve_device
 from kdnas.costs._table import LatencyTable
 from kdnas.costs._timing import _MIN_SAMPLES as MIN_SAMPLES
-from kdnas.errors import KdnasError
 from kdnas.models import ArchSpec, build, make_spec
 
 

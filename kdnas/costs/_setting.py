@@ -8,7 +8,7 @@ from typing import Literal, Union
 
 import torch
 
-from kdnas.errors import KdnasError
+from kdnas.core import KdnasError
 
 DEVICE = re.compile(r"^(cpu|cuda(:\d+)?|mps)$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

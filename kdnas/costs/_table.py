@@ -22,11 +22,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kdnas.artifacts import atomic_write_bytes
+from kdnas.core import atomic_write_bytes, cache_dir
+from kdnas.costs._probe import machine
 from kdnas.costs._setting import DTYPES, LatencySetting
 from kdnas.costs._timing import ESTIMATOR, Chain, measure_calls
-from kdnas.artifacts import cache_dir
-from kdnas.costs._probe import machine
 from kdnas.models import digest
 
 # Each layer runs in microseconds, so a short share of every round gives it thousands of samples.

@@ -21,9 +21,9 @@ from typing import Any, Optional, Sequence
 import numpy as np
 import torch
 
+from kdnas.core import KdnasError
 from kdnas.data._batches import normalise
 from kdnas.data._sources import FileImages
-from kdnas.errors import KdnasError
 
 PREPROCESS_FORMAT = 1
 _BATCH = 256  # images decoded at once

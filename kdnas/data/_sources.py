@@ -17,10 +17,8 @@ from typing import Callable, Literal, Optional
 
 import numpy as np
 
-from kdnas.artifacts import atomic_write_bytes, cache_dir
-from kdnas.errors import KdnasError
+from kdnas.core import KdnasError, Registry, atomic_write_bytes, cache_dir
 from kdnas.models import digest
-from kdnas.registry import Registry
 
 
 class Images(ABC):

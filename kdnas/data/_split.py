@@ -10,10 +10,10 @@ from typing import Optional
 import numpy as np
 import torch
 
+from kdnas.core import KdnasError
 from kdnas.data._batches import BatchSource, LoaderSource, TensorSource, normalise
 from kdnas.data._preprocess import describe
 from kdnas.data._sources import DATASETS, Images, Location, RawDataset
-from kdnas.errors import KdnasError
 from kdnas.models import digest
 
 # Splits whose float32 inputs fit in this many bytes live on the training device as tensors; larger ones

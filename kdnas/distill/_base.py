@@ -10,7 +10,7 @@ from typing import Any, Callable, ClassVar, Literal, Mapping
 import torch
 from torch import nn
 
-from kdnas.errors import KdnasError
+from kdnas.core import KdnasError
 
 Report = Callable[[str, str], None]
 

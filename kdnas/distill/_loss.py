@@ -1,4 +1,4 @@
-"""``make_loss``: one distillation method, hooked up for one training run of ``kdnas.train.fit``."""
+"""``make_loss``: one distillation method, hooked up for one training run of ``kdnas.train._fit.fit``."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kdnas.data import BatchSource, TensorSource
 from kdnas.distill._base import FEATURE_READS, PairShape, Step
 from kdnas.distill._hooks import FeatureTap, probe_shapes, select_pairs
 from kdnas.distill._methods import METHODS
-from kdnas.data import BatchSource, TensorSource
 from kdnas.train import Batch, LossFn, predict
 
 
@@ -31,7 +31,7 @@ def make_loss(
     train_x: "torch.Tensor | BatchSource",
     teacher_logits: "torch.Tensor | Callable[[Batch], torch.Tensor] | None" = None,
 ) -> Iterator[tuple[LossFn, nn.Module | None]]:
-    """Hook ``method`` up between ``student`` and ``teacher`` for one run of ``kdnas.train.fit``.
+    """Hook ``method`` up between ``student`` and ``teacher`` for one run of ``kdnas.train._fit.fit``.
 
     Use it as a context manager; it yields ``(loss_fn, adapters)``::
 
@@ -39,7 +39,7 @@ def make_loss(
             fit(student, split.train, recipe, loss_fn, seed, extra=adapters)
 
     ``method`` is a ``MethodSpec`` (or a ``(name, {hyperparameter: value})`` pair); missing hyperparameters
-    take their defaults, bad ones raise :class:`~kdnas.errors.KdnasError`. ``loss_fn(student_logits, batch)``
+    take their defaults, bad ones raise :class:`~kdnas.core._errors.KdnasError`. ``loss_fn(student_logits, batch)``
     returns ``(1 - alpha) * CE + alpha * D`` (see the package docstring); it must be called right after the
     student's forward pass on ``batch.x``, whose features the hooks kept. ``adapters`` holds the method's
     trainable modules (``None`` when it has none): pass it to ``fit(..., extra=adapters)``; it is never part of

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
+from kdnas.core import Registry
 from kdnas.distill._base import Method, Report
 from kdnas.distill._crd import ContrastiveRD
 from kdnas.distill._feature import AttentionTransfer, FitNets, ProbabilisticKT, RelationalKD, SimilarityPreserving
 from kdnas.distill._logit import DecoupledKD, HintonKD, LabelsOnly
-from kdnas.registry import Registry
 
 METHODS: Registry[Method] = Registry("distillation method")
 for _method in (LabelsOnly(), HintonKD(), DecoupledKD(), FitNets(), AttentionTransfer(), SimilarityPreserving(),

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from kdnas._schema import Collector, parse_section, is_missing
+from kdnas.core import Collector, Registry, is_missing, parse_section
 from kdnas.models._base import KDNet, ModelFamily
 from kdnas.models._spec import ArchSpec, canonical_json, digest
 from kdnas.models.mobilenetv2 import MobileNetV2Family
 from kdnas.models.plain_cnn import PlainCNNFamily
 from kdnas.models.resnet_cifar import ResNetCifarFamily
-from kdnas.registry import Registry
 
 FAMILIES: Registry[ModelFamily] = Registry("model family")
 # The one place where families are registered.

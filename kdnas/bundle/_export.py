@@ -1,0 +1,193 @@
+"""Export bundles: a chosen student's spec, weights, full distillation recipe and costs; ``load_student``.
+
+A bundle is a folder that needs nothing else to be used or trained fully::
+
+    student.json   the architecture spec, input shape, class count
+    weights.pt     the brief-trained state_dict
+    preprocess.json  what the model is fed: input shape, color, resize, mean and std; class names in output order
+    recipe.json    teacher, assistant chain, method and hyperparameters, data split, seeds, training
+                   recipes (brief and a suggested full one), library versions
+    costs.json     params, MACs, latency and where the latency was measured
+    guides/        the teacher's and each assistant's weights, so `kdnas train` can rebuild the chain
+    README.md      the same, for humans
+    student.pt2 / student.onnx   deployment formats, when asked for (kdnas.bundle._files keeps them in step)
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from kdnas.bundle._files import (FORMATS, check_target, load_student, new_folder, readme, replace_folder,
+                                 write_deployment)
+from kdnas.config import StudyConfig
+from kdnas.core import ArtifactStore, KdnasError, __version__
+from kdnas.study import front_trials
+
+__all__ = ["export_trial", "load_student", "pick_trial", "parse_pick", "FORMATS"]
+
+BUNDLE_FORMAT = 1
+
+_CONDITION = re.compile(r"^\s*(params|macs|latency_ms|val_accuracy|test_accuracy)\s*(<=|>=|<|>)\s*([0-9.eE+-]+)\s*$")
+_OPS = {"<": lambda a, b: a < b, "<=": lambda a, b: a <= b, ">": lambda a, b: a > b, ">=": lambda a, b: a >= b}
+
+
+def parse_pick(expr: str) -> list[tuple[str, str, float]]:
+    """``"params<50000, latency_ms<=0.5"`` -> conditions. Parsed, never evaluated."""
+    conditions = []
+    for part in re.split(r",|\band\b", expr):
+        m = _CONDITION.match(part)
+        if not m:
+            raise KdnasError(f"--pick: cannot read {part.strip()!r}; write conditions like 'params<50000' or "
+                             "'latency_ms<=0.5' (params, macs, latency_ms, val_accuracy, test_accuracy; < <= > >=), "
+                             "joined by ',' or 'and'")
+        try:
+            conditions.append((m[1], m[2], float(m[3])))
+        except ValueError:
+            raise KdnasError(f"--pick: {m[3]!r} is not a number") from None
+    return conditions
+
+
+def pick_trial(study: optuna.Study, expr: str) -> optuna.trial.FrozenTrial:
+    """Among the Pareto-optimal trials that meet every condition, the most accurate (then the smallest)."""
+    conditions = parse_pick(expr)
+    front = front_trials(study)  # of the measured objectives, in score mode too; infeasible trials left out
+    if not front:
+        raise KdnasError(f"study {study.study_name!r} has no completed, feasible trial to pick from")
+    ok = [t for t in front if all(_OPS[op](t.user_attrs[k], v) for k, op, v in conditions)]
+    if not ok:
+        smallest = min(front, key=lambda t: t.user_attrs["params"])
+        raise KdnasError(f"--pick {expr!r}: none of the {len(front)} Pareto-optimal trials meets it (the smallest, trial "
+                         f"{smallest.number}, has {smallest.user_attrs['params']:,} params and "
+                         f"{smallest.user_attrs['latency_ms']:.3f} ms)")
+    return max(ok, key=lambda t: (t.user_attrs["val_accuracy"], -t.user_attrs["params"]))
+
+
+def completed_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:
+    trials = {t.number: t for t in study.get_trials(deepcopy=False)}
+    if number not in trials:
+        raise KdnasError(f"study {study.study_name!r} has no trial {number} (trials 0..{len(trials) - 1})")
+    t = trials[number]
+    if t.state != optuna.trial.TrialState.COMPLETE:
+        reason = t.user_attrs.get("fail_reason") or t.user_attrs.get("prune_reason")
+        raise KdnasError(f"trial {number} is {t.state.name}{f' ({reason})' if reason else ''}; only completed trials can be exported")
+    return t
+
+
+def _versions() -> dict[str, str]:
+    import numpy
+    import torch
+
+    return {"kdnas": __version__, "torch": torch.__version__, "optuna": optuna.__version__,
+            "numpy": numpy.__version__, "python": platform.python_version()}
+
+
+def _recipe(cfg: StudyConfig, study: optuna.Study, t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    ua = t.user_attrs
+    data = study.user_attrs.get("data", {})
+    teacher = study.user_attrs.get("teacher", {})
+    brief = cfg.student.train.to_dict()
+    # Same recipe, longer: schedules are functions of progress, so only the epoch count changes.
+    full = {**brief, "epochs": max(cfg.teacher.train.epochs, 4 * brief["epochs"])}
+    return {
+        "format": BUNDLE_FORMAT,
+        "study": study.study_name,
+        "trial": t.number,
+        "teacher": {"spec": teacher.get("spec"), "cache_key": teacher.get("cache_key"),
+                    "checkpoint": teacher.get("checkpoint"), "identity": ua.get("teacher"),
+                    "val_accuracy": teacher.get("val_accuracy"), "weights": "guides/teacher.pt"},
+        # Largest assistant first; each entry's key names its weights in guides/ and in the run folder's store.
+        "chain": {"mode": ua["candidate"].get("chain", {}).get("mode", "takd"),
+                  "assistants": [{**a, "weights": f"guides/{a['key']}.pt"} for a in ua.get("assistants", [])]},
+        "assistant_train": {"train": cfg.assistants.train.to_dict(), "method": cfg.assistants.method,
+                            "drop_rate": cfg.assistants.drop_rate, "seed": cfg.assistants.seed},
+        # The values the run used, defaults included (the candidate holds only what was sampled).
+        "method": {"name": ua["candidate"]["method"]["name"], **ua.get("method_hyperparameters", {}),
+                   **{k: v for k, v in ua["candidate"]["method"].items() if k != "name"}},
+        "student_train": brief,
+        "full_train": full,
+        "data": {k: data.get(k) for k in ("dataset", "fingerprint", "train", "val", "test")} |
+                {"test_fraction_used": cfg.data.effective_test_fraction()},
+        # The data section as the study file had it; a relative root is made absolute so the bundle can move.
+        "data_config": {**vars(cfg.data), "root": str(cfg.resolve(cfg.data.root)) if cfg.data.root else None},
+        "seed": ua.get("seed"),
+        "brief_result": {"val_accuracy": ua.get("val_accuracy"), "test_accuracy": ua.get("test_accuracy")},
+        "versions": _versions(),
+    }
+
+
+def export_trial(cfg: StudyConfig, study: optuna.Study, number: int, out: Path, force: bool = False,
+                 formats: tuple[str, ...] = ()) -> Path:
+    """Write the bundle of trial ``number`` to ``out`` (all files appear at once, or none)."""
+    t = completed_trial(study, number)
+    out = Path(out)
+    check_target(out, force, _protected(cfg))
+    ua = t.user_attrs
+    store = ArtifactStore(cfg.run_dir / "artifacts")
+    weights = store.path("students", ua["weights"])
+    if not weights.is_file():
+        raise KdnasError(f"weights of trial {number} are missing from {weights.parent} (was the run folder moved?)")
+    data = study.user_attrs.get("data", {})
+    student = {"format": BUNDLE_FORMAT, "spec": ua["candidate"]["student"],
+               "input_shape": data.get("input_shape"), "num_classes": data.get("num_classes")}
+    recipe = _recipe(cfg, study, t)
+    costs = {k: v for k, v in ua.items() if k in ("params", "macs", "score") or k.startswith("latency_")}
+    costs.update(counter=cfg.costs.counter, latency_setting=cfg.costs.latency.identity())
+    guides = {"teacher.pt": _teacher_weights(cfg, store, recipe)}
+    for a in recipe["chain"]["assistants"]:
+        guides[f"{a['key']}.pt"] = store.path("assistants", a["key"])
+    for name, path in guides.items():
+        if not path.is_file():
+            raise KdnasError(f"weights for guides/{name} are missing at {path} (was the run folder moved?)")
+    preprocess = _preprocess(cfg, study)
+    tmp = new_folder(out.parent, out.name)
+    try:
+        for name, content in (("student.json", student), ("recipe.json", recipe), ("costs.json", costs),
+                              ("preprocess.json", preprocess)):
+            (tmp / name).write_text(json.dumps(content, indent=2) + "\n")
+        shutil.copyfile(weights, tmp / "weights.pt")
+        (tmp / "guides").mkdir()
+        for name, path in guides.items():
+            shutil.copyfile(path, tmp / "guides" / name)
+        for fmt in formats:
+            write_deployment(load_student(tmp), tuple(student["input_shape"]), tmp, fmt)
+        (tmp / "README.md").write_text(readme(tmp))
+        replace_folder(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _protected(cfg: StudyConfig) -> list[Path]:
+    """Folders an --out must neither be nor hold: where the user works, and the study's files and results."""
+    folders = [Path.cwd(), cfg.path.parent, cfg.run_dir, cfg.report_dir, cfg.resolve(cfg.search.space).parent]
+    return folders + ([cfg.resolve(cfg.data.root)] if cfg.data.root else [])
+
+
+def _preprocess(cfg: StudyConfig, study: optuna.Study) -> dict:
+    """What the student is fed (kdnas.data._preprocess): recorded by the search; for a study searched before
+    kdnas recorded it, read again from the data, which must be the split the study was searched on."""
+    if study.user_attrs.get("preprocess"):
+        return study.user_attrs["preprocess"]
+    from kdnas.data import load_split
+
+    split = load_split(cfg.data, "cpu", cfg.path)
+    fingerprint = study.user_attrs.get("data", {}).get("fingerprint")
+    if fingerprint and split.fingerprint != fingerprint:
+        raise KdnasError(f"{cfg.path}: data: the split here ({split.fingerprint}) is not the one study {cfg.name!r} was "
+                         f"searched on ({fingerprint}), so its preprocessing cannot be recorded in the bundle")
+    return split.preprocess
+
+
+def _teacher_weights(cfg: StudyConfig, store: ArtifactStore, recipe: dict) -> Path:
+    teacher = recipe["teacher"]
+    if teacher.get("checkpoint"):
+        return Path(teacher["checkpoint"])
+    return store.path("teachers", teacher["cache_key"])

@@ -1,0 +1,82 @@
+"""What every trial of one process needs, prepared once: the data split, the teacher and its outputs, the
+assistant pool, the latency cache (and its child process), cached counts."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+
+import torch
+
+from kdnas.config import StudyConfig
+from kdnas.core import ArtifactStore
+from kdnas.costs import AFTER, HERE, Counts, LatencyCache, LatencyService, count, measuring_place, resolve_device
+from kdnas.data import DataSplit, load_split
+from kdnas.distill import AssistantPool, Guide, MethodSpec, teacher_logits
+from kdnas.models import ArchSpec
+from kdnas.study import _resume as resume
+from kdnas.study._teacher import get_teacher
+
+
+@dataclass
+class Runtime:
+    """Everything the objective needs, prepared once per `kdnas search` process."""
+
+    cfg: StudyConfig
+    split: DataSplit  # on the training device
+    device: torch.device
+    store: ArtifactStore
+    latency: LatencyCache
+    teacher: Guide  # with its outputs on the training split, computed once
+    teacher_info: dict
+    assistants: AssistantPool
+    _counts: dict = field(default_factory=dict)
+
+    def close(self) -> None:
+        self.latency.close()
+
+    def counts(self, spec: ArchSpec) -> Counts:
+        if spec not in self._counts:
+            self._counts[spec] = count(spec, self.split.input_shape, self.split.num_classes, self.cfg.costs.counter)
+        return self._counts[spec]
+
+
+def prepare(cfg: StudyConfig, threads: int | None = None, workers: int = 1,
+            resumed: dict | None = None) -> Runtime:
+    """What every trial of this process needs; ``threads`` per process, ``workers`` processes in all.
+    ``resumed``: the stored study's attributes, whose split and teacher these must be (kdnas.study._resume)."""
+    device = resolve_device(cfg.device)
+    resolve_device(cfg.costs.latency.device)
+    torch.set_num_threads(threads or cfg.threads or os.cpu_count() or 1)
+    # Started first: the child's imports overlap with loading the data and the teacher.
+    place = measuring_place(cfg.costs.latency, device, torch.get_num_threads() * workers)
+    latency = LatencyCache(cfg.run_dir / "latency_cache.json", None if place == HERE else LatencyService(),
+                           after=place == AFTER)
+    try:
+        return _prepare(cfg, device, latency, resumed)
+    except BaseException:
+        latency.close()
+        raise
+
+
+def _prepare(cfg: StudyConfig, device: torch.device, latency: LatencyCache, resumed: dict | None) -> Runtime:
+    split = load_split(cfg.data, device, cfg.path)
+    resume.check_inputs(cfg, resumed, fingerprint=split.fingerprint)  # before a teacher is trained for it
+    store = ArtifactStore(cfg.run_dir / "artifacts")
+    assert cfg.teacher_spec is not None
+    # Requested first: beside the training (a core spare) it is measured while the teacher trains or loads.
+    teacher_latency = latency.request(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.latency)
+    teacher, info = get_teacher(cfg, split, store, device)
+    counts = count(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.counter)
+    info.update(params=counts.params, macs=counts.macs)
+    identity = info.get("cache_key") or info["checkpoint_sha256"]
+    resume.check_inputs(cfg, resumed, teacher=identity)
+    augment = cfg.student.train.augment.active
+    logits = teacher_logits(teacher, identity, split, store, random_augment=augment)
+    info.update(teacher_latency())
+    info["logits_cached"] = logits.cached
+    guide = Guide("teacher", identity, teacher, logits, info)
+    a = cfg.assistants
+    pool = AssistantPool(split, store, device, a.train, MethodSpec.from_dict(a.method), a.drop_rate, a.seed,
+                         random_augment=augment)
+    return Runtime(cfg, split, device, store, latency, guide, info, pool)

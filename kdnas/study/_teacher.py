@@ -1,0 +1,101 @@
+"""The teacher: trained on first use and cached by content, or loaded from a checkpoint."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+
+import torch
+import torch.nn.functional as F
+
+from kdnas.config import StudyConfig
+from kdnas.core import ArtifactStore, KdnasError, TrialFailure, file_lock
+from kdnas.data import DataSplit
+from kdnas.models import KDNet, build, digest
+from kdnas.study._teacher_checks import chance_warning, load_teacher_checkpoint
+from kdnas.train import Resumable, accuracy, fit
+
+log = logging.getLogger("kdnas")
+
+CACHE_FORMAT = 1  # bump when training code changes in a way that makes cached teachers stale
+
+
+def teacher_key(cfg: StudyConfig, split: DataSplit) -> str:
+    """Hash of everything that determines the trained teacher: spec, data split, recipe, seed, format."""
+    assert cfg.teacher_spec is not None
+    return digest(
+        {
+            "format": CACHE_FORMAT,
+            "spec": cfg.teacher_spec.to_dict(),
+            "data": split.fingerprint,
+            "recipe": cfg.teacher.train.to_dict(),
+            "seed": cfg.teacher.seed,
+        }
+    )
+
+
+def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device: torch.device) -> tuple[KDNet, dict]:
+    """Return the teacher in eval mode on ``device`` and a JSON-able description of it.
+
+    The description holds its spec, identity (``cache_key``, or ``checkpoint`` and ``checkpoint_sha256``),
+    val/test accuracy and how long it took to obtain.
+    """
+    assert cfg.teacher_spec is not None
+    t0 = time.perf_counter()
+    torch.manual_seed(cfg.teacher.seed)  # before build: the initial weights are part of what the seed fixes
+    model = build(cfg.teacher_spec, split.input_shape, split.num_classes)
+    if cfg.teacher.checkpoint is not None:
+        path = load_teacher_checkpoint(cfg, model, split.input_shape, split.num_classes)
+        # The file's content, not its path, identifies the teacher for caches of its outputs.
+        source = {"checkpoint": str(path), "checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
+        trained = False
+    else:
+        key = teacher_key(cfg, split)
+        source = {"cache_key": key}
+        # Locked: `kdnas search` processes started together (on machines sharing the run folder) train it once.
+        with file_lock(store.root / "locks" / f"teacher-{key}.lock"):
+            trained = not store.has("teachers", key)
+            if not trained:
+                model.load_state_dict(store.get_state_dict("teachers", key))
+            else:
+                model.to(device)
+                # After every epoch: a partial checkpoint, read back only here, under this lock, after Ctrl-C.
+                run = Resumable(store.path("teachers", f"{key}.partial"), f"teacher {cfg.teacher_spec.label()}",
+                                cfg.teacher.train.epochs)
+                try:
+                    fit(model, split.train, cfg.teacher.train, lambda logits, batch: F.cross_entropy(logits, batch.y),
+                        cfg.teacher.seed, checkpoint=run.checkpoint, resume=run.resume)
+                except TrialFailure as err:
+                    raise KdnasError(f"{cfg.path}: teacher.train: teacher training failed: {err.reason}") from None
+                store.put_state_dict("teachers", key, model.state_dict())
+                run.finished()
+    model.to(device).eval()
+    for p in model.parameters():
+        p.requires_grad_(False)
+    info = {
+        "spec": cfg.teacher_spec.to_dict(),
+        **source,
+        "trained_now": trained,
+        **_evaluation(model, source, split, store),
+        "seconds": time.perf_counter() - t0,
+    }
+    warning = chance_warning(info["val_accuracy"], split.num_classes)
+    if warning:
+        log.warning(warning)
+    return model, info
+
+
+def _evaluation(model: KDNet, source: dict, split: DataSplit, store: ArtifactStore) -> dict:
+    """The teacher's val and test accuracy, computed once per teacher and split: every later command, and
+    every worker of ``--workers N``, reads them back."""
+    key = digest([source.get("cache_key") or source["checkpoint_sha256"], split.fingerprint])
+    try:
+        scores = store.get_json("teacher_eval", key)
+        if set(scores) == {"val_accuracy", "test_accuracy"}:
+            return scores
+    except (OSError, ValueError):
+        pass  # not computed yet, or damaged: computing it again costs seconds
+    scores = {"val_accuracy": accuracy(model, split.val), "test_accuracy": accuracy(model, split.test)}
+    store.put_json("teacher_eval", key, scores)
+    return scores

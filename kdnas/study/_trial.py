@@ -1,0 +1,206 @@
+"""One trial of a study, in phases: each a function a newcomer finds from :func:`run_trial`, so that a
+later feature adds a phase or a rule instead of growing one function.
+
+    sample     the candidate from the space, screened by its counts; its latency requested
+    guides     the teacher and the assistant chain it distils from (assistants trained once, cached)
+    train      the student, briefly, under the candidate's method, stopped early when it trails its peers
+    evaluate   validation and test accuracy, the weights stored, the latency figure in hand
+    record     the trial's attributes and the objective values Optuna gets
+
+:func:`make_objective` wraps them for Optuna and turns failures into a recorded reason.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import astuple, dataclass
+from typing import Callable
+
+import optuna
+import torch
+
+from kdnas.config import Candidate, screen
+from kdnas.core import TrialFailure
+from kdnas.costs import METRIC_NAMES, Counts, Pending, combined_score, constraints
+from kdnas.distill import Guide, guided_loss, resolve_hyperparameters
+from kdnas.models import KDNet, build, digest
+from kdnas.study._liveness import WorkerLock, mark, retry_interrupted
+from kdnas.study._runtime import Runtime
+from kdnas.train import accuracy, checkpoint_hook, fit
+
+
+def trial_seed(study_seed: int, number: int) -> int:
+    return int(digest([study_seed, number], 8), 16) % (2**31)
+
+
+@dataclass
+class Sampled:
+    """A screened candidate, its counts, its latency (a figure in hand or on its way) and the trial's seed."""
+
+    candidate: Candidate
+    counts: Counts
+    latency: Pending
+    seed: int
+
+    def costs(self) -> dict[str, float]:
+        """The cost objectives, keyed like the trial attributes (waits for the latency figure)."""
+        return {"params": self.counts.params, "macs": self.counts.macs, "latency_ms": self.latency()["latency_ms"]}
+
+
+@dataclass
+class Trained:
+    model: KDNet
+    history: list[float]  # the training loss per epoch
+    seconds: float
+
+
+@dataclass
+class Measured:
+    val_accuracy: float
+    test_accuracy: float
+    weights: str  # the key of the student's weights in the run folder's store
+
+
+def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
+    started = time.perf_counter()
+    s = sample(rt, trial)
+    trained = train(rt, trial, s, guides(rt, trial, s))
+    return record(rt, trial, s, trained, evaluate(rt, s, trained), started)
+
+
+def sample(rt: Runtime, trial: optuna.Trial) -> Sampled:
+    """Sample and screen the candidate, record what it is; prune it (in milliseconds, before any training) when
+    it is over a limit of the space or of the score."""
+    cfg, split = rt.cfg, rt.split
+    screened = screen(cfg.space.sample(trial), cfg.space.limits, lambda spec: astuple(rt.counts(spec)),
+                      rt.teacher_info["params"])
+    for key, value in screened.constraints.items():
+        trial.set_constraint(key, value)
+    cand = screened.candidate
+    counts = rt.counts(cand.student)
+    for key, value in (("candidate", cand.to_dict()), ("student", cand.student.label()), ("method", cand.method.label()),
+                       ("chain", cand.chain.label()), ("chain_length", len(cand.chain.assistants)),
+                       ("params", counts.params), ("macs", counts.macs)):
+        trial.set_user_attr(key, value)
+    if not screened.ok:
+        trial.set_user_attr("prune_reason", screened.reason)
+        raise optuna.TrialPruned(screened.reason)
+    # Latency does not depend on the weights: measured in the child process beside the training, or when first
+    # needed (in the child process while this one waits, or in this process; kdnas/costs/_background.py). With
+    # a latency limit it is needed now, so that a candidate over the limit is never trained.
+    pending = rt.latency.request(cand.student, split.input_shape, split.num_classes, cfg.costs.latency)
+    s = Sampled(cand, counts, pending, trial_seed(cfg.seed, trial.number))
+    if cfg.score.limits.max_latency_ms is not None:
+        _check_limits(trial, s.costs(), cfg.score.limits)
+    trial.set_user_attr("seed", s.seed)
+    return s
+
+
+def guides(rt: Runtime, trial: optuna.Trial, s: Sampled) -> list[Guide]:
+    """The networks the student learns from: the teacher, or the candidate's assistant chain below it."""
+    trial.set_user_attr("teacher", rt.teacher.key)
+    chain, records = rt.assistants.chain(rt.teacher, s.candidate.chain, trial.number)
+    trial.set_user_attr("assistants", records)
+    return chain
+
+
+def train(rt: Runtime, trial: optuna.Trial, s: Sampled, chain: list[Guide]) -> Trained:
+    """The brief training of the student; the early-stopping rule may end it after any epoch (TrialPruned)."""
+    cfg, split, cand = rt.cfg, rt.split, s.candidate
+    torch.manual_seed(s.seed)
+    model = build(cand.student, split.input_shape, split.num_classes).to(rt.device)
+    hp = resolve_hyperparameters(cand.method.name, cand.method.hyperparameters)
+    trial.set_user_attr("method_hyperparameters", hp)  # defaults included: the values the run used
+    score = (lambda acc: combined_score(acc, s.costs(), cfg.score)) if cfg.score.mode == "score" else None
+    stop = checkpoint_hook(cfg.search.early_stopping, trial, cfg.student.train.epochs, s.counts.params,
+                           lambda: accuracy(model, split.val), score)
+    started = time.perf_counter()
+    try:
+        with guided_loss(cand.method, model, chain, split.train, cfg.assistants.drop_rate, s.seed) as (loss_fn, adapters):
+            history = fit(model, split.train, cfg.student.train, loss_fn, s.seed, on_epoch=stop, extra=adapters)
+    except optuna.TrialPruned:
+        # A stopped trial keeps its latency when the figure is in hand (cached, or measured beside the training).
+        # Measuring it now, for a trial that can no longer be on the front, would cost the study seconds for
+        # nothing; a later trial of the same architecture measures it if it completes.
+        if not s.latency.costs_a_measurement:
+            _record_latency(trial, s.latency())
+        raise
+    return Trained(model, history, time.perf_counter() - started)
+
+
+def evaluate(rt: Runtime, s: Sampled, trained: Trained) -> Measured:
+    """Validation accuracy (what the search selects on), test accuracy (reported only), the stored weights."""
+    # When the latency waits for the training to end (`after`), the child measures it meanwhile, on a core this
+    # process leaves it: inference predicts the same on any number of threads (tests/test_models.py).
+    with s.latency.meanwhile():
+        val_acc = accuracy(trained.model, rt.split.val)
+        test_acc = accuracy(trained.model, rt.split.test)
+        weights = rt.store.put_content("students", trained.model.state_dict())
+    return Measured(val_acc, test_acc, weights)
+
+
+def record(rt: Runtime, trial: optuna.Trial, s: Sampled, trained: Trained, measured: Measured,
+           started: float) -> tuple[float, ...]:
+    """The trial's figures as attributes, and its objective values (one combined score, or one per objective)."""
+    cfg = rt.cfg
+    _record_latency(trial, s.latency())
+    costs = s.costs()
+    score = combined_score(measured.val_accuracy, costs, cfg.score)
+    for key, value in (("weights", measured.weights), ("val_accuracy", measured.val_accuracy),
+                       ("test_accuracy", measured.test_accuracy), ("loss_history", trained.history),
+                       ("train_seconds", trained.seconds), ("trial_seconds", time.perf_counter() - started),
+                       ("score", score)):
+        trial.set_user_attr(key, value)
+    if cfg.score.mode == "score":
+        return (score,)
+    figures = {"val_accuracy": measured.val_accuracy, **costs}  # keyed like the attributes METRIC_NAMES names
+    return tuple(float(figures[METRIC_NAMES[o]]) for o in cfg.objectives)
+
+
+def _record_latency(trial: optuna.Trial, figures: dict) -> None:
+    for key, value in figures.items():
+        trial.set_user_attr(key, value)
+
+
+def _check_limits(trial: optuna.Trial, costs: dict[str, float], limits) -> None:
+    """Set the trial's Optuna constraints; over a limit, prune it (before any training) with the reason."""
+    violated = {}
+    for key, value in constraints(costs, limits).items():
+        trial.set_constraint(key, value)
+        if value > 0:
+            violated[key] = value
+    if violated:
+        reason = "; ".join(f"over score.limits.{k}: {costs[k.removeprefix('max_')]:.4g} > "
+                           f"{getattr(limits, k):.4g}" for k in violated)
+        trial.set_user_attr("prune_reason", reason)
+        raise optuna.TrialPruned(reason)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def make_objective(rt: Runtime, lock: WorkerLock | None = None) -> Callable[[optuna.Trial], tuple[float, ...]]:
+    def objective(trial: optuna.Trial) -> tuple[float, ...]:
+        if lock is not None:
+            mark(trial, lock)  # first: who runs this trial, so that its worker's death can be told
+        try:
+            return run_trial(rt, trial)
+        except TrialFailure as err:
+            reason = err.reason
+        except torch.OutOfMemoryError as err:
+            if rt.device.type == "cuda":
+                torch.cuda.empty_cache()  # give the next trial the memory this one held
+            reason = f"out of memory: {_first_line(err)}"
+        except (RuntimeError, ValueError) as err:  # e.g. a candidate too deep for the input size
+            # PyTorch's CPU allocator reports a failed allocation as a plain RuntimeError.
+            oom = "can't allocate memory" in str(err) or "out of memory" in str(err)
+            reason = f"{'out of memory' if oom else type(err).__name__}: {_first_line(err)}"
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", retry_interrupted(trial, rt.cfg.parallel.max_retry))
+            raise
+        trial.set_user_attr("fail_reason", reason)
+        raise TrialFailure(reason)
+
+    return objective
