@@ -76,7 +76,7 @@ def main() -> None:
                     help="a check in seconds (tests/test_benchmarks.py runs it): 2 candidates, one round, the tiny study of _studies.SMOKE; figures mean nothing")
     args = ap.parse_args()
     if args.smoke:
-        args.trials, args.rounds = 2, 1
+        args.trials, args.rounds, args.threads = 2, 1, 1  # _studies.SMOKE's one thread
     with _studies.work_folder(args.keep, "kdnas-workers-") as tmp:
         run(args, tmp)
 
