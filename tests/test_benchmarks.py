@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -31,17 +32,33 @@ def _git_status() -> str | None:
     return out.stdout if out.returncode == 0 else None
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
-def test_smoke_run(script: str, tmp_path: Path) -> None:
+def _smoke(script: str, folder: Path) -> subprocess.CompletedProcess:
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
-    env["TMPDIR"] = str(tmp_path)  # the scripts' temporary folders, removed with the test's
+    env["TMPDIR"] = str(folder)  # the scripts' temporary folders, removed with the test's
+    return subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke"], cwd=folder, env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def smoke_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
+    """The selected scripts' smoke runs, started together, as many at a time as there are cores: most of a
+    run is starting interpreters and waiting for its `kdnas search` children, so they overlap well."""
+    selected = [item.callspec.params["script"] for item in request.session.items
+                if getattr(item, "originalname", None) == "test_smoke_run" and hasattr(item, "callspec")]
     before = _git_status()
-    out = subprocess.run([sys.executable, str(BENCHMARKS / script), "--smoke"], cwd=tmp_path, env=env,
-                         capture_output=True, text=True, timeout=300)
+    with ThreadPoolExecutor(max_workers=max(1, min(len(selected), os.cpu_count() or 1))) as pool:
+        yield before, {s: pool.submit(_smoke, s, tmp_path_factory.mktemp(s.removesuffix(".py"))) for s in selected}
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_smoke_run(script: str, smoke_runs) -> None:
+    before, runs = smoke_runs
+    out = runs[script].result()
     assert out.returncode == 0, f"{script} --smoke exited with {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     assert out.stdout.strip(), f"{script} --smoke printed nothing"
-    assert _git_status() == before, f"{script} --smoke changed files in the repository"
+    # Other scripts may still be running: a change names no culprit, but no smoke run may make one.
+    assert _git_status() == before, f"the repository changed while {script} --smoke ran:\n{_git_status()}"
 
 
 def test_readme_lists_every_benchmark_and_only_those() -> None:
