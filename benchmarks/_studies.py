@@ -165,7 +165,7 @@ def _train_teacher(study: str) -> None:
     from kdnas.artifacts import ArtifactStore
     from kdnas.config import load_study
     from kdnas.data import load_split
-    from kdnas.study import resolve_device
+    from kdnas.costs import resolve_device
     from kdnas.teacher import get_teacher
 
     cfg = load_study(study)

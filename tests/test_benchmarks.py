@@ -62,7 +62,7 @@ def test_smoke_run(script: str, smoke_runs) -> None:
 
 
 def test_readme_lists_every_benchmark_and_only_those() -> None:
-    """benchmarks/README.md's table names each script once, with its --smoke command: a retired script leaves it."""
+    """benchmarks/README.md's table names each script: a retired one leaves it, a new one needs its row."""
     readme = (BENCHMARKS / "README.md").read_text()
     named = set(re.findall(r"`([a-z0-9_]+\.py)`", readme)) - {"_studies.py"}
     assert named == set(SCRIPTS), f"in the README, not in benchmarks/: {sorted(named - set(SCRIPTS))}; " \
