@@ -67,8 +67,9 @@ def best_of_alternating(reference: Callable[[], object], ours: Callable[[], obje
 
 # What ``--smoke`` changes in any study: digits (8x8: even the shipped ResNet-20 teacher trains an epoch in about
 # a second, and it stays larger than every assistant), one epoch everywhere, brief latency measurements, one
-# thread (two threads' workers spin against each other on a busy 2-core machine: seconds per step). Every benchmark's smoke run is in the default test suite (tests/test_benchmarks.py), so it must
-# take seconds; it checks that the script still runs against today's kdnas, and its figures mean nothing.
+# thread (two threads' workers spin against each other on a busy 2-core machine: seconds per step). Every
+# benchmark's smoke run is in the default test suite (tests/test_benchmarks.py), so it must take seconds; it
+# checks that the script still runs against today's kdnas, and its figures mean nothing.
 SMOKE = {
     "threads": 1,
     "data": {"dataset": "digits", "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0, "root": None},

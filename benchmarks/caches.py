@@ -143,7 +143,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every side (study `threads`)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--smoke", action="store_true",
-                    help="a check in seconds (tests/test_benchmarks.py runs it): one command of 2 trials per side, the tiny study of _studies.SMOKE; figures mean nothing")
+                    help="a check in seconds (tests/test_benchmarks.py runs it): one command of 2 trials per side, on the tiny "
+                         "study of _studies.SMOKE; figures mean nothing")
     ap.add_argument("--keep", help="keep the run folders here (default: a temporary folder, removed)")
     args = ap.parse_args()
     if args.smoke:

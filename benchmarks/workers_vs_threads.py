@@ -73,7 +73,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the candidates' draw")
     ap.add_argument("--keep", help="keep the run folders here (default: a temporary folder, removed)")
     ap.add_argument("--smoke", action="store_true",
-                    help="a check in seconds (tests/test_benchmarks.py runs it): 2 candidates, one round, the tiny study of _studies.SMOKE; figures mean nothing")
+                    help="a check in seconds (tests/test_benchmarks.py runs it): 2 candidates, one round, on the tiny "
+                         "study of _studies.SMOKE; figures mean nothing")
     args = ap.parse_args()
     if args.smoke:
         args.trials, args.rounds, args.threads = 2, 1, 1  # _studies.SMOKE's one thread

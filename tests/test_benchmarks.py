@@ -55,7 +55,8 @@ def smoke_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPath
 def test_smoke_run(script: str, smoke_runs) -> None:
     before, runs = smoke_runs
     out = runs[script].result()
-    assert out.returncode == 0, f"{script} --smoke exited with {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
+    assert out.returncode == 0, \
+        f"{script} --smoke exited with {out.returncode}:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}"
     assert out.stdout.strip(), f"{script} --smoke printed nothing"
     # Other scripts may still be running: a change names no culprit, but no smoke run may make one.
     assert _git_status() == before, f"the repository changed while {script} --smoke ran:\n{_git_status()}"
