@@ -42,8 +42,8 @@ def _smoke(script: str, folder: Path) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def smoke_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """The selected scripts' smoke runs, started together, as many at a time as there are cores: most of a
-    run is starting interpreters and waiting for its `kdnas search` children, so they overlap well."""
+    """The selected scripts' smoke runs, started together, as many at a time as there are cores (each is one
+    process at a time, mostly: starting interpreters, then its `kdnas search` children one after another)."""
     selected = [item.callspec.params["script"] for item in request.session.items
                 if getattr(item, "originalname", None) == "test_smoke_run" and hasattr(item, "callspec")]
     before = _git_status()
