@@ -1,10 +1,10 @@
-"""Helpers shared by the study-level benchmarks (caches.py, overhead.py, early_stopping.py).
+"""Helpers shared by the study-level benchmarks (caches.py, overhead.py, early_stopping.py, workers_vs_threads.py).
 
 Each benchmark runs real `kdnas search` commands on study files derived from the shipped ones: the shipped
 file is read with ``yaml.safe_load``, keys are overridden, and the result is written into a temporary
 folder, with the paths it names (search space, data root, teacher checkpoint) made absolute so that they
-still point at the repository. Every study runs in a folder of its own (kdnas writes ``runs/<name>/`` and
-``reports/<name>/`` under the current directory), so nothing in the repository is touched.
+still point at the repository. Every side's study file lies in a folder of its own (kdnas writes
+``runs/<name>/`` and ``reports/<name>/`` beside the study file), so nothing in the repository is touched.
 """
 
 from __future__ import annotations
@@ -65,13 +65,33 @@ def best_of_alternating(reference: Callable[[], object], ours: Callable[[], obje
     return min(times[0]), min(times[1])
 
 
-def derive(src: str | Path, dest: Path, overrides: dict[str, Any]) -> Path:
-    """Write ``src`` with ``overrides`` merged in as ``dest/<name>.yaml``; return its path."""
+# What ``--smoke`` changes in any study: digits (8x8: even the shipped ResNet-20 teacher trains an epoch in about
+# a second, and it stays larger than every assistant), one epoch everywhere, brief latency measurements, one
+# thread (two threads' workers spin against each other on a busy 2-core machine: seconds per step). Every
+# benchmark's smoke run is in the default test suite (tests/test_benchmarks.py), so it must take seconds; it
+# checks that the script still runs against today's kdnas, and its figures mean nothing.
+SMOKE = {
+    "threads": 1,
+    "data": {"dataset": "digits", "val_fraction": 0.2, "test_fraction": 0.2, "seed": 0, "root": None},
+    "teacher": {"train": {"epochs": 1}, "checkpoint": None},
+    "student": {"train": {"epochs": 1}},
+    # In the study's process: a latency child is one more interpreter to start per command, for nothing here.
+    "costs": {"latency": {"min_seconds": 0.05, "max_seconds": 0.3, "background": False}},
+}
+
+
+def derive(src: str | Path, dest: Path, overrides: dict[str, Any], smoke: bool = False) -> Path:
+    """Write ``src`` with ``overrides`` merged in (and :data:`SMOKE` after them, with ``smoke``) as
+    ``dest/<name>.yaml``; return its path."""
     src = Path(src)
     if not src.is_file() and (STUDIES / src).is_file():
         src = STUDIES / src
     raw = yaml.safe_load(src.read_text())
     raw = merge(raw, overrides)
+    if smoke:
+        raw = merge(raw, SMOKE)
+        if isinstance(raw.get("assistants"), dict):
+            raw = merge(raw, {"assistants": {"train": {"epochs": 1}}})
 
     def absolute(rel: str) -> str:
         p = Path(rel).expanduser()
@@ -114,17 +134,20 @@ def kdnas_search(study: Path, cwd: Path, args: list[str], log: Path | None = Non
     finally:
         if log:
             out.close()
-    if rc != 0:
-        sys.exit(f"`{' '.join(cmd)}` in {cwd} exited with {rc}" + (f"; see {log}" if log else ""))
+    if rc != 0:  # the log's folder may be a temporary one, removed on the way out: its tail goes with the message
+        tail = "\n".join(Path(log).read_text(errors="replace").splitlines()[-25:]) if log else ""
+        sys.exit(f"`{' '.join(cmd)}` in {cwd} exited with {rc}" + (f"; the end of {log}:\n{tail}" if log else ""))
     return wall, cpu
 
 
 def pretrain_teacher(study: Path, tmp: Path, dests: list[Path]) -> float:
-    """Train the study's teacher once (in a child process, in ``tmp/teacher``) and copy it into the run folder
-    of each of ``dests``, so that every side starts with it cached; return the training seconds."""
+    """Train the study's teacher once (in a child process, on a copy of ``study`` in ``tmp/teacher``) and copy it
+    into the run folder beside the study file in each of ``dests`` (the sides' folders), so that every side
+    starts with it cached; return the training seconds."""
     folder = tmp / "teacher"
     folder.mkdir(parents=True, exist_ok=True)
-    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "teacher", str(study)], cwd=folder,
+    copy = Path(shutil.copy(study, folder))  # its run folder lands beside it, in `folder`
+    out = subprocess.run([sys.executable, str(Path(__file__).resolve()), "teacher", str(copy)], cwd=folder,
                          env=child_env(), capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"training the teacher of {study} failed:\n{out.stderr}")
@@ -155,7 +178,8 @@ def _train_teacher(study: str) -> None:
 
 
 def trials(cwd: Path, study: Path):
-    """The stored trials of the study run in ``cwd`` (read through kdnas, as `kdnas report` does)."""
+    """The stored trials of ``study`` (its run folder is beside it; read through kdnas, as `kdnas report`
+    does, from ``cwd``)."""
     import warnings
 
     study = Path(study).resolve()

@@ -9,7 +9,7 @@ What "caches" means here, and what each side does:
 - **off**: the teacher (and each assistant) runs forward on every training batch of every trial, as
   happens when the students' inputs are randomly augmented, and every trial trains the assistants of its
   chain itself. Done by patching, in the `kdnas search` process of this side only,
-  ``kdnas.study._runner.teacher_logits`` and ``kdnas.distill._chain.teacher_logits`` (they return the per-batch
+  ``kdnas.study._runner._runner.teacher_logits`` and ``kdnas.distill._chain.teacher_logits`` (they return the per-batch
   provider, as with ``random_augment=True``; the inputs stay un-augmented, so both sides train on the same
   data) and ``AssistantPool.get`` (no memory, a throw-away store). No library code is changed.
 
@@ -26,7 +26,7 @@ runs them) alternating between the sides: round 1 runs on then off, round 2 off 
 that load from other processes hits both alike. Trials per hour = trials finished / the summed wall time
 of that side's commands.
 
-    PYTHONPATH=. python benchmarks/caches.py [--study digits_chain.yaml] [--rounds 2] [--trials 15] [--quick]
+    PYTHONPATH=. python benchmarks/caches.py [--study digits_chain.yaml] [--rounds 2] [--trials 15] [--smoke]
 """
 
 from __future__ import annotations
@@ -49,8 +49,8 @@ import _studies  # noqa: E402
 def child(side: str, stats_path: str, argv: list[str]) -> int:
     """`kdnas search ...` with the caches of ``side`` ("on" or "off"), recording where time went."""
     import kdnas.distill._chain as chain_mod
-    import kdnas.study._runner as study_mod
-    import kdnas.study._teacher as teacher_mod
+    import kdnas.study._runner._runner as study_mod
+    import kdnas.study._runner._teacher as teacher_mod
     from kdnas.core import ArtifactStore
     from kdnas.cli import main
     from kdnas.distill import TeacherLogits
@@ -142,12 +142,13 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=15, help="trials per command")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every side (study `threads`)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true",
-                    help="a check in about a minute: one command of 3 trials per side, the teacher trained for 2 epochs")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a check in seconds (tests/test_benchmarks.py runs it): one command of 2 trials per side, on the tiny "
+                         "study of _studies.SMOKE; figures mean nothing")
     ap.add_argument("--keep", help="keep the run folders here (default: a temporary folder, removed)")
     args = ap.parse_args()
-    if args.quick:
-        args.rounds, args.trials = 1, 3
+    if args.smoke:
+        args.rounds, args.trials = 1, 2
 
     with _studies.work_folder(args.keep, "kdnas-caches-") as tmp:
         run(args, tmp)
@@ -156,15 +157,13 @@ def main() -> None:
 def run(args, tmp: Path) -> None:
     overrides = {"seed": args.seed, "threads": args.threads,
                  "search": {"trials": args.trials, "sampler": "random", "early_stopping": {"enabled": False}}}
-    if args.quick:
-        overrides["teacher"] = {"train": {"epochs": 2}}
-    study = _studies.derive(args.study, tmp / "study", overrides)
-    print(f"study {args.study} -> {study} (threads {args.threads}, random sampler, early stopping off); "
-          f"{args.rounds} rounds x {args.trials} trials per side; {_studies.machine()}", flush=True)
-
     sides = ("on", "off")
     dirs = {s: tmp / s for s in sides}
-    teacher_s = _studies.pretrain_teacher(study, tmp, list(dirs.values()))  # once, copied into both run folders
+    # The same study file in each side's folder: kdnas keeps its run folder beside the study file.
+    studies = {s: _studies.derive(args.study, dirs[s], overrides, smoke=args.smoke) for s in sides}
+    print(f"study {args.study} -> {studies['on'].name} (threads {args.threads}, random sampler, early stopping off); "
+          f"{args.rounds} rounds x {args.trials} trials per side; {_studies.machine()}", flush=True)
+    teacher_s = _studies.pretrain_teacher(studies["on"], tmp, list(dirs.values()))  # once, copied into both
     print(f"teacher trained once for both sides in {teacher_s:.1f}s", flush=True)
     me = [sys.executable, str(Path(__file__).resolve())]
     wall = {s: 0.0 for s in sides}
@@ -174,7 +173,7 @@ def run(args, tmp: Path) -> None:
     for r in range(args.rounds):
         for s in sides if r % 2 == 0 else sides[::-1]:
             stats_file = tmp / f"stats-{s}-{r}.json"
-            w, c = _studies.kdnas_search(study, dirs[s], ["--trials", str(args.trials)], log=tmp / f"{s}.log",
+            w, c = _studies.kdnas_search(studies[s], dirs[s], ["--trials", str(args.trials)], log=tmp / f"{s}.log",
                                          python=[*me, "--_child", s, str(stats_file)])
             wall[s] += w
             cpu[s] += c
@@ -182,7 +181,7 @@ def run(args, tmp: Path) -> None:
             stats[s].append(json.loads(stats_file.read_text()))
             print(f"  round {r + 1}: caches {s:3s}: {args.trials} trials in {w:6.1f}s wall, {c:6.1f}s cpu", flush=True)
 
-    trials = {s: _studies.trials(dirs[s], study) for s in sides}
+    trials = {s: _studies.trials(dirs[s], studies[s]) for s in sides}
     total = {s: {k: sum(st[k] for st in stats[s]) for k in stats[s][0]} for s in sides}
     same = [t.user_attrs.get("candidate") for t in trials["on"]] == [t.user_attrs.get("candidate") for t in trials["off"]]
     print()

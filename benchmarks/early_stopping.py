@@ -26,7 +26,7 @@ timeout, the report) and per CPU hour, and every prune reason; the ratio of tria
 on / off; and, as a check, the training time the stopped trials did not spend, estimated from their own
 durations: the gain to expect from early stopping alone.
 
-    PYTHONPATH=. python benchmarks/early_stopping.py [--study quickstart.yaml] [--rounds 6] [--timeout 50] [--quick]
+    PYTHONPATH=. python benchmarks/early_stopping.py [--study quickstart.yaml] [--rounds 6] [--timeout 50] [--smoke]
 """
 
 from __future__ import annotations
@@ -49,12 +49,13 @@ def main() -> None:
     ap.add_argument("--sampler", choices=["random", "tpe"], default="random")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every side (study `threads`)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--quick", action="store_true",
-                    help="a check in about a minute: one 12 s command per side, the teacher trained for 2 epochs")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a check in seconds (tests/test_benchmarks.py runs it): one command of 2 trials per side, on the tiny "
+                         "study of _studies.SMOKE; figures mean nothing")
     ap.add_argument("--keep", help="keep the run folders here (default: a temporary folder, removed)")
     args = ap.parse_args()
-    if args.quick:
-        args.rounds, args.timeout = 1, 12
+    if args.smoke:  # 2 trials per side, not a short timeout: a busy machine must not leave a side without a trial
+        args.rounds, args.timeout = 1, 120
 
     with _studies.work_folder(args.keep, "kdnas-early-stopping-") as tmp:
         run(args, tmp)
@@ -67,11 +68,10 @@ def reason_kind(reason: str) -> str:
 
 def run(args, tmp: Path) -> None:
     sides = ("on", "off")
-    base = {"seed": args.seed, "threads": args.threads, "search": {"trials": 100000, "sampler": args.sampler}}
-    if args.quick:
-        base["teacher"] = {"train": {"epochs": 2}}
+    base = {"seed": args.seed, "threads": args.threads,
+            "search": {"trials": 2 if args.smoke else 100000, "sampler": args.sampler}}
     studies = {s: _studies.derive(args.study, tmp / s, _studies.merge(
-        base, {"search": {"early_stopping": {} if s == "on" else {"enabled": False}}})) for s in sides}
+        base, {"search": {"early_stopping": {} if s == "on" else {"enabled": False}}}), smoke=args.smoke) for s in sides}
     budget = args.rounds * args.timeout
     print(f"study {args.study} ({args.sampler} sampler, threads {args.threads}): early stopping on (as shipped) vs "
           f"off; {args.rounds} x `kdnas search --timeout {args.timeout:g}` per side ({budget:g}s of budget each); "

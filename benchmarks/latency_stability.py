@@ -9,6 +9,7 @@ CNN (one thread each) for the whole benchmark, on top of whatever else the machi
     PYTHONPATH=. python benchmarks/latency_stability.py --runs 8
     PYTHONPATH=. python benchmarks/latency_stability.py --runs 8 --load 1
     PYTHONPATH=. python benchmarks/latency_stability.py --runs 6 --arch '{family: mobilenetv2, width: 0.5}'
+    PYTHONPATH=. python benchmarks/latency_stability.py --smoke   # 2 brief runs: a check in seconds
 """
 
 from __future__ import annotations
@@ -48,12 +49,18 @@ def main() -> None:
     ap.add_argument("--classes", type=int, default=10)
     ap.add_argument("--load", type=int, default=0, help="extra busy processes during the benchmark")
     ap.add_argument("--profile-args", default="", help="more `kdnas profile` flags, e.g. '--batch-size 8'")
+    ap.add_argument("--smoke", action="store_true", help="a check in seconds (tests/test_benchmarks.py runs it): "
+                    "2 runs of 0.05-0.3 s; figures mean nothing")
     ap.add_argument("--_load", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args._load:
         return load(args._load)
+    if args.smoke:
+        args.runs = 2
+        args.profile_args = f"{args.profile_args} --min-seconds 0.05 --max-seconds 0.3"
 
-    arch = Path(tempfile.mkdtemp()) / "arch.yaml"
+    tmp = tempfile.TemporaryDirectory(prefix="kdnas-latency-stability-")
+    arch = Path(tmp.name) / "arch.yaml"
     arch.write_text(args.arch + "\n")
     # Bounded, so that neighbours never outlive a killed benchmark by long: runs take at most ~max_seconds.
     budget = str(args.runs * 15 + 30)

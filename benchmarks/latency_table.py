@@ -7,6 +7,7 @@ building the table, estimating from the full table and measuring.
 
     PYTHONPATH=. python benchmarks/latency_table.py --archs 24
     PYTHONPATH=. python benchmarks/latency_table.py --archs 16 --input 3,32,32
+    PYTHONPATH=. python benchmarks/latency_table.py --smoke   # 3 architectures, brief timings: a check in seconds
 """
 
 from __future__ import annotations
@@ -42,12 +43,17 @@ def main() -> None:
     ap.add_argument("--input", default="1,8,8")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=3.0, help="per measured architecture")
+    ap.add_argument("--smoke", action="store_true", help="a check in seconds (tests/test_benchmarks.py runs it): "
+                    "3 architectures, 0.05-0.2 s each; figures mean nothing")
     args = ap.parse_args()
+    if args.smoke:
+        args.archs, args.max_seconds = 3, 0.2
     shape = tuple(int(v) for v in args.input.split(","))
     rng = random.Random(args.seed)
     specs = [make_spec(sample(rng)) for _ in range(args.archs)]
-    setting = LatencySetting(max_seconds=args.max_seconds)
-    table = LatencyTable(Path(tempfile.mkdtemp()) / "table.json")
+    setting = LatencySetting(min_seconds=min(0.3, args.max_seconds / 4), max_seconds=args.max_seconds)
+    tmp = tempfile.TemporaryDirectory(prefix="kdnas-latency-table-")
+    table = LatencyTable(Path(tmp.name) / "table.json")
 
     t0 = time.perf_counter()
     for spec in specs:  # builds the table: every new layer is timed once

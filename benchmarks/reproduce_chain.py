@@ -19,10 +19,10 @@ and students train for --epochs. Nothing is selected on the test split: each stu
 after its last epoch, on val and on test.
 
     PYTHONPATH=. python benchmarks/reproduce_chain.py [--seeds 3] [--epochs 25] [--teacher-epochs 30]
-        [--out results.json] [--quick]
+        [--out results.json] [--quick] [--smoke]
 
 The full default run takes about an hour on one CPU core (docs/results.md); --quick checks the script in
-about a minute (narrow, shallow networks, one epoch each).
+about a minute (narrow, shallow networks, one epoch each); --smoke in seconds (the same on digits, narrower).
 """
 
 from __future__ import annotations
@@ -53,6 +53,7 @@ TEACHER_SEED = 0  # one teacher for every seed: the conditions differ in how it 
 ASSISTANT_SEED_OFFSET = 100  # assistant seed = 100 + student seed: a different draw from the student's
 # MNIST-5k as the shipped mnist5k study splits it: 3,000 train / 1,000 val / 1,000 test, stratified.
 DATA = DataConfig(dataset="mnist5k", val_fraction=0.2, test_fraction=0.2, seed=0)
+SMOKE_DATA = DataConfig(dataset="digits", val_fraction=0.2, test_fraction=0.2, seed=0)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -77,10 +78,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                          "(default: a temporary folder, so a run caches within itself only)")
     ap.add_argument("--quick", action="store_true",
                     help="check the script: 2 seeds, 1 epoch each, teacher/assistant/student ResNet-20/14/8 at width 0.5")
+    ap.add_argument("--smoke", action="store_true", help="a check in seconds (tests/test_benchmarks.py runs it): "
+                    "--quick on digits at width 0.25; figures mean nothing")
     args = ap.parse_args(argv)
+    args.data = SMOKE_DATA if args.smoke else DATA
+    if args.smoke:
+        args.quick = True
     if args.quick:
         args.seeds, args.epochs, args.teacher_epochs = 2, 1, 1
-        args.teacher_depth, args.assistant_depth, args.student_depth, args.width = 20, 14, 8, 0.5
+        args.teacher_depth, args.assistant_depth, args.student_depth = 20, 14, 8
+        args.width = 0.25 if args.smoke else 0.5
     if args.seeds < 2:
         ap.error(f"`--seeds >= 2` must hold for a standard deviation, but got seeds={args.seeds}")
     if not args.teacher_depth > args.assistant_depth > args.student_depth:
@@ -176,7 +183,7 @@ def main(argv: list[str] | None = None) -> dict:
     command = "PYTHONPATH=. python benchmarks/reproduce_chain.py" + (" " + shlex.join(argv if argv is not None else sys.argv[1:])).rstrip()
     say(f"$ {command}")
 
-    split = load_split(DATA, "cpu")
+    split = load_split(args.data, "cpu")
     spec = lambda depth: make_spec({"family": "resnet_cifar", "depth": depth, "width": args.width})
     t_spec, a_spec, s_spec = spec(args.teacher_depth), spec(args.assistant_depth), spec(args.student_depth)
     recipe = TrainRecipe(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr)
@@ -185,7 +192,7 @@ def main(argv: list[str] | None = None) -> dict:
     params = {name: count(s, split.input_shape, split.num_classes).params
               for name, s in (("teacher", t_spec), ("assistant", a_spec), ("student", s_spec))}
     result = {
-        "command": command, "data": {"config": vars(DATA), **split.sizes(), "fingerprint": split.fingerprint},
+        "command": command, "data": {"config": vars(args.data), **split.sizes(), "fingerprint": split.fingerprint},
         "archs": {"teacher": t_spec.to_dict(), "assistant": a_spec.to_dict(), "student": s_spec.to_dict()},
         "params": params, "recipe": recipe.to_dict(), "teacher_recipe": t_recipe.to_dict(), "method": kd.to_dict(),
         "drop_rate": args.drop_rate, "threads": args.threads,

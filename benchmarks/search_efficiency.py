@@ -13,8 +13,9 @@ normalised by the teacher's costs, reference point 1.
 
     PYTHONPATH=. python benchmarks/search_efficiency.py            # 84 candidates: ~11 min the first time (2-core CPU)
     PYTHONPATH=. python benchmarks/search_efficiency.py --quick    # 12 candidates, 2 epochs: ~1 min
+    PYTHONPATH=. python benchmarks/search_efficiency.py --smoke    # 2 candidates, 1 epoch: a check in seconds
 
-Samplers: ``tpe`` and ``random`` exactly as ``kdnas.study._runner.make_sampler`` builds them (the study seed
+Samplers: ``tpe`` and ``random`` exactly as ``kdnas.study._runner._runner.make_sampler`` builds them (the study seed
 replaced by the run's seed), ``nsga2`` (Optuna's NSGA-II with a population of 10: the default 50 would be
 pure random sampling for most of these budgets) and ``shuffled`` (the candidates in a random order without
 repeats: random sampling that never proposes a candidate twice). Writes the figure (mean and spread of each
@@ -27,6 +28,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +40,9 @@ from kdnas.core import TrialFailure
 from kdnas.costs import DIRECTIONS, METRIC_NAMES, hypervolume, normalise, pareto_mask
 from kdnas.results import hypervolume_series, trials_frame
 from kdnas.study import make_objective, make_sampler, prepare
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _studies  # noqa: E402
 
 # The space: resnet_small.yaml's student domains (depth categorical, width on its 0.125 grid), and a 2 x 2
 # grid of Hinton KD hyperparameters where resnet_small.yaml has continuous ranges. 3 x 7 x 2 x 2 = 84.
@@ -62,7 +67,18 @@ methods:
     temperature: 4.0
     alpha: {type: categorical, choices: [0.1, 0.9]}
 """
-STUDY = "studies/quickstart.yaml"  # data split, teacher, student recipe, objectives, latency setting
+# --smoke: 2 candidates, the study's recipe cut to one epoch (tests/test_benchmarks.py runs it).
+SMOKE_SPACE = """\
+students:
+  resnet_cifar:
+    depth: 8
+    width: {type: float, low: 0.25, high: 0.5, step: 0.25}
+methods:
+  hinton:
+    temperature: 4.0
+    alpha: 0.9
+"""
+STUDY = _studies.STUDIES / "quickstart.yaml"  # data split, teacher, student recipe, objectives, latency setting
 SAMPLERS = ("tpe", "random", "nsga2", "shuffled")
 EXTRA = ("tpe_multivariate", "tpe_startup5")  # variants of TPE that kdnas does not use, for --samplers
 # tpe, random and nsga2 share their first 10 trials (TPE's and NSGA-II's start-up samples are random ones with
@@ -236,7 +252,9 @@ def plot(curves: dict, full_hv: float, n_grid: int, path: Path, title: str) -> N
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="12 candidates, 2-epoch students, 5-epoch teacher, 5 seeds")
-    ap.add_argument("--seeds", type=int, help="sampler seeds per sampler (default 20; 5 with --quick)")
+    ap.add_argument("--smoke", action="store_true", help="a check in seconds (tests/test_benchmarks.py runs it): "
+                    "2 candidates, 1-epoch teacher and students, 2 seeds; figures mean nothing")
+    ap.add_argument("--seeds", type=int, help="sampler seeds per sampler (default 20; 5 with --quick, 2 with --smoke)")
     ap.add_argument("--samplers", default=",".join(SAMPLERS),
                     help=f"comma-separated, from {', '.join(SAMPLERS + EXTRA)} (default: {','.join(SAMPLERS)})")
     ap.add_argument("--train-seed", type=int, default=0,
@@ -251,18 +269,21 @@ def main() -> None:
     started = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
 
-    name = ("search_efficiency_quick" if args.quick else "search_efficiency") + \
+    if args.smoke:
+        args.seeds = args.seeds or 2
+    name = ("search_efficiency_smoke" if args.smoke else "search_efficiency_quick" if args.quick else "search_efficiency") + \
         (f"_seed{args.train_seed}" if args.train_seed else "")
     run_dir = Path("runs") / name
     run_dir.mkdir(parents=True, exist_ok=True)
     space_path = run_dir / "space.yaml"
-    space_path.write_text(QUICK_SPACE if args.quick else SPACE)
+    space_path.write_text(SMOKE_SPACE if args.smoke else QUICK_SPACE if args.quick else SPACE)
     overrides = {"name": name, "seed": args.train_seed, **({"objectives": args.objectives.split(",")} if args.objectives else {}),
                  "search": {"space": str(space_path.resolve()), "early_stopping": {"enabled": False}}}
     if args.quick:
         overrides.update(teacher={"train": {"epochs": 5, "batch_size": 64, "lr": 0.1}},
                          student={"train": {"epochs": 2, "batch_size": 64, "lr": 0.1}})
-    cfg = load_study(STUDY, overrides)
+    # The study file goes into run_dir: kdnas keeps the study's own run folder (the teacher) beside it.
+    cfg = load_study(_studies.derive(STUDY, run_dir, overrides, smoke=args.smoke))
     grid = enumerate_space(cfg.space)
 
     teacher, lookup = train_all(cfg, grid, run_dir / "candidates.json")
@@ -335,7 +356,7 @@ def main() -> None:
             never = sum(h > n_trials for h in hits)
             cells.append(f"{fmt[0]} [{fmt[1]}-{fmt[2]}]" + (f", {never} of {len(hits)} never" if never else ""))
         print(f"| {s} | " + " | ".join(cells) + " |")
-    path = args.plot or (run_dir / "search_efficiency.png" if args.quick or args.train_seed
+    path = args.plot or (run_dir / "search_efficiency.png" if args.quick or args.smoke or args.train_seed
                          else Path("reports/search_efficiency.png"))
     title = (f"digits, {len(ok)} candidates (ResNet depth x width x Hinton KD settings), objectives "
              f"{', '.join(objectives)}; {len(seeds)} seeds per sampler")

@@ -16,7 +16,7 @@ same work:
 
 Printed per side: wall time of the command, trials finished, trials per hour; the ratio, written ``N.Nx``.
 
-    PYTHONPATH=. python benchmarks/workers_vs_threads.py [--study mnist5k.yaml] [--trials 16] [--rounds 1]
+    PYTHONPATH=. python benchmarks/workers_vs_threads.py [--study mnist5k.yaml] [--trials 16] [--rounds 1] [--smoke]
 """
 
 from __future__ import annotations
@@ -72,30 +72,37 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     ap.add_argument("--seed", type=int, default=0, help="seed of the candidates' draw")
     ap.add_argument("--keep", help="keep the run folders here (default: a temporary folder, removed)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="a check in seconds (tests/test_benchmarks.py runs it): 2 candidates, one round, on the tiny "
+                         "study of _studies.SMOKE; figures mean nothing")
     args = ap.parse_args()
+    if args.smoke:
+        args.trials, args.rounds, args.threads = 2, 1, 1  # _studies.SMOKE's one thread
     with _studies.work_folder(args.keep, "kdnas-workers-") as tmp:
         run(args, tmp)
 
 
 def run(args, tmp: Path) -> None:
     overrides = {"threads": args.threads, "search": {"trials": args.trials, "early_stopping": {"enabled": False}}}
-    study = _studies.derive(args.study, tmp, overrides)
+    study = _studies.derive(args.study, tmp, overrides, smoke=args.smoke)
     params = candidates(study, args.trials, args.seed)
     sides = {f"1 worker x {args.threads} threads": [],
              f"{args.workers} workers x {max(1, args.threads // args.workers)} thread(s)": ["--workers", str(args.workers)]}
     print(f"study {args.study}: {args.trials} enqueued candidates, early stopping off; {_studies.machine()}", flush=True)
     folders = {(r, name): tmp / f"r{r}-{i}" for r in range(args.rounds) for i, name in enumerate(sides)}
+    # The same study file in every side's folder: kdnas keeps its run folder beside the study file.
+    files = {key: _studies.derive(args.study, folder, overrides, smoke=args.smoke) for key, folder in folders.items()}
     teacher_s = _studies.pretrain_teacher(study, tmp, list(folders.values()))
     print(f"teacher trained once in {teacher_s:.1f}s and copied into every side's run folder", flush=True)
     results: dict[str, list[tuple[float, int]]] = {name: [] for name in sides}
     for r in range(args.rounds):
         order = list(sides) if r % 2 == 0 else list(sides)[::-1]
         for name in order:
-            cwd = folders[(r, name)]
-            enqueue(study, cwd, params)
-            wall, _cpu = _studies.kdnas_search(study, cwd, ["--trials", str(args.trials), *sides[name]],
+            cwd, side_study = folders[(r, name)], files[(r, name)]
+            enqueue(side_study, cwd, params)
+            wall, _cpu = _studies.kdnas_search(side_study, cwd, ["--trials", str(args.trials), *sides[name]],
                                                 log=cwd / "search.log")
-            done = [t for t in _studies.trials(cwd, study) if t.state.is_finished()]
+            done = [t for t in _studies.trials(cwd, side_study) if t.state.is_finished()]
             states = sorted({t.state.name for t in done})
             results[name].append((wall, len(done)))
             print(f"round {r + 1}, {name:24s}: {wall:7.1f}s wall, {len(done)} trials finished ({', '.join(states)}), "

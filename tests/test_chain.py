@@ -10,8 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from kdnas.cli import main
-from kdnas.config import screen
-from kdnas.config._space import Candidate, Limits
+from kdnas.config import Candidate, Limits, screen
 from kdnas.distill import Chain, Guide, MethodSpec, TeacherLogits, guided_loss, hinton_kd_term
 from kdnas.models import make_spec
 from kdnas.train import Batch

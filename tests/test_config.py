@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from kdnas.cli import main
-from kdnas.config import load_study
-from kdnas.config._space import load_space
+from kdnas.config import load_space, load_study
 from kdnas.core import ConfigError
 from tests._util import REPO, shipped_study, write_tiny_study
 

@@ -6,7 +6,7 @@ glibc serves a chunk above ``M_MMAP_THRESHOLD`` (128 KB at first, raised as such
 of it is free (twice the mmap threshold); either way the next step touches new pages, which the kernel must
 fault in and zero. A batch of 128 MNIST images through a small ResNet is about 8,000 page faults per step,
 through a MobileNetV2 about 39,000 (150 MB zeroed per step); 10-15 % of the training process's CPU time went
-to the kernel (``benchmarks/malloc.py`` measures it and what it costs a study).
+to the kernel (docs/performance.md has what it changed, for training and for a study).
 
 :func:`tune` sets ``M_MMAP_THRESHOLD`` to 32 MB (the most glibc's own rule would reach) and
 ``M_TRIM_THRESHOLD`` to 1 GB: the pages freed by one step stay in the process for the next. Setting either

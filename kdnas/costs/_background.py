@@ -13,7 +13,7 @@ it can:
   waits (``hold``), then needs a share of ``min_seconds`` after that (``_RELEASED`` in _timing.py); the
   slowed samples only add to the slow end of each step. The child has not just trained: on
   this 2-core VM its figures came within 2-5 % of `kdnas profile`'s (median), where the study's own process
-  was 7-10 % off, with the same 2-s budget (``benchmarks/latency_budget.py``).
+  was 7-10 % off, with the same 2-s budget (docs/performance.md).
 
 It runs in a process of its own, not a thread: the step-by-step timing is Python-heavy, and under one GIL
 it would slow the training and be slowed by it. Requests and answers are JSON lines over its stdin and

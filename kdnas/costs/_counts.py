@@ -85,7 +85,7 @@ COUNTERS.register("fvcore", _fvcore)
 COUNTERS.register("thop", _thop)
 _NEEDS_REAL_TENSORS = {"fvcore"}
 # The others count small networks for small inputs (up to 64x64 RGB) on real, uninitialised CPU tensors,
-# where a pass costs less than on the meta device, whose every op goes through Python (benchmarks/counting.py);
+# where a pass costs less than on the meta device, whose every op goes through Python (docs/performance.md);
 # others on meta, where no memory is allocated and no arithmetic done, so that a huge candidate costs nothing
 # to screen.
 _REAL_MAX_PARAMS = 5_000_000

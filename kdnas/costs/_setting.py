@@ -33,7 +33,7 @@ class LatencySetting:
     dtype: Literal["float32", "float16", "bfloat16"] = "float32"  # on CPUs without native half support, slower
     min_seconds: float = 0.3  # time each architecture at least this long (the probe takes as long again) ...
     # ... and stop after this long, confirmed or not. In a study 2 s: measured right after a training, 2 s
-    # came as close to `kdnas profile`'s 10-s figure as 3 s did (benchmarks/latency_budget.py: median error
+    # came as close to `kdnas profile`'s 10-s figure as 3 s did (docs/performance.md: median error
     # 2.6 % against 3.2 %, 29 of 30 within 10 % against 26), at 0.3 s less per measurement, and up to 1.3 s
     # less when the machine is busy; `kdnas profile`, the figure to ship, takes 10 s by default.
     max_seconds: float = 2.0

@@ -41,7 +41,7 @@ def contrast_scores(anchor: torch.Tensor, memory: torch.Tensor, rows: torch.Tens
     """``exp(<memory[rows[b, j]], anchor[b]> / T) / Z``: the positive (column 0) and negatives per anchor.
 
     All N dot products, then a gather: gathering K+1 bank rows per anchor first (the reference code's way)
-    moves b (K+1) d floats, and ``benchmarks/crd_scores.py`` measures it 45x (CIFAR-size bank) to 130x
+    moves b (K+1) d floats, and was measured 45x (CIFAR-size bank) to 130x
     (digits-size bank) slower on a CPU.
     """
     # The bank is a constant here: it is updated outside the graph, with momentum.

@@ -209,7 +209,7 @@ class FitNets(Method):
     hyperparameters = {
         "alpha": alpha(0.5, _ALPHA),
         "beta": weight(10.0, "RepDistiller's -b is 100, which cost about 2 points of accuracy in 5-epoch digits "
-                             "runs; 10 did not (benchmarks/method_defaults.py)"),
+                             "runs; 10 did not (docs/methods.md)"),
     }
 
     def build(self, hp, shapes: list[PairShape], num_train: int) -> nn.Module:
@@ -225,7 +225,7 @@ class AttentionTransfer(Method):
         "alpha": alpha(0.5, _ALPHA),
         # The term is a mean over positions, so it grows as maps shrink: the paper's 1e3 is for 32x32 CIFAR
         # inputs; on 8x8 digits it cost 32 to 35 points of accuracy in 5-epoch runs, and 10 at most 1.3
-        # (benchmarks/method_defaults.py).
+        # (docs/methods.md).
         "beta": weight(10.0, "the paper's and RepDistiller's 1e3 is for 32x32 inputs; see the comment above"),
         "p": Hyper(2.0, "the paper's choice, and RepDistiller's", low=0, low_open=True),
     }
@@ -240,7 +240,7 @@ class SimilarityPreserving(Method):
     hyperparameters = {
         "alpha": alpha(0.5, _ALPHA),
         "beta": weight(300.0, "the paper's and RepDistiller's 3000 cost a MobileNetV2 student 9 points of accuracy "
-                              "in 5-epoch digits runs, 300 at most 1.6 (benchmarks/method_defaults.py)"),
+                              "in 5-epoch digits runs, 300 at most 1.6 (docs/methods.md)"),
     }
     term = _SP
 

@@ -7,7 +7,7 @@ lets workers on many machines share a PostgreSQL study; on one machine, :mod:`kd
 workers at once, without waiting for the grace period.
 
 Why SQLite and not Optuna's journal file, which Optuna suggests for workers on one machine
-(``benchmarks/storage_workers.py`` measures both): the journal costs less per trial (tens of milliseconds
+(measured side by side, docs/performance.md): the journal costs less per trial (tens of milliseconds
 against a few hundred for SQLite's ORM round trips, on a 2-core machine; small next to trials of seconds),
 but a worker killed while appending can leave a torn line that makes the whole journal unreadable, and one
 killed while holding the journal's lock file stalls every other worker for its 30 s grace period (measured).

@@ -130,7 +130,7 @@ def fast_layout(module: nn.Module, device: torch.device) -> Iterator[torch.memor
 
     On CPU, oneDNN's convolutions and BatchNorm mostly run faster on channels-last (NHWC) tensors: up to
     1.7x for a training step and 1.9x for inference, at worst 7% slower in a noisy measurement
-    (benchmarks/channels_last.py, benchmarks/README.md). On CUDA in float32 the gain depends on cuDNN and
+    (docs/performance.md). On CUDA in float32 the gain depends on cuDNN and
     was not measured, so the layout stays as it is there. The module leaves in the usual layout: latency measurement, export and users see
     no difference. Not inside ``inference_mode``: parameters converted there could not train again.
     Nested uses (an evaluation at an epoch's end, inside ``fit``) leave the layout to the outer one.
@@ -203,7 +203,7 @@ def _fit(model, trained, data, recipe, loss_fn, gen, layout, on_epoch, extra, ch
 def inference_batch_size(device: torch.device) -> int:
     """Batch size of inference passes: on CPU small, so that a layer's activations stay in the caches (1,000
     MNIST images at 32 rather than 512: 1.1-3.9x faster on one thread, MobileNetV2 gaining most; 0.9-3.3x on
-    two; benchmarks/eval_batch.py); on a GPU large, to fill it."""
+    two; docs/performance.md); on a GPU large, to fill it."""
     return 32 if device.type == "cpu" else 512
 
 
@@ -240,7 +240,7 @@ def inference_model(model: nn.Module, device: torch.device) -> nn.Module:
     convolution or linear layer before it, in the fastest layout; or ``model`` itself.
 
     Folding makes inference 1.0-1.4x faster on CPU for the search space's students (one thread, batches of
-    32; ``benchmarks/fold_batchnorm.py``): a BatchNorm in eval mode is a fixed per-channel affine map, and
+    32; docs/performance.md): a BatchNorm in eval mode is a fixed per-channel affine map, and
     the convolution before it can apply it in its own weights and bias. Only the graph's order decides what
     folds (``torch.fx``): a layer whose output anything else also reads keeps its BatchNorm. ``model`` itself
     comes back when it has no BatchNorm or cannot be traced (Python control flow on tensor values, say),
