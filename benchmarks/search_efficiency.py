@@ -15,7 +15,7 @@ normalised by the teacher's costs, reference point 1.
     PYTHONPATH=. python benchmarks/search_efficiency.py --quick    # 12 candidates, 2 epochs: ~1 min
     PYTHONPATH=. python benchmarks/search_efficiency.py --smoke    # 2 candidates, 1 epoch: a check in seconds
 
-Samplers: ``tpe`` and ``random`` exactly as ``kdnas.study._runner._runner.make_sampler`` builds them (the study seed
+Samplers: ``tpe`` and ``random`` exactly as ``kdnas.study.make_sampler`` builds them (the study seed
 replaced by the run's seed), ``nsga2`` (Optuna's NSGA-II with a population of 10: the default 50 would be
 pure random sampling for most of these budgets) and ``shuffled`` (the candidates in a random order without
 repeats: random sampling that never proposes a candidate twice). Writes the figure (mean and spread of each
