@@ -36,6 +36,18 @@ search:
 objectives: [accuracy, params, latency]
 costs: {{latency: {latency}}}  # tests check that latency is measured, not its precision
 """
+# A one-assistant chain between a width-0.25 student and the teacher (tests of chains, full training, resume).
+CHAIN_SPACE = """\
+students:
+  resnet_cifar: {depth: 8, width: 0.25}
+methods:
+  hinton: {temperature: 4.0, alpha: 0.8}
+chain:
+  max_assistants: 1
+  assistants:
+    resnet_cifar: {depth: 8, width: 0.5}
+"""
+
 DIGITS = "{dataset: digits, val_fraction: 0.2, test_fraction: 0.2, seed: 0}"
 QUICK_LATENCY = "{min_seconds: 0.05, max_seconds: 0.3}"
 

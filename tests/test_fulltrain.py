@@ -17,18 +17,7 @@ import torch
 
 from kdnas import load_student
 from kdnas.cli import main
-from tests._util import working_dir, write_tiny_study
-
-SPACE = """\
-students:
-  resnet_cifar: {depth: 8, width: 0.25}
-methods:
-  hinton: {temperature: 4.0, alpha: 0.8}
-chain:
-  max_assistants: 1
-  assistants:
-    resnet_cifar: {depth: 8, width: 0.5}
-"""
+from tests._util import CHAIN_SPACE, working_dir, write_tiny_study
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +26,7 @@ def bundle(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("fulltrain")
     with working_dir(folder):
         study_file = write_tiny_study(folder, teacher_width=1.0, extra="assistants:\n  train: {epochs: 1}\n")
-        (folder / "space.yaml").write_text(SPACE)
+        (folder / "space.yaml").write_text(CHAIN_SPACE)
         (folder / "runs/tiny").mkdir(parents=True)
         study = optuna.create_study(study_name="tiny", storage="sqlite:///runs/tiny/study.db",
                                     directions=["maximize", "minimize", "minimize"])

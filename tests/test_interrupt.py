@@ -26,7 +26,7 @@ from kdnas.models import build, make_spec
 from kdnas.study import get_teacher
 from kdnas.study._teacher import teacher_key
 from kdnas.train import TrainRecipe, predict
-from tests._util import REPO, stored_trials, write_tiny_study
+from tests._util import CHAIN_SPACE, REPO, stored_trials, write_tiny_study
 
 
 class CtrlC(logging.Handler):
@@ -135,18 +135,6 @@ def test_interrupted_assistant_resumes_and_ends_like_an_uninterrupted_run(tmp_pa
     assert not any("width=0.75" in line for line in ctrl_c.lines), "the finished assistant is loaded, not retrained"
     assert list((store.root / "assistants").glob("*.partial.pt")) == []
     _equal_weights(straight.model.state_dict(), resumed.model.state_dict())
-
-
-CHAIN_SPACE = """\
-students:
-  resnet_cifar: {depth: 8, width: 0.25}
-methods:
-  hinton: {temperature: 4.0, alpha: 0.8}
-chain:
-  max_assistants: 1
-  assistants:
-    resnet_cifar: {depth: 8, width: 0.5}
-"""
 
 
 def test_a_trial_interrupted_by_ctrl_c_is_retried_on_resume(tmp_path: Path, ctrl_c: CtrlC, monkeypatch) -> None:
