@@ -44,3 +44,32 @@ def postgres_url(postgres_cluster, request) -> str:
     import re
 
     return postgres_cluster.create_database("t_" + re.sub(r"\W", "_", request.node.name)[:50].lower())
+
+
+# The benchmarks' smoke runs (tests/test_benchmarks.py) start in the background once the tests are collected,
+# on the core the rest of the suite leaves idle; their tests run last and collect the results.
+_SMOKE_DIR: list = []
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    items.sort(key=lambda item: getattr(item, "originalname", None) == "test_smoke_run")  # stable: only moves those
+
+
+def pytest_collection_finish(session) -> None:
+    if session.config.option.collectonly:
+        return
+    from tests.test_benchmarks import SmokeRuns, selected_scripts
+
+    scripts = selected_scripts(session.items)
+    others = [item for item in session.items if item.path.name != "test_benchmarks.py"]
+    if scripts and others:  # beside other tests only; alone, the fixture runs them on every core
+        _SMOKE_DIR.append(tempfile.TemporaryDirectory(prefix="kdnas-smoke-"))
+        session.config._kdnas_smoke_runs = SmokeRuns(scripts, Path(_SMOKE_DIR[0].name))
+
+
+def pytest_sessionfinish(session) -> None:
+    runs = getattr(session.config, "_kdnas_smoke_runs", None)
+    if runs is not None:
+        runs.close()
+    for folder in _SMOKE_DIR:
+        folder.cleanup()

@@ -40,15 +40,42 @@ def _smoke(script: str, folder: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+class SmokeRuns:
+    """The selected scripts' smoke runs, started in the background as soon as the tests are collected.
+
+    Why in the background: the rest of the suite runs one test at a time on one torch thread, leaving the
+    second core of a 2-core machine mostly idle, and these runs are separate processes (interpreters starting,
+    then a script's `kdnas search` children one after another). One at a time beside the suite, they cost it
+    little wall time; their tests run last (tests/conftest.py orders them) and wait for what is left."""
+
+    def __init__(self, scripts: list[str], root: Path, workers: int = 1):
+        self.before = _git_status()
+        self.pool = ThreadPoolExecutor(max_workers=workers)
+        self.runs = {}
+        for s in scripts:
+            folder = root / s.removesuffix(".py")
+            folder.mkdir(parents=True)
+            self.runs[s] = self.pool.submit(_smoke, s, folder)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def selected_scripts(items) -> list[str]:
+    return [item.callspec.params["script"] for item in items
+            if getattr(item, "originalname", None) == "test_smoke_run" and hasattr(item, "callspec")]
+
+
 @pytest.fixture(scope="module")
 def smoke_runs(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory):
-    """The selected scripts' smoke runs, started together, as many at a time as there are cores (each is one
-    process at a time, mostly: starting interpreters, then its `kdnas search` children one after another)."""
-    selected = [item.callspec.params["script"] for item in request.session.items
-                if getattr(item, "originalname", None) == "test_smoke_run" and hasattr(item, "callspec")]
-    before = _git_status()
-    with ThreadPoolExecutor(max_workers=max(1, min(len(selected), os.cpu_count() or 1))) as pool:
-        yield before, {s: pool.submit(_smoke, s, tmp_path_factory.mktemp(s.removesuffix(".py"))) for s in selected}
+    """The runs tests/conftest.py started at collection; started here (both cores) when it did not."""
+    started = getattr(request.config, "_kdnas_smoke_runs", None)
+    if started is not None:
+        yield started.before, started.runs
+        return
+    runs = SmokeRuns(selected_scripts(request.session.items), tmp_path_factory.mktemp("smoke"), os.cpu_count() or 1)
+    yield runs.before, runs.runs
+    runs.close()
 
 
 @pytest.mark.parametrize("script", SCRIPTS)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import optuna
 import pandas as pd
+import pytest
 import torch
 
 from kdnas import load_student
@@ -80,6 +81,7 @@ def test_search_report_resume_export(tiny_study: Path, tmp_path: Path, capsys) -
     assert main(["report", str(tiny_study)]) == 0
 
 
+@pytest.mark.slow  # the refusal is also in test_resume.py (default suite); this adds the retrain under a new name
 def test_changed_teacher_section_is_refused_on_resume_and_trains_under_a_new_name(tiny_study: Path, tmp_path: Path,
                                                                                    capsys) -> None:
     assert main(["search", str(tiny_study), "--trials", "1"]) == 0

@@ -63,6 +63,7 @@ def _glibc() -> bool:
     return glibc() is not None
 
 
+@pytest.mark.slow  # a measurement (page faults per step); test_every_kdnas_command_sets_them checks the setting
 @pytest.mark.skipif(not _glibc(), reason="not glibc")
 def test_training_steps_stop_faulting_their_memory_in_again():
     default = _run(_STEPS, KDNAS_MALLOC="default")
