@@ -61,6 +61,7 @@ from kdnas.teacher_logits import teacher_logits
 from kdnas.train import Batch, TrainRecipe, accuracy, fit
 
 try:
+    import torchdistill
     from torchdistill.core.distillation import get_distillation_box
     from torchdistill.losses.registry import get_mid_level_loss
     from torchdistill.optim.registry import register_optimizer
@@ -196,7 +197,8 @@ def main() -> None:
     print(f"MNIST-5k{' (smoke)' if args.smoke else ''}: {split.sizes()}; student {STUDENT.label()}, teacher "
           f"{TEACHER.label()}; {args.epochs} epochs, batch {recipe.batch_size}, SGD lr {recipe.lr} Nesterov "
           f"momentum {recipe.momentum}, weight decay {recipe.weight_decay} (not on BatchNorm/biases), cosine per "
-          f"step; hinton T={T} alpha={ALPHA}; torch threads {torch.get_num_threads()}")
+          f"step; hinton T={T} alpha={ALPHA}; torch threads {torch.get_num_threads()}; torch {torch.__version__}, "
+          f"torchdistill {torchdistill.__version__}")
 
     torch.manual_seed(0)
     teacher = build(TEACHER, split.input_shape, split.num_classes)

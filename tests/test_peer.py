@@ -20,7 +20,6 @@ def _mlp(hidden: int) -> nn.Module:
 
 
 def test_torchdistill_side_trains_the_student_as_the_kdnas_engine_does():
-    torch.set_num_threads(1)
     split = load_split(DataConfig("digits"))
     torch.manual_seed(0)
     teacher = _mlp(64)
