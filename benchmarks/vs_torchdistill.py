@@ -60,6 +60,9 @@ from kdnas.models import build, make_spec
 from kdnas.teacher_logits import teacher_logits
 from kdnas.train import Batch, TrainRecipe, accuracy, fit
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark, also when imported by a test
+from engine_vs_reference import Clock  # noqa: E402 - wall and CPU seconds, as that benchmark times its sides
+
 try:
     import torchdistill
     from torchdistill.core.distillation import get_distillation_box
@@ -113,16 +116,6 @@ def train_config(recipe: TrainRecipe, n: int, seed: int) -> dict:
         "criterion": {"key": "WeightedSumLoss",
                       "kwargs": {"sub_terms": {"kd": {"criterion": kd_loss_config(), "weight": 1.0}}}},
     }
-
-
-class Clock:
-    """Wall-clock and process CPU seconds since creation."""
-
-    def __init__(self) -> None:
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-
-    def read(self) -> tuple[float, float]:
-        return time.perf_counter() - self.wall, time.process_time() - self.cpu
 
 
 def torchdistill_kd(student, teacher, train: TensorSource, recipe: TrainRecipe, seed: int) -> tuple[float, float]:
