@@ -20,8 +20,9 @@ per batch, ``post_epoch_process``; finally ``clean_modules``. Matching kdnas's r
   (``register_optimizer``, its documented extension point) that makes the same two groups;
 - schedule: cosine to zero, stepped after every batch: ``CosineAnnealingLR(T_max = total steps)`` with
   ``scheduling_step: 1``, the same factor kdnas sets before each step;
-- shuffling: its ``RandomSampler`` draws ``randperm(n)`` per epoch from a generator seeded like kdnas's, so
-  both sides see the same batches in the same order;
+- shuffling: its ``RandomSampler`` draws ``randperm(n)`` from a generator seeded like kdnas's, so both sides
+  see the same batches in the first epoch (it draws one permutation more per epoch than it uses, so later
+  epochs see other, equally random, batches);
 - teacher: frozen (``requires_grad: False``, so it runs under ``no_grad``) and in eval mode. The example script
   leaves a loaded teacher in train mode (BatchNorm on batch statistics); here both sides distill from the
   teacher's eval-mode outputs, so that they learn from the same targets.
@@ -29,7 +30,10 @@ per batch, ``post_epoch_process``; finally ``clean_modules``. Matching kdnas's r
 Remaining differences are the engines themselves: torchdistill runs the teacher on every batch and builds
 batches sample by sample through a DataLoader (``num_workers: 0``, on the one core the run gets); kdnas reads
 the teacher's logits from its per-study table (computed once; its cost is printed separately) and slices
-batches from the in-memory split, in channels-last layout on CPU.
+batches from the in-memory split, in channels-last layout on CPU. That layout rounds differently, and SGD at
+lr 0.1 amplifies the difference within a few dozen steps, so single runs of the two sides end at different
+accuracies: compare means over repeats. With flat layers only, where the layouts agree, one epoch of each
+side ends at the same weights (tests/test_peer.py).
 
 Runs alternate between the sides so that load from other processes hits both alike. Each run is timed in
 wall-clock seconds and in CPU seconds of this process; with one torch thread the CPU time is the work done,
