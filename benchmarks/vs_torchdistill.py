@@ -57,11 +57,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kdnas.artifacts import ArtifactStore
+from kdnas.core import ArtifactStore
 from kdnas.data import DataConfig, DataSplit, TensorSource, load_split
-from kdnas.distill import make_loss
+from kdnas.distill import make_loss, teacher_logits
 from kdnas.models import build, make_spec
-from kdnas.teacher_logits import teacher_logits
 from kdnas.train import Batch, TrainRecipe, accuracy, fit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling benchmark, also when imported by a test
