@@ -94,13 +94,13 @@ def reference_kd(student, teacher, train_x, train_y, recipe: TrainRecipe, seed: 
     return clock.read()
 
 
-def engine_kd(student, teacher, table, split, recipe: TrainRecipe, seed: int):
+def engine_kd(student, teacher, table, train, recipe: TrainRecipe, seed: int):
     """kdnas's engine as a trial uses it (``make_loss`` with the per-study logit table, as
     ``kdnas.distill._chain.guided_loss`` does for one guide); returns (wall, cpu) seconds."""
     clock = Clock()
     method = ("hinton", {"temperature": T, "alpha": ALPHA})
-    with make_loss(method, student, teacher, split.train, teacher_logits=table) as (loss_fn, adapters):
-        fit(student, split.train, recipe, loss_fn, seed, extra=adapters)
+    with make_loss(method, student, teacher, train, teacher_logits=table) as (loss_fn, adapters):
+        fit(student, train, recipe, loss_fn, seed, extra=adapters)
     return clock.read()
 
 
@@ -141,7 +141,7 @@ def main() -> None:
         return build(student_spec, split.input_shape, split.num_classes)
 
     sides = {
-        "kdnas engine": lambda s, seed: engine_kd(s, teacher, table, split, recipe, seed),
+        "kdnas engine": lambda s, seed: engine_kd(s, teacher, table, split.train, recipe, seed),
         "reference, as published": lambda s, seed: reference_kd(s, teacher, split.train.x, split.train.y, recipe, seed, True),
         "reference, teacher no_grad": lambda s, seed: reference_kd(s, teacher, split.train.x, split.train.y, recipe, seed, False),
     }
