@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import logging
 import time
 from typing import Callable
 
@@ -19,8 +18,6 @@ from kdnas.study._sampling import process_sampler
 from kdnas.study._storage import check_storage, is_local, mask_url, open_storage
 from kdnas.study._trial import make_objective
 from kdnas.study._workers import Tickets, optimize, run_pool, threads_per_worker
-
-log = logging.getLogger("kdnas")
 
 
 def open_study(cfg: StudyConfig, create: bool, storage: optuna.storages.BaseStorage | None = None) -> optuna.Study:
