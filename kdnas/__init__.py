@@ -6,6 +6,7 @@ The packages, lowest first (each imports only those before it; tests/test_layout
     models    architecture families and specs            data     datasets, splits, batch sources
     costs     params, MACs, latency; Pareto and score    train    the training loop, early stopping
     distill   distillation methods, assistant chains     config   study and search-space files
+    candidates  candidate identity, replicates, intervals, intensification
     study     running a search                            bundle   export, full training, predict
     results   reports, plots, fidelity, dashboard         cli      the `kdnas` command
 

@@ -14,7 +14,7 @@ from tests._util import REPO
 
 PACKAGE = REPO / "kdnas"
 # Lowest first: a package may import only those before it (kdnas/__init__.py says what each holds).
-LAYERS = ["core", "models", "data", "costs", "train", "distill", "config", "study", "bundle", "results", "cli"]
+LAYERS = ["core", "models", "data", "costs", "train", "distill", "config", "candidates", "study", "bundle", "results", "cli"]
 
 
 def _module(path: Path) -> str:

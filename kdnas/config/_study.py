@@ -64,14 +64,35 @@ def check_method(raw: dict[str, Any], report) -> None:
 
 
 @dataclass(frozen=True)
+class Intensify:
+    """``search.intensify``: re-evaluate the candidates that decide the front (kdnas/candidates/_intensify.py)."""
+
+    enabled: bool = True
+    after: int = 10  # trainings before the first re-evaluation: explore first
+    share: float = 0.25  # of the trainings after those, the share spent on re-evaluations
+
+    def check(self, report) -> None:
+        if self.after < 0:
+            report("after", f"`after >= 0` must hold, but got after={self.after}")
+        if not 0 <= self.share < 1:
+            report("share", f"`0 <= share < 1` must hold, but got share={self.share}")
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     space: str  # path of the search space file, relative to the study file
     trials: int = 20  # trials added by each `kdnas search` run
     timeout: Optional[float] = None  # seconds from the start of the command; no trial starts after it
     sampler: Literal["tpe", "random"] = "tpe"
     early_stopping: EarlyStopping = field(default_factory=EarlyStopping)  # stop trials that trail their peers
+    # A candidate proposed again is trained again with a new seed (a replicate) up to this many times; past it,
+    # the mean of its replicates answers the sampler without training (docs/search.md, "Replicates").
+    replicates: int = 3
+    intensify: Intensify = field(default_factory=Intensify)
 
     def check(self, report) -> None:
+        if self.replicates < 1:
+            report("replicates", f"`replicates >= 1` must hold, but got replicates={self.replicates}")
         if self.trials < 1:
             report("trials", f"`trials >= 1` must hold, but got trials={self.trials}")
         if self.timeout is not None and not self.timeout > 0:

@@ -107,17 +107,28 @@ def pareto_mask(values: Sequence[Sequence[float]], directions: Sequence[str]) ->
     """Boolean mask of the non-dominated rows of ``values`` (``directions``: 'maximize' / 'minimize').
 
     A row is dominated when another row is at least as good in every objective and better in one.
-    Duplicated rows do not dominate each other. O(n^2) in rows, which is nothing next to training.
+    Duplicated rows do not dominate each other.
+
+    Why not every pair: a report of 5,000 trials compared 25 million pairs (0.6 s, and memory to match) after
+    every trial. In lexicographic order a row can only be dominated by a row before it, and a row dominated by
+    anything is dominated by a front member (dominance is transitive), so each row is checked against the
+    front found so far: O(rows x front), and fronts are small.
     """
     v = np.asarray(values, dtype=float)
     if v.size == 0:
-        return np.zeros(0, dtype=bool)
+        return np.zeros(len(v), dtype=bool)
     sign = np.array([-1.0 if d.lower().startswith("max") else 1.0 for d in directions])
     v = v * sign  # now everything is minimised
-    le = (v[:, None, :] <= v[None, :, :]).all(axis=2)  # le[i, j]: i at least as good as j everywhere
-    lt = (v[:, None, :] < v[None, :, :]).any(axis=2)
-    dominated = (le & lt).any(axis=0)
-    return ~dominated
+    order = np.lexsort(v.T[::-1])  # by the first column, then the second, ...
+    mask = np.zeros(len(v), dtype=bool)
+    front = np.empty((0, v.shape[1]))
+    for i in order:
+        row = v[i]
+        if len(front) and ((front <= row).all(axis=1) & (front < row).any(axis=1)).any():
+            continue
+        mask[i] = True
+        front = np.vstack([front, row])
+    return mask
 
 
 def measured_front(rows: Sequence[Mapping[str, float]], objectives: Sequence[str]) -> np.ndarray:

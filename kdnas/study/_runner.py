@@ -8,9 +8,10 @@ from typing import Callable
 
 import optuna
 
+from kdnas.candidates import INTENSIFY, KEY, REUSED, CandidateTable, choose, due
 from kdnas.config import StudyConfig
 from kdnas.core import KdnasError
-from kdnas.costs import DIRECTIONS, METRIC_NAMES, feasible, measured_front
+from kdnas.costs import DIRECTIONS, METRIC_NAMES
 from kdnas.study import _resume as resume
 from kdnas.study._liveness import WorkerLock, sweep
 from kdnas.study._runtime import Runtime, prepare
@@ -45,13 +46,25 @@ def open_study(cfg: StudyConfig, create: bool, storage: optuna.storages.BaseStor
     return study
 
 
+# A process stops when its sampler proposes only candidates at their replicate cap this many times in a row:
+# the answers cost nothing, but a space that small has nothing left to search.
+REUSED_IN_A_ROW = 25
+
+
+def candidates_of(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> CandidateTable:
+    """The study's candidate table (kdnas/candidates/_table.py), from ``trials`` (default: read now)."""
+    attrs = study.user_attrs
+    n_val = (attrs.get("data") or {}).get("val") or 1  # unknown: an interval as wide as it can be
+    table = CandidateTable(n_val, attrs["objectives"], (attrs.get("comparable") or {}).get("study"))
+    return table.update(study.get_trials(deepcopy=False) if trials is None else trials)
+
+
 def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The completed, feasible trials on the Pareto front of the measured objectives (in score mode too)."""
-    done = [t for t in study.get_trials(deepcopy=False) if t.state == optuna.trial.TrialState.COMPLETE and feasible(t)]
-    if not done:
-        return []
-    mask = measured_front([t.user_attrs for t in done], study.user_attrs["objectives"])
-    return [t for t, m in zip(done, mask) if m]
+    """One trial per candidate on the Pareto front of the candidates' means (measured objectives, in score mode
+    too): the replicate closest to the candidate's mean."""
+    trials = study.get_trials(deepcopy=False)
+    by_number = {t.number: t for t in trials}
+    return [by_number[e.representative()] for e in candidates_of(study, trials).front()]
 
 
 def _print(line: str) -> None:
@@ -136,20 +149,28 @@ def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: Worker
     study.sampler = process_sampler(cfg)  # seeded by this process's first trial (kdnas/study/_sampling.py)
     study.pruner = cfg.search.early_stopping.pruner()  # used by single-objective studies only
     n_new = cfg.search.trials
+    table = rt.table
+    reused_in_a_row = 0
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        done = tickets.finished_one()  # this command's trials: another command may add to the study meanwhile
+        nonlocal reused_in_a_row
+        ua = trial.user_attrs
+        reused = bool(ua.get(REUSED))
+        if reused:
+            tickets.give_back()  # `search.trials` counts trainings: an answer from replicates is free
+        reused_in_a_row = reused_in_a_row + 1 if reused else 0
+        # This command's trainings: another command may add to the study meanwhile.
+        done = tickets.finished() if reused else tickets.finished_one()
         elapsed = time.time() - started
         head = f"{prefix}[{done:>3}/{n_new} {elapsed:6.1f}s] trial {trial.number:>3}"
-        ua = trial.user_attrs
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            front = front_trials(study)
-            best = max(t.user_attrs["val_accuracy"] for t in front)
-            tail = f"front {len(front)}, best val {best:.1%}"
-            if cfg.score.mode == "score":
-                tail = f"score {ua['score']:.4f}, best {study.best_value:.4f} | {tail}"
-            progress(f"{head} val {ua['val_accuracy']:6.1%}  {ua['params']:>9,} params  {ua['latency_ms']:7.3f} ms  "
-                     f"{ua['student']} {ua['method']} {ua['chain']}  ({ua['trial_seconds']:.1f}s) | {tail}")
+            table.update(study.get_trials(deepcopy=False))
+            progress(f"{head} {_complete_line(cfg, study, table, trial)}")
+            if reused_in_a_row >= REUSED_IN_A_ROW:
+                progress(f"{prefix}stopping: the last {reused_in_a_row} proposals were candidates at their "
+                         f"{cfg.search.replicates} replicates (search.replicates); the space has no new candidate "
+                         f"left for this sampler")
+                study.stop()
         else:
             reason = ua.get("fail_reason") or ua.get("prune_reason", "")
             # The candidate, as on COMPLETE lines (absent when sampling itself failed).
@@ -159,6 +180,41 @@ def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: Worker
     def before_trial() -> None:
         for line in sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry):
             progress(prefix + line)
+        intensify(cfg, study, table)
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's per-trial logs
     optimize(study, make_objective(rt, lock), tickets, deadline, on_trial, before_trial)
+
+
+def intensify(cfg: StudyConfig, study: optuna.Study, table: CandidateTable) -> None:
+    """Before a trial: when a re-evaluation is due (kdnas/candidates/_intensify.py), enqueue it."""
+    rule = cfg.search.intensify
+    if not rule.enabled:
+        return
+    table.update(study.get_trials(deepcopy=False))
+    if table.waiting or not due(table, rule.after, rule.share):
+        return
+    choice = choose(table, cfg.search.replicates)
+    if choice is not None:
+        study.enqueue_trial(choice.entry.params, user_attrs={KEY: choice.entry.key, INTENSIFY: choice.why})
+
+
+def _complete_line(cfg: StudyConfig, study: optuna.Study, table: CandidateTable,
+                   trial: optuna.trial.FrozenTrial) -> str:
+    """A completed trial's progress line: its figures, its candidate's estimate, the front of the means."""
+    ua = trial.user_attrs
+    entry = table.entries.get(ua.get(KEY, ""))
+    table.estimates()
+    front = table.front()
+    best = max(front, key=lambda e: e.estimate.mean) if front else None
+    tail = f"front {len(front)}" + (f", best val {best.estimate.text()}" if best else "")
+    if cfg.score.mode == "score":
+        tail = f"score {ua['score']:.4f}, best {study.best_value:.4f} | {tail}"
+    what = f"{ua['student']} {ua['method']} {ua['chain']}"
+    if ua.get(REUSED):
+        return (f"not trained: {what} is at its {ua['replicates']} replicates (search.replicates), "
+                f"val {entry.estimate.text() if entry else ''} | {tail}")
+    mean = f" -> {entry.estimate.text()}" if entry is not None and entry.n > 1 else ""
+    again = f" re-evaluation ({ua[INTENSIFY]})" if ua.get(INTENSIFY) else ""
+    return (f"val {ua['val_accuracy']:6.1%}{mean}  {ua['params']:>9,} params  {ua['latency_ms']:7.3f} ms  {what}"
+            f"{again}  ({ua['trial_seconds']:.1f}s) | {tail}")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from kdnas.candidates import CandidateTable
 from kdnas.config import StudyConfig
 from kdnas.core import ArtifactStore
 from kdnas.costs import AFTER, HERE, Counts, LatencyCache, LatencyService, count, measuring_place, resolve_device
@@ -30,6 +31,8 @@ class Runtime:
     teacher: Guide  # with its outputs on the training split, computed once
     teacher_info: dict
     assistants: AssistantPool
+    recipe: dict  # the study's training recipe: part of every candidate's key
+    table: CandidateTable  # the study's candidates, updated from its trials (replicates, intensification, progress)
     _counts: dict = field(default_factory=dict)
 
     def close(self) -> None:
@@ -79,4 +82,6 @@ def _prepare(cfg: StudyConfig, device: torch.device, latency: LatencyCache, resu
     a = cfg.assistants
     pool = AssistantPool(split, store, device, a.train, MethodSpec.from_dict(a.method), a.drop_rate, a.seed,
                          random_augment=augment)
-    return Runtime(cfg, split, device, store, latency, guide, info, pool)
+    recipe = resume.recipe(cfg)["study"]
+    table = CandidateTable(len(split.val), cfg.objectives, recipe)
+    return Runtime(cfg, split, device, store, latency, guide, info, pool, recipe, table)

@@ -1,7 +1,8 @@
 """One trial of a study, in phases: each a function a newcomer finds from :func:`run_trial`, so that a
 later feature adds a phase or a rule instead of growing one function.
 
-    sample     the candidate from the space, screened by its counts; its latency requested
+    sample     the candidate from the space, screened by its counts; past its replicate cap, answered from
+               its replicates' mean without training; else its latency requested
     guides     the teacher and the assistant chain it distils from (assistants trained once, cached)
     train      the student, briefly, under the candidate's method, stopped early when it trails its peers
     evaluate   validation and test accuracy, the weights stored, the latency figure in hand
@@ -19,6 +20,7 @@ from typing import Callable
 import optuna
 import torch
 
+from kdnas.candidates import KEY, REUSED, Entry, candidate_key
 from kdnas.config import Candidate, screen
 from kdnas.core import TrialFailure
 from kdnas.costs import METRIC_NAMES, Counts, Pending, combined_score, constraints
@@ -39,8 +41,9 @@ class Sampled:
 
     candidate: Candidate
     counts: Counts
-    latency: Pending
+    latency: Pending | None
     seed: int
+    reuse: Entry | None = None  # the candidate is at its replicate cap: answered from its replicates
 
     def costs(self) -> dict[str, float]:
         """The cost objectives, keyed like the trial attributes (waits for the latency figure)."""
@@ -64,6 +67,8 @@ class Measured:
 def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     started = time.perf_counter()
     s = sample(rt, trial)
+    if s.reuse is not None:
+        return answer_from_replicates(rt, trial, s)
     trained = train(rt, trial, s, guides(rt, trial, s))
     return record(rt, trial, s, trained, evaluate(rt, s, trained), started)
 
@@ -85,15 +90,53 @@ def sample(rt: Runtime, trial: optuna.Trial) -> Sampled:
     if not screened.ok:
         trial.set_user_attr("prune_reason", screened.reason)
         raise optuna.TrialPruned(screened.reason)
+    seed = trial_seed(cfg.seed, trial.number)  # every replicate's own: trial numbers are never reused
+    full = replicates(rt, trial, cand)
+    if full is not None:
+        return Sampled(cand, counts, None, seed, reuse=full)
     # Latency does not depend on the weights: measured in the child process beside the training, or when first
     # needed (in the child process while this one waits, or in this process; kdnas/costs/_background.py). With
     # a latency limit it is needed now, so that a candidate over the limit is never trained.
     pending = rt.latency.request(cand.student, split.input_shape, split.num_classes, cfg.costs.latency)
-    s = Sampled(cand, counts, pending, trial_seed(cfg.seed, trial.number))
+    s = Sampled(cand, counts, pending, seed)
     if cfg.score.limits.max_latency_ms is not None:
         _check_limits(trial, s.costs(), cfg.score.limits)
     trial.set_user_attr("seed", s.seed)
     return s
+
+
+def replicates(rt: Runtime, trial: optuna.Trial, cand: Candidate) -> Entry | None:
+    """Name the candidate (its key) and count its replicates, completed and running; at the cap
+    (``search.replicates``), return its entry: it is not trained again.
+
+    The key is written before the study is read: of two workers proposing one candidate at once, the later
+    reader sees the other's trial running and counts it (no CAS in Optuna's storages, so two readers at the
+    very same instant could both train it once more than the cap: never the same seed, which is the trial's)."""
+    key = candidate_key(cand.to_dict(), rt.recipe)
+    trial.set_user_attr(KEY, key)
+    study = getattr(trial, "study", None)  # a FixedTrial (benchmarks) has none: every proposal is trained
+    if study is None:
+        return None
+    table = rt.table.update(study.get_trials(deepcopy=False))
+    entry = table.entries.get(key)
+    done = table.replicates(key) - 1  # this trial is running: not a replicate of its own
+    trial.set_user_attr("replicate", done + 1)
+    return entry if entry is not None and entry.n and done >= rt.cfg.search.replicates else None
+
+
+def answer_from_replicates(rt: Runtime, trial: optuna.Trial, s: Sampled) -> tuple[float, ...]:
+    """A candidate past its replicate cap: its replicates' mean is the trial's answer, at no training cost."""
+    entry = s.reuse
+    assert entry is not None and entry.estimate is not None
+    est = entry.estimate
+    costs = {k: entry.attrs[k] for k in ("params", "macs", "latency_ms")}
+    score = combined_score(est.mean, costs, rt.cfg.score)
+    for key, value in ((REUSED, True), ("replicates", est.n), ("val_accuracy", est.mean), ("val_accuracy_se", est.se),
+                       ("test_accuracy", entry.test_mean()), ("score", score),
+                       *((k, entry.attrs[k]) for k in ("latency_ms", "latency_iqr_ms", "latency_median_ms",
+                                                       "latency_stable") if entry.attrs.get(k) is not None)):
+        trial.set_user_attr(key, value)
+    return objective_values(rt.cfg, est.mean, costs, score)
 
 
 def guides(rt: Runtime, trial: optuna.Trial, s: Sampled) -> list[Guide]:
@@ -151,9 +194,14 @@ def record(rt: Runtime, trial: optuna.Trial, s: Sampled, trained: Trained, measu
                        ("train_seconds", trained.seconds), ("trial_seconds", time.perf_counter() - started),
                        ("score", score)):
         trial.set_user_attr(key, value)
+    return objective_values(cfg, measured.val_accuracy, costs, score)
+
+
+def objective_values(cfg, val_accuracy: float, costs: dict, score: float) -> tuple[float, ...]:
+    """What Optuna gets: the combined score, or one value per objective."""
     if cfg.score.mode == "score":
         return (score,)
-    figures = {"val_accuracy": measured.val_accuracy, **costs}  # keyed like the attributes METRIC_NAMES names
+    figures = {"val_accuracy": val_accuracy, **costs}  # keyed like the attributes METRIC_NAMES names
     return tuple(float(figures[METRIC_NAMES[o]]) for o in cfg.objectives)
 
 

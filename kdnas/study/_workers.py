@@ -61,6 +61,17 @@ class Tickets:
             self._value.value -= 1
             return True
 
+    def give_back(self) -> None:
+        """Return a ticket: the trial it started did not train (an answer from a candidate's replicates)."""
+        if self._value is None:
+            self._n += 1
+            return
+        with self._value.get_lock():
+            self._value.value += 1
+
+    def finished(self) -> int:
+        return self._done if self._finished is None else self._finished.value
+
     def finished_one(self) -> int:
         """Count one more finished trial of this command; return how many it has finished."""
         if self._finished is None:

@@ -1,0 +1,48 @@
+"""Intensification: spend part of the trainings on the candidates that decide the answer.
+
+A brief training is noisy (kdnas/candidates/_estimate.py): a study that trains every proposal once reports a
+front of the luckiest draws. SMAC3 answers this with *racing* (Hutter et al. 2011; Lindauer et al. 2022): the
+incumbent is re-run on more seeds, and a challenger must hold up on the same number of seeds before it
+replaces it. kdnas does the same for a front:
+
+* after the first ``after`` trainings (exploration first: with few candidates there is nothing to decide),
+* a ``share`` of the trainings re-evaluates a candidate,
+* chosen among the front members and the challengers (off the front, but on it at the top of their interval),
+  widest interval first; a candidate at ``search.replicates`` replicates (or with that many running) is
+  not chosen again.
+
+A re-evaluation is an ordinary trial with enqueued parameters (``study.enqueue_trial``), so storage, workers
+and resume treat it like any other; it records why it was chosen (``intensify``). docs/search.md has the
+measurements behind the defaults.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kdnas.candidates._table import CandidateTable, Entry
+
+
+@dataclass(frozen=True)
+class Choice:
+    entry: Entry
+    why: str  # "front" or "challenger"
+
+
+def due(table: CandidateTable, after: int, share: float) -> bool:
+    """Whether the next training should re-evaluate: past the first ``after`` trainings, until re-evaluations
+    are ``share`` of the trainings that followed them."""
+    trainings = table.trainings + sum(e.running for e in table.entries.values())
+    if share <= 0 or trainings < after:
+        return False
+    return table.reevaluations + table.reevaluations_running < share * (trainings - after + 1)
+
+
+def choose(table: CandidateTable, cap: int) -> Choice | None:
+    """The candidate to re-evaluate: the widest interval among the front and its challengers under ``cap``."""
+    front = table.front()
+    pool = [Choice(e, "front") for e in front] + [Choice(e, "challenger") for e in table.challengers()]
+    pool = [c for c in pool if c.entry.n + c.entry.running < cap]
+    if not pool:
+        return None
+    return max(pool, key=lambda c: (c.entry.estimate.se, c.why == "front", -c.entry.n))
