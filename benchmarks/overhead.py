@@ -110,7 +110,9 @@ def instrument(ledger: Ledger) -> None:
     w("kdnas.study._runner", "open_study", "storage: open and check")
     w("kdnas.study._runtime", "count", "counting params and MACs")
     w("kdnas.study._trial", "screen", "screening candidates")
-    w("kdnas.study._runner", "front_trials", "progress lines (Pareto front per trial)")
+    w("kdnas.study._runner", "_complete_line", "progress lines (candidate table's front per trial)")
+    w("kdnas.study._runner", "intensify", "candidate table: intensification (reads the study)")
+    w("kdnas.study._trial", "replicates", "candidate table: replicate count (reads the study)")
     w("kdnas.study._runner", "sweep", "liveness sweep of dead workers' trials")
     w("kdnas.train._early_stop", "stop_reason", "early-stopping rule (reads peers from storage)")
     for mod in ("kdnas.study._trial", "kdnas.distill._chain", "kdnas.study._teacher"):

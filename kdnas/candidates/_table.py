@@ -60,14 +60,15 @@ class Entry:
         return sum(vals) / len(vals) if vals else None
 
 
-def trial_key(ua: Mapping[str, Any], recipe: Mapping[str, Any] | None) -> str | None:
+def trial_key(ua: Mapping[str, Any], recipe: Mapping[str, Any] | None, number: int | None = None) -> str | None:
     """A trial's candidate key; trials stored before kdnas kept one get it from their candidate and the study's
-    recipe, so a resumed old study replicates its candidates too."""
+    recipe, so a resumed old study replicates its candidates too. A trial that does not say what it trained
+    (made by hand, or by another tool) is a candidate of its own."""
     if KEY in ua:
         return ua[KEY]
     if "candidate" in ua:
         return candidate_key(ua["candidate"], recipe)
-    return None
+    return None if number is None else f"trial {number}"
 
 
 class CandidateTable:
@@ -84,12 +85,12 @@ class CandidateTable:
         self.ratio = 1.0
         self.reevaluations = 0  # trained trials enqueued by intensification
         self.reevaluations_running = 0  # enqueued or running ones
-        self._pending: dict[str, int] = {}
+        self._running: dict[str, list[int]] = {}  # key -> numbers of its running (or waiting) trials
         self.waiting = 0  # enqueued trials not started yet
 
     def update(self, trials: Iterable[Any]) -> "CandidateTable":
         """Read the trials not read before (finished ones once; running and waiting ones every time)."""
-        running: dict[str, int] = {}
+        running: dict[str, list[int]] = {}
         self.reevaluations_running = 0
         self.waiting = 0
         for t in trials:
@@ -100,16 +101,14 @@ class CandidateTable:
             if state in ("RUNNING", "WAITING"):
                 key = trial_key(ua, self.recipe)
                 if key is not None and not ua.get(REUSED):
-                    running[key] = running.get(key, 0) + 1
+                    running.setdefault(key, []).append(t.number)
                 self.reevaluations_running += bool(ua.get(INTENSIFY))
                 self.waiting += state == "WAITING"
                 continue
             self._finished.add(t.number)
             if state != "COMPLETE" or ua.get("val_accuracy") is None or not feasible(t):
                 continue
-            key = trial_key(ua, self.recipe)
-            if key is None:
-                continue
+            key = trial_key(ua, self.recipe, t.number)
             entry = self.entries.get(key)
             if entry is None:
                 entry = self.entries[key] = Entry(key, dict(t.params), {k: ua.get(k) for k in DESCRIPTION})
@@ -123,18 +122,15 @@ class CandidateTable:
             self.reevaluations += bool(ua.get(INTENSIFY))
             self._stale = True
         for entry in self.entries.values():
-            entry.running = running.get(entry.key, 0)
-        self._pending = {k: n for k, n in running.items() if k not in self.entries}
+            entry.running = len(running.get(entry.key, ()))
+        self._running = running
         return self
 
-    def running_new(self, key: str) -> int:
-        """Trials training a candidate that no trial has completed yet."""
-        return self._pending.get(key, 0)
-
-    def replicates(self, key: str) -> int:
-        """Completed and running replicates of ``key``."""
+    def replicates(self, key: str, below: int | None = None) -> int:
+        """Completed and running replicates of ``key`` (with ``below``: of trial numbers below it)."""
         e = self.entries.get(key)
-        return (e.n + e.running) if e is not None else self.running_new(key)
+        numbers = (e.trials if e is not None else []) + self._running.get(key, [])
+        return len(numbers) if below is None else sum(n < below for n in numbers)
 
     @property
     def trainings(self) -> int:

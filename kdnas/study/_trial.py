@@ -106,22 +106,48 @@ def sample(rt: Runtime, trial: optuna.Trial) -> Sampled:
 
 
 def replicates(rt: Runtime, trial: optuna.Trial, cand: Candidate) -> Entry | None:
-    """Name the candidate (its key) and count its replicates, completed and running; at the cap
-    (``search.replicates``), return its entry: it is not trained again.
+    """Name the candidate (its key) and count its replicates; at the cap (``search.replicates``), return its
+    entry: it is not trained again.
 
-    The key is written before the study is read: of two workers proposing one candidate at once, the later
-    reader sees the other's trial running and counts it (no CAS in Optuna's storages, so two readers at the
-    very same instant could both train it once more than the cap: never the same seed, which is the trial's)."""
+    Workers on one study train a candidate at most ``cap`` times, without a lock (Optuna's storages have no
+    compare-and-swap): a trial counts only the replicates of *lower* trial numbers, completed or running, and
+    first waits until every lower-numbered running trial has written its key (they write it before they
+    count). So of two trials of one candidate started at once, the higher-numbered one sees the other, and the
+    lower one does not need to. Trial numbers also make the seeds: no two replicates share one."""
     key = candidate_key(cand.to_dict(), rt.recipe)
     trial.set_user_attr(KEY, key)
     study = getattr(trial, "study", None)  # a FixedTrial (benchmarks) has none: every proposal is trained
     if study is None:
         return None
-    table = rt.table.update(study.get_trials(deepcopy=False))
+    trials = _keyed_below(study, trial.number)
+    table = rt.table.update(trials)
     entry = table.entries.get(key)
-    done = table.replicates(key) - 1  # this trial is running: not a replicate of its own
-    trial.set_user_attr("replicate", done + 1)
-    return entry if entry is not None and entry.n and done >= rt.cfg.search.replicates else None
+    done = table.replicates(key, below=trial.number)
+    cap = rt.cfg.search.replicates
+    if done < cap:
+        trial.set_user_attr("replicate", done + 1)
+        return None
+    if entry is None or not entry.n:  # every replicate still training elsewhere: no mean to answer with yet
+        reason = f"the candidate's {cap} replicates (search.replicates) are all training in other trials"
+        trial.set_user_attr("prune_reason", reason)
+        raise optuna.TrialPruned(reason)
+    return entry
+
+
+KEY_WAIT_S = 10.0  # a lower-numbered trial still without its key after this long lost its worker while sampling
+
+
+def _keyed_below(study: optuna.Study, number: int) -> list:
+    """The study's trials, once every running trial numbered below ``number`` has its candidate key (or
+    ``KEY_WAIT_S`` passed): sampling takes milliseconds, so this rarely waits."""
+    deadline = time.monotonic() + KEY_WAIT_S
+    while True:
+        trials = study.get_trials(deepcopy=False)
+        undecided = any(t.number < number and t.state == optuna.trial.TrialState.RUNNING and KEY not in t.user_attrs
+                        for t in trials)
+        if not undecided or time.monotonic() > deadline:
+            return trials
+        time.sleep(0.02)
 
 
 def answer_from_replicates(rt: Runtime, trial: optuna.Trial, s: Sampled) -> tuple[float, ...]:
