@@ -124,6 +124,10 @@ def test_running_trials_count_towards_the_cap_and_intensification_picks_the_wide
     running = _trial(5, "a", 0.0, 1000, state=optuna.trial.TrialState.RUNNING)
     table = CandidateTable(360, OBJ).update(trials + [running])
     assert table.replicates("a") == 2 and table.replicates("b") == 3
+    # A trial counts only lower-numbered replicates: of two trials of one candidate started at once, the
+    # higher-numbered sees the lower one, and the lower one need not see it (the cap holds across workers).
+    assert table.replicates("a", below=5) == 1 and table.replicates("a", below=6) == 2
+    assert table.replicates("b", below=2) == 1
     # "b" is at the cap of 3; "a" (one replicate, one running) is under it and the widest front member.
     pick = choose(table, cap=3)
     assert pick is not None and pick.entry.key == "a" and pick.why == "front"
@@ -183,7 +187,7 @@ def test_a_repeated_candidate_is_replicated_with_new_seeds_up_to_the_cap_then_an
         assert len({t.user_attrs["seed"] for t in trained}) == 3, "each replicate trains under a seed of its own"
         assert [t.user_attrs["replicate"] for t in trained] == [1, 2, 3]
         assert reused and all("seed" not in t.user_attrs and "weights" not in t.user_attrs for t in reused)
-        assert "stopping: the last 25 proposals" in out
+        assert "stopping: the last 12 proposals" in out
         # No training past the cap: three students stored, one per replicate.
         assert len(list((tmp_path / "runs/rep/artifacts/students").iterdir())) == 3
         values = [t.user_attrs["val_accuracy"] for t in trained]
@@ -194,3 +198,23 @@ def test_a_repeated_candidate_is_replicated_with_new_seeds_up_to_the_cap_then_an
             assert t.user_attrs["val_accuracy_se"] == pytest.approx(expected.se)
             assert t.values[0] == pytest.approx(statistics.mean(values))
         assert f"val {expected.text()}" in out
+
+
+@pytest.mark.slow  # 20-80 s (two spawned workers); the rule it relies on is tested without processes above
+def test_two_workers_never_train_a_candidate_past_its_cap(tmp_path, capfd) -> None:
+    """Both workers propose the only candidate from their first trial on: together they train it exactly
+    `replicates` times, each under a seed of its own; every later proposal is answered or set aside."""
+    from kdnas.cli import main
+
+    with working_dir(tmp_path):
+        study = _study(tmp_path, "  replicates: 2\n  intensify: {enabled: false}")
+        assert main(["search", str(study), "--workers", "2", "--trials", "4"]) == 0
+        capfd.readouterr()
+        trials = stored_trials("rep")
+        trained = [t for t in trials if t.state.name == "COMPLETE" and not t.user_attrs.get("reused")]
+        assert len(trained) == 2 and len({t.user_attrs["seed"] for t in trained}) == 2
+        workers = {t.system_attrs["kdnas:worker"]["pid"] for t in trials}
+        assert len(workers) == 2, "both workers ran trials"
+        others = [t for t in trials if t not in trained]
+        assert all(t.user_attrs.get("reused") or "all training in other trials" in t.user_attrs.get("prune_reason", "")
+                   for t in others)

@@ -48,7 +48,7 @@ def open_study(cfg: StudyConfig, create: bool, storage: optuna.storages.BaseStor
 
 # A process stops when its sampler proposes only candidates at their replicate cap this many times in a row:
 # the answers cost nothing, but a space that small has nothing left to search.
-REUSED_IN_A_ROW = 25
+REUSED_IN_A_ROW = 12
 
 
 def candidates_of(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> CandidateTable:
@@ -212,7 +212,7 @@ def _complete_line(cfg: StudyConfig, study: optuna.Study, table: CandidateTable,
         tail = f"score {ua['score']:.4f}, best {study.best_value:.4f} | {tail}"
     what = f"{ua['student']} {ua['method']} {ua['chain']}"
     if ua.get(REUSED):
-        return (f"not trained: {what} is at its {ua['replicates']} replicates (search.replicates), "
+        return (f"not trained: {what} has its {cfg.search.replicates} replicates (search.replicates): "
                 f"val {entry.estimate.text() if entry else ''} | {tail}")
     mean = f" -> {entry.estimate.text()}" if entry is not None and entry.n > 1 else ""
     again = f" re-evaluation ({ua[INTENSIFY]})" if ua.get(INTENSIFY) else ""
