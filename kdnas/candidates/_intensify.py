@@ -7,9 +7,12 @@ replaces it. kdnas does the same for a front:
 
 * after the first ``after`` trainings (exploration first: with few candidates there is nothing to decide),
 * a ``share`` of the trainings re-evaluates a candidate,
-* chosen among the front members and the challengers (off the front, but on it at the top of their interval),
-  widest interval first; a candidate at ``search.replicates`` replicates (or with that many running) is
-  not chosen again.
+* chosen among the front members and the challengers (off the front, but on it at the top of their interval):
+  fewest replicates first, front members before challengers, then the widest interval. Why not the widest
+  interval alone: at a given number of replicates the interval is narrowest at the highest accuracy (the
+  binomial variance p (1 - p) is smallest there), so the luckiest single draw, the one most in need of a
+  second look, would be re-evaluated last. A candidate at ``search.replicates`` replicates (or with that
+  many running) is not chosen again.
 
 A re-evaluation is an ordinary trial with enqueued parameters (``study.enqueue_trial``), so storage, workers
 and resume treat it like any other; it records why it was chosen (``intensify``). docs/search.md has the
@@ -39,10 +42,10 @@ def due(table: CandidateTable, after: int, share: float) -> bool:
 
 
 def choose(table: CandidateTable, cap: int) -> Choice | None:
-    """The candidate to re-evaluate: the widest interval among the front and its challengers under ``cap``."""
+    """The candidate to re-evaluate among the front and its challengers under ``cap`` (module docstring)."""
     front = table.front()
     pool = [Choice(e, "front") for e in front] + [Choice(e, "challenger") for e in table.challengers()]
     pool = [c for c in pool if c.entry.n + c.entry.running < cap]
     if not pool:
         return None
-    return max(pool, key=lambda c: (c.entry.estimate.se, c.why == "front", -c.entry.n))
+    return min(pool, key=lambda c: (c.entry.n + c.entry.running, c.why != "front", -c.entry.estimate.se))
