@@ -78,10 +78,10 @@ def select_trials(study: optuna.Study, top: int) -> list[Chosen]:
     than ``top``), then a spread of the others by the same rank, from the best to the worst: the comparison needs
     weak candidates too, not only good ones. Deterministic: ties in accuracy go to the lower trial number."""
     trials = study.get_trials(deepcopy=False)
-    table = candidates_of(study, trials)
-    entries = table.estimates()
+    done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    table = candidates_of(study, trials) if done else None  # no trial: maybe no kdnas attribute either
+    entries = table.estimates() if table is not None else []
     if len(entries) < 2:
-        done = sum(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
         raise KdnasError(f"study {study.study_name!r} has {done} completed trial{'s' * (done != 1)} of "
                          f"{len(entries)} candidate{'s' * (len(entries) != 1)}; fidelity ranks candidates, so it "
                          "needs at least 2 (run `kdnas search` for more)")

@@ -130,26 +130,25 @@ def _pct(v) -> str:
 
 def markdown(df: pd.DataFrame, study_name: str, command: str, selected: int, completed: int, seeds: int = 1) -> str:
     """``fidelity.md``: ``selected`` candidates, each to be trained under ``seeds`` seeds."""
-    st, seeds = agreement(df), seed_agreement(df)
+    st, ceiling = agreement(df), seed_agreement(df)
     first = first_seed(df)
     done = first.dropna(subset=["full_val_accuracy"]).sort_values(["brief_val_accuracy", "trial"],
                                                                   ascending=[False, True])
     lines = [f"# Fidelity of brief training: study `{study_name}`", "", f"Command: `{command}`", ""]
     missing = selected * seeds - len(df)
-    lines.append(f"{len(done)} of {selected} selected "
-                 f"candidates (of {completed} completed trials) retrained from scratch with the full budget"
+    lines.append(f"{len(done)} of {selected} selected candidates (of {completed} completed trials) retrained from scratch with the full budget"
                  + (f"; {missing} retrainings not yet done: run the command again to continue" if missing > 0 else "")
-                 + ". Pareto-optimal candidates first, then a spread of the others by brief validation accuracy (the "
+                 + ". Candidates on the front of means first, then a spread of the others by brief validation accuracy (the "
                    "mean of each candidate's replicates); each is retrained from its representative trial.")
     lines += ["", "| accuracy compared | Kendall tau | Spearman rho | candidates |", "|---|---:|---:|---:|"]
     rows = [(f"{name}, brief vs full ({'used for selection' if s == 'val' else 'reported only'})", st[s])
             for s, name in SPLITS.items()]
-    rows += [(f"{name}, full vs full under another seed (the ceiling)", seeds[s]) for s, name in SPLITS.items()
-             if seeds is not None]
+    rows += [(f"{name}, full vs full under another seed (the ceiling)", ceiling[s]) for s, name in SPLITS.items()
+             if ceiling is not None]
     for what, x in rows:
         lines.append(f"| {what} | {_num(x['tau'])} (p {_num(x['tau_p'], '.2g')}) | "
                      f"{_num(x['rho'])} (p {_num(x['rho_p'], '.2g')}) | {x['n']} |")
-    if seeds is None:
+    if ceiling is None:
         lines += ["", ceiling_text(df)]
     if len(done) >= 2:
         best_brief = done.iloc[0]

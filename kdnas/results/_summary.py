@@ -111,8 +111,8 @@ def summary_markdown(snap: Snapshot, df: pd.DataFrame, hv: pd.Series | None = No
     scored = df[df["state"].eq("COMPLETE") & ~df["reused"].fillna(False).astype(bool)].dropna(subset=["score"])
     if study.user_attrs.get("score_mode") == "score" and len(scored):
         best = scored.loc[scored["score"].astype(float).idxmax()]
-        lines.append(f"Best combined score of one training: {best['score']:.4f}, trial {int(best['number'])} "
-                     f"(`{best['student']}`).")
+        lines.append(f"Best combined score: {best['score']:.4f}, trial {int(best['number'])} (`{best['student']}`; "
+                     "one training, not a mean).")
     lines += front_table(snap, objectives)
     lines += method_table(df, snap)
     lines += effects.summary_lines(snap.table)
