@@ -138,7 +138,7 @@ def test_a_second_seed_gives_the_seed_to_seed_ceiling(finished: Path, monkeypatc
     calls.clear()
     assert main(["fidelity", "study.yaml", *ARGS, "--seeds", "2"]) == 0
     out = capsys.readouterr().out
-    assert len(calls) == 3 and "(seed 2)" in out and "full vs full under another seed (the ceiling)" in out
+    assert len(calls) == 3 and "(2nd seed)" in out and "full vs full under another seed (the ceiling)" in out
     both = pd.read_csv("reports/tiny/fidelity.csv")
     assert sorted(both["seed_index"]) == [0, 0, 0, 1, 1, 1] and both["full_val_accuracy"].notna().all()
     first, second = (both[both["seed_index"] == i].set_index("trial") for i in (0, 1))

@@ -98,7 +98,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
-    from kdnas.results import agreement, describe, run_fidelity, seed_agreement
+    from kdnas.results import agreement, brief_vs_second, describe, run_fidelity, seed_agreement
     from kdnas.study import as_config
 
     cfg = as_config(args.study, storage=args.storage)
@@ -118,6 +118,8 @@ def cmd_fidelity(args: argparse.Namespace) -> int:
     if seeds is not None:
         print(f"full vs full under another seed (the ceiling), validation: {describe(seeds['val'])}; "
               f"test: {describe(seeds['test'])}")
+        print(f"brief vs the full training under the 2nd seed (no seed shared), validation: "
+              f"{describe(brief_vs_second(df)['val'])}")
     print(f"files: {', '.join(str(p) for p in paths)}")
     return 0
 

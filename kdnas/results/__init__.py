@@ -6,11 +6,11 @@ interval, replicates), ``summary.md``, ``report.html``, the plots, the compariso
 from kdnas.results._api import report
 from kdnas.results._candidates import Snapshot, pm, test_estimate
 from kdnas.results._dashboard import serve
-from kdnas.results._fidelity import agreement, describe, run_fidelity, seed_agreement
+from kdnas.results._fidelity import agreement, brief_vs_second, describe, run_fidelity, seed_agreement
 from kdnas.results._report import compare, hypervolume_series, trials_frame, write_report
 
 __all__ = [
     "report",
-    "agreement", "compare", "describe", "hypervolume_series", "pm", "run_fidelity", "seed_agreement", "serve",
+    "agreement", "brief_vs_second", "compare", "describe", "hypervolume_series", "pm", "run_fidelity", "seed_agreement", "serve",
     "Snapshot", "test_estimate", "trials_frame", "write_report",
 ]

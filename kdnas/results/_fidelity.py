@@ -33,13 +33,15 @@ from kdnas.candidates import Entry
 from kdnas.config import StudyConfig
 from kdnas.core import KdnasError, TrialFailure, atomic_write_bytes
 from kdnas.costs import resolve_device
-from kdnas.results._fidelity_text import (CSV_NAME, SPLITS, _pct, agreement, caption, ceiling_text, describe, figure,
-                                          first_seed, markdown, rank_agreement, read_fidelity, seed_agreement,
-                                          summary_lines)
+from kdnas.results._fidelity_text import (CSV_NAME, SPLITS, _pct, agreement, brief_vs_second, caption, ceiling_text,
+                                          describe, figure, first_seed, markdown, rank_agreement, read_fidelity,
+                                          seed_agreement, summary_lines)
 from kdnas.study import candidates_of, open_study, trial_seed
 
-__all__ = ["CSV_NAME", "agreement", "caption", "ceiling_text", "describe", "first_seed", "rank_agreement", "read_fidelity",
-           "run_fidelity", "seed_agreement", "select_trials", "spread", "summary_lines", "SPLITS"]
+# What kdnas.results._report and the tests read as `fidelity.X`: the texts live in _fidelity_text.py.
+__all__ = ["CSV_NAME", "agreement", "brief_vs_second", "caption", "ceiling_text", "describe", "first_seed",
+           "markdown", "rank_agreement", "read_fidelity", "run_fidelity", "seed_agreement", "select_trials", "spread",
+           "summary_lines", "SPLITS"]
 
 COLUMNS = [
     "trial", "candidate", "seed_index", "pareto", "brief_val_accuracy", "brief_val_half_width", "brief_replicates",
@@ -47,6 +49,7 @@ COLUMNS = [
     "brief_epochs", "epochs", "assistant_epochs", "seed", "device", "reason", "bundle",
 ]
 MAX_SEEDS = 2
+ORDINAL = ("1st", "2nd")
 
 
 def spread(items: Sequence, m: int) -> list:
@@ -202,7 +205,8 @@ def run_fidelity(cfg: StudyConfig, top: int, epochs: int | None = None, device: 
     rows = {(c.trial.number, i): _row(c, i, recipe, bundle, s) for c, i, s, bundle in plan
             if (recipe := _finished(bundle)) is not None}
     if rows:
-        say(f"done earlier: {', '.join(f'#{n}' + (f' (seed {i + 1})' if i else '') for n, i in sorted(rows, key=lambda k: (k[1], k[0])))}")
+        done = sorted(rows, key=lambda k: (k[1], k[0]))  # first trainings, then second seeds
+        say(f"done earlier: {', '.join(f'#{n}' + (f' ({ORDINAL[i]} seed)' if i else '') for n, i in done)}")
     todo = [p for p in plan if (p[0].trial.number, p[1]) not in rows]
     paths: list[Path] = []
 
@@ -211,7 +215,7 @@ def run_fidelity(cfg: StudyConfig, top: int, epochs: int | None = None, device: 
 
     try:
         for i, (c, index, s, bundle) in enumerate(todo, start=1):
-            head = f"[{i}/{len(todo)}] trial {c.trial.number}" + (f" (seed {index + 1})" if seeds > 1 else "")
+            head = f"[{i}/{len(todo)}] trial {c.trial.number}" + (f" ({ORDINAL[index]} seed)" if seeds > 1 else "")
             if not bundle.is_dir():
                 _prepare_bundle(cfg, study, c.trial.number, bundle, s)
             t0 = time.perf_counter()

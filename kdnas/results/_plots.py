@@ -154,10 +154,11 @@ def plot_effects(table, path: Path, title: str) -> Path:
         if use_gain:
             groups = found[by]
             for i, g in enumerate(groups, start=1):
-                offsets = np.linspace(-0.2, 0.2, len(g.by_arch)) if len(g.by_arch) > 1 else [0.0]
-                for dx, (_, d, _) in zip(offsets, g.by_arch):
-                    ax.errorbar(i + dx, 100 * d.mean, yerr=[[100 * (d.mean - d.lo)], [100 * (d.hi - d.mean)]],
-                                fmt="o", ms=3, color="0.6", elinewidth=0.8, alpha=0.8)
+                offsets = np.linspace(-0.2, 0.2, len(g.by_arch)) if len(g.by_arch) > 1 else np.zeros(1)
+                ds = [d for _, d, _ in g.by_arch]
+                y = np.array([100 * d.mean for d in ds])
+                ax.errorbar(i + offsets, y, yerr=[y - [100 * d.lo for d in ds], [100 * d.hi for d in ds] - y],
+                            fmt="o", ms=3, color="0.6", elinewidth=0.8, alpha=0.8)  # one call: one artist per group
                 d = g.overall
                 color = "0.35" if d.within_noise else ("C2" if d.mean > 0 else "C3")
                 ax.errorbar(i, 100 * d.mean, yerr=[[100 * (d.mean - d.lo)], [100 * (d.hi - d.mean)]], fmt="D",
@@ -205,13 +206,15 @@ def plot_importances(importances: dict[str, float], path: Path, title: str) -> P
 
 
 def plot_hypervolume(series: pd.Series, objectives: list[str], path: Path, title: str) -> Path:
-    """Hypervolume of the front of trials 0..n against n (a step line: it only changes when the front does)."""
+    """Hypervolume of the front of the candidates' means after trials 0..n against n (a step line: it only changes
+    when the front does; a re-evaluation that lowers a front member's mean can lower it)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
     ax.step(series.index, series.to_numpy(), where="post", color="C0", lw=1.5)
     ax.set_xlabel("trial number")
     ax.set_ylabel("hypervolume (normalised, 0 to 1)")
-    ax.set_title(f"{title}\nfront of trials 0..n over {', '.join(objectives)}; 1 - accuracy and cost / teacher's, "
+    ax.set_title(f"{title}\nfront of the candidates' means after trials 0..n over {', '.join(objectives)}; "
+                 "1 - accuracy and cost / teacher's, "
                  "reference point 1", fontsize=8)
     ax.grid(True, alpha=0.25)
     return save(fig, path)

@@ -70,11 +70,12 @@ def front_table(snap: Snapshot, objectives: list[str]) -> list[str]:
 def method_table(df: pd.DataFrame, snap: Snapshot) -> list[str]:
     """Markdown lines: per distillation method, its trials, its candidates, the best candidate (mean ± half-width,
     replicates) and the median of its candidates' means."""
+    df = df[~df["reused"].fillna(False).astype(bool)]  # an answer from replicates is no trial of the method's
     names = df["method_params"].map(lambda j: json.loads(j).get("name") if isinstance(j, str) else None)
     by_method: dict[str, list] = {}
     for e in snap.table.estimates():
         by_method.setdefault(effects.method_name(e), []).append(e)
-    lines = ["", "## Accuracy by method", "",
+    lines = ["", "## Accuracy by method", "", "Trials answered from replicates are not counted here.", "",
              "| method | trials | completed | candidates | best candidate val acc | median of candidates' means |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, group in df.assign(method_name=names).dropna(subset=["method_name"]).groupby("method_name"):
