@@ -97,26 +97,24 @@ def test_hypervolume_history_is_that_of_the_front_of_means() -> None:
 
 
 def test_effects_are_paired_differences_and_say_when_within_noise(tmp_path: Path, monkeypatch) -> None:
-    from kdnas.results import _plots as plots, write_report
-    from kdnas.results._effects import gains
+    from kdnas.results import _effects as effects, _plots as plots
+    from kdnas.study import candidates_of
 
     # Architecture s1: hinton within a point of labels-only; s2: dkd 20 points above it.
     study = make_study([T("n1", 0.90, 100, method="none", student="s1"), T("n1", 0.91, 100, method="none", student="s1"),
                         T("h1", 0.905, 100, student="s1"), T("h1", 0.915, 100, student="s1"),
                         T("n2", 0.70, 200, method="none", student="s2"), T("k2", 0.90, 200, method="dkd", student="s2")])
-    from kdnas.study import candidates_of
-
-    by_method = {g.group: g for g in gains(candidates_of(study), "method")}
+    table = candidates_of(study)
+    by_method = {g.group: g for g in effects.gains(table, "method")}
     assert set(by_method) == {"dkd", "hinton"}
     assert by_method["hinton"].overall.within_noise and by_method["hinton"].overall.mean == pytest.approx(0.005)
     assert not by_method["dkd"].overall.within_noise and by_method["dkd"].overall.lo > 0
     drawn, save = [], plots.save
-    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig) or save(fig, path))  # keep each figure
-    write_report(study, tmp_path)
-    effects = next(f for f in drawn if "effects" in f.get_suptitle())
-    labels = [t.get_text() for t in effects.axes[0].texts]
+    monkeypatch.setattr(plots, "save", lambda fig, path: drawn.append(fig) or save(fig, path))  # keep the figure
+    plots.plot_effects(table, tmp_path / "effects.png", "s: effects")
+    labels = [t.get_text() for t in drawn[0].axes[0].texts]
     assert sorted(labels) == ["+20.0", "within noise"], labels
-    summary = (tmp_path / "summary.md").read_text()
+    summary = "\n".join(effects.summary_lines(table))
     assert "| method | `hinton` | 1 | 1 | +0.5 points [" in summary and "], within noise |" in summary
     assert "| method | `dkd` | 1 | 1 | +20.0 points [" in summary and "], a gain |" in summary
 
