@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import optuna
@@ -21,7 +22,9 @@ from tests._util import stored_trials
 def test_search_report_resume_export(tiny_study: Path, tmp_path: Path, capsys) -> None:
     assert main(["search", str(tiny_study)]) == 0
     out = capsys.readouterr()
-    assert "3 completed trials in study 'tiny'" in out.out
+    assert "3 trainings, 0 answered from replicates in study 'tiny'; front of " in out.out
+    front = [line for line in out.out.splitlines() if line.startswith("  trial ")]
+    assert front and all(re.search(r": val \d+\.\d% ± \d+\.\d \(1x\) test \d+\.\d% ± \d+\.\d ", line) for line in front), front
     assert "teacher resnet_cifar(depth=8,width=0.5)" in out.out and "trained in" in out.out
 
     # The report: one row per trial, the Pareto table, the plot.
@@ -33,7 +36,8 @@ def test_search_report_resume_export(tiny_study: Path, tmp_path: Path, capsys) -
     assert df["pareto"].any()
     assert (df["val_accuracy"] > 0.3).all()  # one epoch on digits is far above chance (0.1)
     summary = (report / "summary.md").read_text()
-    assert "## Pareto-optimal trials" in summary and "Teacher:" in summary
+    assert "## Pareto-optimal candidates" in summary and "Teacher:" in summary
+    assert len(pd.read_csv(report / "candidates.csv")) == len(set(df["candidate"]))
     assert (report / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (report / "hypervolume.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # 0 is possible here: the students are the teacher's size or half of it, with rough test-budget latencies.

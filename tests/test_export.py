@@ -13,10 +13,11 @@ import pytest
 import torch
 
 from kdnas import load_student
-from kdnas.bundle import pick_trial
+from kdnas.bundle import pick, pick_trial
 from kdnas.bundle._export import parse_pick
 from kdnas.cli import main
 from kdnas.core import KdnasError
+from tests._candidate_studies import T, make_study
 from tests._util import searched_tiny_study
 
 
@@ -50,18 +51,40 @@ def test_pick_takes_the_most_accurate_pareto_trial_within_budget(in_finished: Pa
     done = [t for t in study.trials if t.state.name == "COMPLETE"]
     budget = max(t.user_attrs["params"] for t in done)
     picked = pick_trial(study, f"params<={budget}")
-    assert picked.user_attrs["val_accuracy"] == max(t.user_attrs["val_accuracy"] for t in done)
+    assert picked.user_attrs["val_accuracy"] == max(t.user_attrs["val_accuracy"] for t in done)  # one replicate each
     small = pick_trial(study, f"params<{min(t.user_attrs['params'] for t in done) + 1}")
     assert small.user_attrs["params"] == min(t.user_attrs["params"] for t in done)
-    with pytest.raises(KdnasError, match="none of the .* Pareto-optimal trials meets it"):
+    with pytest.raises(KdnasError, match="none of the .* Pareto-optimal candidates meets it"):
         pick_trial(study, "params<10")
+
+
+def test_pick_chooses_on_means_exports_the_representative_and_says_when_within_noise() -> None:
+    # a: three replicates, mean 92 % (its luckiest, trial 2, at 94 %); b: one lucky training at 93.5 % but dearer;
+    # c: 80 %, cheap; on 400 images the intervals of a and b overlap, a's and c's do not.
+    study = make_study([T("a", 0.90, 300), T("a", 0.92, 300), T("a", 0.94, 300), T("b", 0.935, 500),
+                        T("c", 0.80, 100)])
+    chosen = pick(study, "params<=1000")
+    assert chosen.trial.number == 3 and chosen.entry.key == "b"  # the higher mean, though a single training
+    lines = chosen.lines("params<=1000")
+    assert lines[0].startswith("--pick 'params<=1000': trial 3, val 93.5% ± ") and "of the 3 candidates" in lines[0]
+    assert len(lines) == 2 and lines[1].startswith("within noise of trial 1: val 92.0% ± ") and "(3x)" in lines[1]
+    # Within 400 params: a, exported through the replicate closest to its mean (trial 1, 92 %), not its luckiest.
+    within = pick(study, "params<400")
+    assert within.trial.number == 1 and within.trial.user_attrs["val_accuracy"] == 0.92
+    assert within.close == [] and len(within.lines("params<400")) == 1  # c is far below: no noise to speak of
+    assert pick_trial(study, "params<400").number == 1  # the API's return type is the trial, as before
+    assert pick(study, "val_accuracy>=0.93").entry.key == "b"  # conditions read the means
+    with pytest.raises(KdnasError, match="none of the 3 Pareto-optimal candidates meets it"):
+        pick(study, "val_accuracy>0.935")
 
 
 def test_bundle_is_self_contained_and_deploys(in_finished: Path, capsys) -> None:
     out = in_finished / "bundle"
     study_file = str(in_finished / "study.yaml")
     assert main(["export", study_file, "--pick", "params<1e9", "--out", str(out), "--format", "pt2", "--format", "onnx"]) == 0
-    number = int(capsys.readouterr().out.split("exported trial ")[1].split()[0])
+    printed = capsys.readouterr().out
+    number = int(printed.split("exported trial ")[1].split()[0])
+    assert printed.startswith(f"--pick 'params<1e9': trial {number}, val ")  # the choice, with its interval
     trial = _study().trials[number]
     for name in ("student.json", "weights.pt", "recipe.json", "costs.json", "README.md", "guides/teacher.pt",
                  "student.pt2", "student.onnx", "preprocess.json"):

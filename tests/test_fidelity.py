@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import optuna
@@ -11,6 +12,7 @@ from scipy import stats
 
 from kdnas.cli import main
 from kdnas.results import _fidelity as fidelity
+from tests._candidate_studies import T, make_study
 from tests._util import searched_tiny_study, write_tiny_study
 
 ARGS = ["--top", "3", "--epochs", "2", "--threads", "1"]
@@ -31,24 +33,39 @@ def test_spread_takes_both_ends_and_even_steps() -> None:
     assert len(set(fidelity.spread(items, 9))) == 9
 
 
-def _fake_study(points: list[tuple[float, int]]) -> optuna.Study:
-    study = optuna.create_study(directions=["maximize", "minimize", "minimize"])
-    study.set_user_attr("objectives", ["accuracy", "params", "latency"])
-    for acc, params in points:
-        study.add_trial(optuna.trial.create_trial(
-            values=[acc, params, 1.0], user_attrs={"val_accuracy": acc, "params": params, "latency_ms": 1.0}))
-    return study
-
-
 def test_selection_takes_the_front_then_a_spread_of_the_others() -> None:
-    # Trials 0 and 1 form the front; the other six are dominated, ranked 2 > 3 > ... > 7 by accuracy.
-    study = _fake_study([(0.9, 10), (0.95, 20), (0.85, 20), (0.8, 20), (0.75, 20), (0.7, 20), (0.65, 20), (0.6, 20)])
-    chosen, front = fidelity.select_trials(study, 4)
-    assert front == {0, 1}
-    assert [t.number for t in chosen] == [0, 1, 2, 7]  # the front, then the best and the worst of the others
-    chosen, _ = fidelity.select_trials(study, 5)
-    assert [t.number for t in chosen] == [0, 1, 2, 5, 7]  # positions 0, 2.5 (rounded up) and 5 of the six others
-    assert [t.number for t in fidelity.select_trials(study, 50)[0]] == list(range(8))
+    # Candidates 0 and 1 form the front; the other six are dominated, ranked 2 > 3 > ... > 7 by accuracy.
+    points = [(0.9, 10), (0.95, 20), (0.85, 20), (0.8, 20), (0.75, 20), (0.7, 20), (0.65, 20), (0.6, 20)]
+    study = make_study([T(f"k{i}", acc, params) for i, (acc, params) in enumerate(points)])
+    chosen = fidelity.select_trials(study, 4)
+    assert {c.trial.number for c in chosen if c.pareto} == {0, 1}
+    assert [c.trial.number for c in chosen] == [0, 1, 2, 7]  # the front, then the best and the worst of the others
+    assert [c.trial.number for c in fidelity.select_trials(study, 5)] == [0, 1, 2, 5, 7]  # positions 0, 2.5 (up), 5
+    assert [c.trial.number for c in fidelity.select_trials(study, 50)] == list(range(8))
+
+
+def test_selection_ranks_candidates_by_their_means_and_retrains_each_once() -> None:
+    # b's best replicate (trial 2, 97 %) beats a's single one, but b's mean (89 %) does not: a is first, and b is
+    # retrained once, from its replicate closest to the mean (trial 3).
+    study = make_study([T("a", 0.93, 10), T("b", 0.81, 20), T("b", 0.97, 20), T("b", 0.89, 20), T("c", 0.5, 30)])
+    chosen = fidelity.select_trials(study, 3)
+    assert [(c.trial.number, c.entry.key, c.entry.n) for c in chosen] == [(0, "a", 1), (3, "b", 3), (4, "c", 1)]
+    assert [c.pareto for c in chosen] == [True, False, False]
+
+
+def test_seed_to_seed_agreement_is_the_rank_agreement_of_the_two_full_trainings() -> None:
+    rows = [{"trial": n, "seed_index": i, "brief_val_accuracy": b, "full_val_accuracy": f,
+             "brief_test_accuracy": b, "full_test_accuracy": f, "epochs": 30}
+            for n, b, f0, f1 in [(0, 0.9, 0.95, 0.93), (1, 0.8, 0.90, 0.94), (2, 0.7, 0.85, 0.80), (3, 0.6, 0.80, 0.81)]
+            for i, f in ((0, f0), (1, f1))]
+    df = pd.DataFrame(rows)
+    assert fidelity.seed_agreement(df.iloc[:0]) is None and fidelity.seed_agreement(df[df["seed_index"] == 0]) is None
+    seeds = fidelity.seed_agreement(df)["val"]
+    expected = stats.kendalltau([0.95, 0.90, 0.85, 0.80], [0.93, 0.94, 0.80, 0.81]).statistic
+    assert seeds["n"] == 4 and seeds["tau"] == pytest.approx(expected) and seeds["tau"] < 1
+    assert fidelity.agreement(df)["val"]["tau"] == pytest.approx(1.0)  # brief vs the first full training only
+    assert "Seed against seed, the ceiling" in fidelity.summary_lines(df)[-1]
+    assert "not measured (`--seeds 2`" in fidelity.summary_lines(df[df["seed_index"] == 0])[-1]
 
 
 def test_interrupted_run_resumes_and_writes_consistent_files(finished: Path, monkeypatch, capsys) -> None:
@@ -88,10 +105,10 @@ def test_interrupted_run_resumes_and_writes_consistent_files(finished: Path, mon
     assert calls == [] and "[1/" not in capsys.readouterr().out
 
     df = pd.read_csv("reports/tiny/fidelity.csv")
-    trials = pd.read_csv("reports/tiny/trials.csv")
-    assert len(df) == 3 and set(trials.loc[trials["pareto"], "number"]) <= set(df["trial"])
-    assert (df["epochs"] == 2).all() and df["full_val_accuracy"].between(0, 1).all()
-    brief = trials.set_index("number").loc[df["trial"], "val_accuracy"].to_numpy()
+    cands = pd.read_csv("reports/tiny/candidates.csv")
+    assert len(df) == 3 and set(cands.loc[cands["pareto"], "representative"]) <= set(df["trial"])
+    assert (df["epochs"] == 2).all() and df["full_val_accuracy"].between(0, 1).all() and (df["seed_index"] == 0).all()
+    brief = cands.set_index("candidate").loc[df["candidate"], "val_accuracy_mean"].to_numpy()
     assert list(df["brief_val_accuracy"]) == pytest.approx(list(brief))
     tau = stats.kendalltau(df["brief_val_accuracy"], df["full_val_accuracy"]).statistic
     rho = stats.spearmanr(df["brief_val_accuracy"], df["full_val_accuracy"]).statistic
@@ -109,10 +126,36 @@ def test_interrupted_run_resumes_and_writes_consistent_files(finished: Path, mon
     assert "Does brief training rank like full training?" in summary and f"Kendall tau {tau:.2f}" in summary
 
 
+@pytest.mark.slow  # 3-6 more full trainings; seed_agreement itself is tested above, in the default suite
+def test_a_second_seed_gives_the_seed_to_seed_ceiling(finished: Path, monkeypatch, capsys) -> None:
+    """``--seeds 2``: first trainings done earlier are kept, each candidate trains once more under another seed,
+    and the two full trainings' agreement is reported beside brief-vs-full."""
+    monkeypatch.chdir(finished)
+    calls: list[str] = []
+    real = fidelity.train_bundle
+    monkeypatch.setattr(fidelity, "train_bundle", lambda bundle, *a, **k: calls.append(Path(bundle).name) or real(bundle, *a, **k))
+    assert main(["fidelity", "study.yaml", *ARGS]) == 0  # done earlier when the test above ran first
+    calls.clear()
+    assert main(["fidelity", "study.yaml", *ARGS, "--seeds", "2"]) == 0
+    out = capsys.readouterr().out
+    assert len(calls) == 3 and "(2nd seed)" in out and "full vs full under another seed (the ceiling)" in out
+    both = pd.read_csv("reports/tiny/fidelity.csv")
+    assert sorted(both["seed_index"]) == [0, 0, 0, 1, 1, 1] and both["full_val_accuracy"].notna().all()
+    first, second = (both[both["seed_index"] == i].set_index("trial") for i in (0, 1))
+    assert (first["seed"] != second.loc[first.index, "seed"]).all()
+    ceiling = stats.kendalltau(first["full_val_accuracy"], second.loc[first.index, "full_val_accuracy"]).statistic
+    md = (finished / "reports/tiny/fidelity.md").read_text()
+    assert "full vs full under another seed (the ceiling)" in md
+    assert (math.isnan(ceiling) and "| undefined" in md) or f"| {ceiling:.2f} (p " in md
+    assert main(["report", "study.yaml"]) == 0  # the study's report shows it too
+    assert "Seed against seed, the ceiling" in (finished / "reports/tiny/summary.md").read_text()
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--top", "1"], "`top >= 2` must hold"),
     (["--top", "3", "--epochs", "0"], "`epochs >= 1` must hold"),
     (["--top", "3", "--threads", "0"], "`threads >= 1` must hold"),
+    (["--top", "3", "--seeds", "3"], "`1 <= seeds <= 2` must hold"),
 ])
 def test_bad_numbers_exit_2_and_write_nothing(finished: Path, tmp_path: Path, monkeypatch, capsys, argv, message) -> None:
     monkeypatch.chdir(tmp_path)  # an empty folder: whatever would be written would show up here

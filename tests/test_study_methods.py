@@ -4,19 +4,18 @@ and the report's accuracy-by-method table."""
 from __future__ import annotations
 
 import collections
-import json
 from pathlib import Path
 
 import optuna
-import pandas as pd
 import pytest
 
 from kdnas.cli import main
 from kdnas.config import load_study
 from kdnas.core import ConfigError
 from kdnas.distill import METHODS
-from kdnas.results._report import method_table
+from kdnas.results._summary import method_table
 from kdnas.study import make_sampler, open_study
+from tests._candidate_studies import T, make_study
 from tests._util import REPO, write_tiny_study
 
 
@@ -70,15 +69,17 @@ def test_a_feature_method_runs_through_search_and_report(tiny_study: Path, tmp_p
     assert "## Accuracy by method" in summary and "| `fitnet` | 2 | 2 |" in summary
 
 
-def test_method_table_counts_best_and_median_by_method() -> None:
-    def row(state: str, acc: float | None, name: str) -> dict:
-        return {"state": state, "val_accuracy": acc, "method_params": json.dumps({"name": name, "alpha": 0.5})}
+def test_method_table_counts_trials_candidates_best_and_median_by_method() -> None:
+    from kdnas.results._candidates import Snapshot
+    from kdnas.results._report import trials_frame
 
-    df = pd.DataFrame([row("COMPLETE", 0.9, "at"), row("COMPLETE", 0.7, "at"), row("COMPLETE", 0.8, "at"),
-                       row("FAIL", None, "at"), row("COMPLETE", 0.95, "hinton"), row("FAIL", None, "crd"),
-                       {"state": "RUNNING", "val_accuracy": None, "method_params": None}])
-    lines = method_table(df)
-    assert "| `at` | 4 | 3 | 90.0% | 80.0% |" in lines
-    assert "| `hinton` | 1 | 1 | 95.0% | 95.0% |" in lines
-    assert "| `crd` | 1 | 0 | – | – |" in lines
+    study = make_study([T("a1", 0.9, 10, method="at"), T("a2", 0.7, 20, method="at"), T("a3", 0.8, 30, method="at"),
+                        T("a4", 0.0, 40, method="at", state="FAIL"), T("h1", 0.95, 10), T("c1", 0.0, 10, method="crd",
+                                                                                          state="FAIL")])
+    snap = Snapshot.of(study)
+    lines = method_table(trials_frame(study, snap=snap), snap)
+    hw = 1.6448536269514722 * (2 * 0.9 * 0.1 / 400) ** 0.5  # one replicate: binomial and seed parts alike
+    assert f"| `at` | 4 | 3 | 3 | 90.0% ± {100 * hw:.1f} (1x) | 80.0% |" in lines
+    assert "| `hinton` | 1 | 1 | 1 | 95.0% ± " in "\n".join(lines)
+    assert "| `crd` | 1 | 0 | 0 | – | – |" in lines
     assert len([x for x in lines if x.startswith("| `")]) == 3

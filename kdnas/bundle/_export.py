@@ -19,6 +19,7 @@ import json
 import platform
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,11 +27,12 @@ import optuna
 
 from kdnas.bundle._files import (FORMATS, check_target, load_student, new_folder, readme, replace_folder,
                                  write_deployment)
+from kdnas.candidates import Entry
 from kdnas.config import StudyConfig
 from kdnas.core import ArtifactStore, KdnasError, __version__
-from kdnas.study import front_trials
+from kdnas.study import candidates_of
 
-__all__ = ["export_trial", "load_student", "pick_trial", "parse_pick", "FORMATS"]
+__all__ = ["export_trial", "load_student", "pick", "pick_trial", "parse_pick", "Pick", "FORMATS"]
 
 BUNDLE_FORMAT = 1
 
@@ -54,19 +56,67 @@ def parse_pick(expr: str) -> list[tuple[str, str, float]]:
     return conditions
 
 
-def pick_trial(study: optuna.Study, expr: str) -> optuna.trial.FrozenTrial:
-    """Among the Pareto-optimal trials that meet every condition, the most accurate (then the smallest)."""
+@dataclass(frozen=True)
+class Pick:
+    """What ``--pick`` chose: the candidate, the trial exported for it (its representative: the replicate closest
+    to its mean) and the other front candidates within the budget that its 90 % interval overlaps."""
+
+    trial: optuna.trial.FrozenTrial
+    entry: Entry
+    close: list[tuple[optuna.trial.FrozenTrial, Entry]]
+    within: int  # front candidates within the budget
+
+    def lines(self, expr: str) -> list[str]:
+        """What ``kdnas export --pick`` says: the choice, and each runner-up it is within noise of."""
+        out = [f"--pick {expr!r}: trial {self.trial.number}, {_describe(self.entry)}: the highest mean validation "
+               f"accuracy of the {self.within} candidate{'s' * (self.within != 1)} on the front of means within the "
+               "budget"]
+        for t, e in self.close:
+            out.append(f"within noise of trial {t.number}: {_describe(e)} (the 90 % intervals overlap: after the "
+                       "search's brief training the study cannot tell which is more accurate)")
+        return out
+
+
+def _describe(e: Entry) -> str:
+    return (f"val {e.estimate.text()}, {int(e.attrs['params']):,} params, "
+            f"{float(e.attrs['latency_ms']):.3f} ms, {e.attrs.get('student')} {e.attrs.get('method')}")
+
+
+def _figure(e: Entry, key: str) -> float | None:
+    """A candidate's figure a --pick condition reads: its mean accuracies, its costs."""
+    if key == "val_accuracy":
+        return e.estimate.mean
+    if key == "test_accuracy":
+        return e.test_mean()
+    return e.attrs.get(key)
+
+
+def pick(study: optuna.Study, expr: str) -> Pick:
+    """Among the candidates on the front of means that meet every condition (on their means and costs), the one
+    with the highest mean (then the smallest); with the others within the budget whose intervals overlap it."""
     conditions = parse_pick(expr)
-    front = front_trials(study)  # of the measured objectives, in score mode too; infeasible trials left out
+    trials = study.get_trials(deepcopy=False)
+    # Of the measured objectives, in score mode too; infeasible trials left out.
+    front = candidates_of(study, trials).front()
     if not front:
         raise KdnasError(f"study {study.study_name!r} has no completed, feasible trial to pick from")
-    ok = [t for t in front if all(_OPS[op](t.user_attrs[k], v) for k, op, v in conditions)]
+    ok = [e for e in front if all((v := _figure(e, k)) is not None and _OPS[op](v, x) for k, op, x in conditions)]
+    by_number = {t.number: t for t in trials}
     if not ok:
-        smallest = min(front, key=lambda t: t.user_attrs["params"])
-        raise KdnasError(f"--pick {expr!r}: none of the {len(front)} Pareto-optimal trials meets it (the smallest, trial "
-                         f"{smallest.number}, has {smallest.user_attrs['params']:,} params and "
-                         f"{smallest.user_attrs['latency_ms']:.3f} ms)")
-    return max(ok, key=lambda t: (t.user_attrs["val_accuracy"], -t.user_attrs["params"]))
+        smallest = min(front, key=lambda e: e.attrs["params"])
+        raise KdnasError(f"--pick {expr!r}: none of the {len(front)} Pareto-optimal candidates meets it (the "
+                         f"smallest, trial {smallest.representative()}, has {smallest.attrs['params']:,} params and "
+                         f"{smallest.attrs['latency_ms']:.3f} ms)")
+    ok.sort(key=lambda e: (-e.estimate.mean, e.attrs["params"]))
+    best = ok[0]
+    close = [(by_number[e.representative()], e) for e in ok[1:] if e.estimate.overlaps(best.estimate)]
+    return Pick(by_number[best.representative()], best, close, len(ok))
+
+
+def pick_trial(study: optuna.Study, expr: str) -> optuna.trial.FrozenTrial:
+    """The trial ``--pick`` exports: the representative of the front candidate with the highest mean validation
+    accuracy that meets every condition (``pick`` says what else is within noise of it)."""
+    return pick(study, expr).trial
 
 
 def completed_trial(study: optuna.Study, number: int) -> optuna.trial.FrozenTrial:

@@ -30,8 +30,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    from kdnas.results import write_report
-    from kdnas.study import front_trials, run_search
+    from kdnas.results import Snapshot, write_report
+    from kdnas.study import run_search
 
     try:
         study = run_search(cfg)
@@ -45,19 +45,37 @@ def cmd_search(args: argparse.Namespace) -> int:
             return 130
         write_report(study, cfg.report_dir)
         return 130
-    paths = write_report(study, cfg.report_dir)
-    front = front_trials(study)
-    done = sum(t.state.name == "COMPLETE" for t in study.trials)
-    print(f"\n{done} completed trials in study {cfg.name!r}; Pareto front ({len(front)} trials):")
-    for t in sorted(front, key=lambda t: t.user_attrs["params"]):
-        ua = t.user_attrs
-        print(f"  trial {t.number:>3}: val {ua['val_accuracy']:.1%} test {ua['test_accuracy']:.1%}  "
-              f"{ua['params']:>9,} params  {ua['latency_ms']:.3f} ms  {ua['student']} {ua['method']}")
+    snap = Snapshot.of(study)  # one read: the report and these lines show the same study
+    paths = write_report(study, cfg.report_dir, snap=snap)
+    for line in search_summary(cfg.name, snap):
+        print(line)
     print(f"report: {', '.join(str(p) for p in paths)}")
-    if done == 0:
+    if not any(t.state.name == "COMPLETE" for t in snap.trials):
         print("error: no trial completed; see the failure reasons above", file=sys.stderr)
         return 1
     return 0
+
+
+def search_summary(name: str, snap) -> list[str]:
+    """The closing lines of `kdnas search`: trainings, answers from replicates, the front of the candidates' means
+    with each member's mean ± 90 % half-width (replicates) and whether it is separable."""
+    from kdnas.results import pm, test_estimate
+
+    table = snap.table
+    reused = sum(t.state.name == "COMPLETE" and bool(t.user_attrs.get("reused")) for t in snap.trials)
+    front = snap.front()
+    frame = snap.candidates().set_index("candidate")
+    lines = [f"\n{table.trainings} trainings, {reused} answered from replicates in study {name!r}; "
+             f"front of {len(front)} candidates (val: mean ± 90 % half-width (replicates), trial: the replicate "
+             "closest to the mean):"]
+    for e in front:  # by increasing parameters
+        row = frame.loc[e.key]
+        loose = str(row["not_separable_from"] or "").split()
+        note = f"  not separable from {', '.join(f'#{n}' for n in loose)}" if loose else ""
+        lines.append(f"  trial {int(row['representative']):>3}: val {e.estimate.text()} test "
+                     f"{pm(test_estimate(e, snap.n_test))}  {int(e.attrs['params']):>9,} params  "
+                     f"{float(e.attrs['latency_ms']):.3f} ms  {e.attrs['student']} {e.attrs['method']}{note}")
+    return lines
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -71,30 +89,37 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from kdnas.bundle import export
 
+    # With --pick, `export` prints the choice and each runner-up within noise of it.
     out = export(args.study, args.out, trial=args.trial, pick=args.pick, formats=args.format or (), force=args.force,
-                 storage=args.storage)
+                 storage=args.storage, say=print)
     recipe = json.loads((out / "recipe.json").read_text())
     print(f"exported trial {recipe['trial']} of {recipe['study']!r} to {out}")
     return 0
 
 
 def cmd_fidelity(args: argparse.Namespace) -> int:
-    from kdnas.results import agreement, describe, run_fidelity
+    from kdnas.results import agreement, brief_vs_second, describe, run_fidelity, seed_agreement
     from kdnas.study import as_config
 
     cfg = as_config(args.study, storage=args.storage)
     flags = [f"--{k} {v}" for k, v in (("top", args.top), ("epochs", args.epochs), ("threads", args.threads),
-                                       ("device", args.device), ("seed", args.seed)) if v is not None]
+                                       ("device", args.device), ("seed", args.seed), ("seeds", args.seeds))
+             if v is not None]
     command = " ".join(["kdnas fidelity", args.study, *flags])
     try:
         df, paths = run_fidelity(cfg, args.top, args.epochs, args.device, args.threads, args.seed, command,
-                                 say=lambda line: print(line, flush=True))
+                                 say=lambda line: print(line, flush=True), seeds=args.seeds or 1)
     except KeyboardInterrupt:
-        print("interrupted: finished trials are kept; run the same command again to continue", file=sys.stderr)
+        print("interrupted: finished retrainings are kept; run the same command again to continue", file=sys.stderr)
         return 130
-    stats = agreement(df)
+    stats, seeds = agreement(df), seed_agreement(df)
     print(f"brief vs full validation accuracy: {describe(stats['val'])}")
     print(f"brief vs full test accuracy (reported only): {describe(stats['test'])}")
+    if seeds is not None:
+        print(f"full vs full under another seed (the ceiling), validation: {describe(seeds['val'])}; "
+              f"test: {describe(seeds['test'])}")
+        print(f"brief vs the full training under the 2nd seed (no seed shared), validation: "
+              f"{describe(brief_vs_second(df)['val'])}")
     print(f"files: {', '.join(str(p) for p in paths)}")
     return 0
 

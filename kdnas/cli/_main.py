@@ -57,8 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("export", cmd_export, "write a trial's student (spec, weights, recipe) as a bundle")
     which = sp.add_mutually_exclusive_group(required=True)
     which.add_argument("--trial", type=int, help="trial number")
-    which.add_argument("--pick", help="the most accurate Pareto trial within a budget, e.g. 'params<50000' or "
-                                      "'latency_ms<0.5, macs<1e6'")
+    which.add_argument("--pick", help="the front candidate with the highest mean val accuracy within a budget, e.g. "
+                                      "'params<50000' or 'latency_ms<0.5, macs<1e6'; says which others are within noise")
     sp.add_argument("--format", action="append", choices=["pt2", "onnx"],
                     help="also write a deployment file: pt2 (torch.export) or onnx; repeatable")
     sp.add_argument("--out", required=True, help="bundle folder to create")
@@ -80,16 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("images", nargs="+", help="image files, or folders of them")
     sp.add_argument("--out", help="write a CSV (path, class, index, probability) instead of printing")
     sp.add_argument("--brief", action="store_true", help="use the brief-trained weights even after `kdnas train`")
-    sp = add("fidelity", cmd_fidelity, "retrain K completed trials with the full budget and measure how well brief "
+    sp = add("fidelity", cmd_fidelity, "retrain K candidates with the full budget and measure how well brief "
                                        "training ranked them (Kendall tau, Spearman rho); resumes if interrupted")
     sp.add_argument("--top", type=int, required=True, metavar="K",
-                    help="how many trials: the Pareto-optimal ones, then a spread of the others by brief val accuracy")
+                    help="how many candidates: those on the front of means, then a spread of the others by mean "
+                         "brief val accuracy")
     sp.add_argument("--epochs", type=int, metavar="E",
                     help="epochs for each stage (default: the full recipe `kdnas export` suggests)")
     sp.add_argument("--threads", type=int, metavar="T", help="torch threads (default: the study's threads)")
     sp.add_argument("--device", metavar="D", help="training device: cpu, cuda, cuda:N (default: the study's device)")
     sp.add_argument("--seed", type=int, metavar="S", help="train each trial with the seed a search with study seed S "
                                                           "gives it (default: each trial's own seed)")
+    sp.add_argument("--seeds", type=int, metavar="N", help="1 (default) or 2: also train each candidate fully under "
+                                                           "a second seed and report how the two full trainings agree "
+                                                           "(the ceiling for brief vs full); doubles the cost")
     sp.add_argument("--storage", help="Optuna storage URL")
     sp = add("dashboard", cmd_dashboard, "open optuna-dashboard on the study's storage")
     sp.add_argument("--storage", help="Optuna storage URL")

@@ -1,14 +1,16 @@
-"""What a study's trials say: ``trials.csv``, ``summary.md``, ``report.html``, the plots, the comparison of
-several studies, ``kdnas fidelity`` (brief against full training) and the optuna-dashboard launcher.
+"""What a study's trials say: ``trials.csv`` (one row per trial), ``candidates.csv`` (one row per candidate: mean,
+interval, replicates), ``summary.md``, ``report.html``, the plots, the comparison of several studies,
+``kdnas fidelity`` (brief against full training, and seed against seed) and the optuna-dashboard launcher.
 """
 
 from kdnas.results._api import report
+from kdnas.results._candidates import Snapshot, pm, test_estimate
 from kdnas.results._dashboard import serve
-from kdnas.results._fidelity import agreement, describe, run_fidelity
+from kdnas.results._fidelity import agreement, brief_vs_second, describe, run_fidelity, seed_agreement
 from kdnas.results._report import compare, hypervolume_series, trials_frame, write_report
 
 __all__ = [
     "report",
-    "agreement", "compare", "describe", "hypervolume_series", "run_fidelity", "serve", "trials_frame",
-    "write_report",
+    "agreement", "brief_vs_second", "compare", "describe", "hypervolume_series", "pm", "run_fidelity", "seed_agreement", "serve",
+    "Snapshot", "test_estimate", "trials_frame", "write_report",
 ]

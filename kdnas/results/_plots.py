@@ -1,4 +1,5 @@
-"""The report's figures. Each function draws one PNG from trial DataFrames (see ``report.trials_frame``)."""
+"""The report's figures. Each function draws one PNG from the candidates (``candidates.csv``, a
+``CandidateTable``) or, for fidelity, its rows: accuracies are means of replicates with 90 % intervals."""
 
 from __future__ import annotations
 
@@ -57,97 +58,136 @@ def plain_log_ticks(axis, low: float, high: float) -> None:
     axis.set_minor_formatter(NullFormatter())
 
 
-def front_2d(df: pd.DataFrame, cost: str) -> pd.DataFrame:
-    """Trials no other trial beats on both validation accuracy and ``cost``, by increasing cost."""
-    mask = pareto_mask(df[["val_accuracy", cost]].to_numpy(float), ["maximize", "minimize"])
-    return df[mask].sort_values(cost)
+ACC = "val_accuracy_mean"
+
+
+def front_2d(cands: pd.DataFrame, cost: str) -> pd.DataFrame:
+    """Candidates no other candidate beats on both mean validation accuracy and ``cost``, by increasing cost, with
+    ``separable``: False when the member's 90 % interval overlaps that of a cheaper member of this front (which
+    has a lower mean): the study cannot yet say the dearer one is more accurate."""
+    mask = pareto_mask(cands[[ACC, cost]].to_numpy(float), ["maximize", "minimize"])
+    front = cands[mask].sort_values([cost, ACC], ascending=[True, False])
+    his = front["val_accuracy_hi"].to_numpy(float)
+    los = front["val_accuracy_lo"].to_numpy(float)
+    # The highest upper end among the cheaper members decides: an overlap with any of them is one too many.
+    cheaper_hi = np.maximum.accumulate(np.concatenate([[-np.inf], his[:-1]])) if len(front) else his
+    return front.assign(separable=los > cheaper_hi)
+
+
+def _errorbar(ax, df: pd.DataFrame, cost: str, **kw) -> None:
+    y = 100 * df[ACC].to_numpy(float)
+    err = [y - 100 * df["val_accuracy_lo"].to_numpy(float), 100 * df["val_accuracy_hi"].to_numpy(float) - y]
+    ax.errorbar(df[cost].to_numpy(float), y, yerr=err, ls="none", **kw)
 
 
 def plot_pareto(studies: Sequence[tuple[str, pd.DataFrame, dict | None]], path: Path, title: str) -> Path:
-    """Accuracy against each cost, one panel per cost. ``studies``: (name, trials, teacher) per study.
+    """Mean validation accuracy against each cost, one panel per cost, with 90 % intervals as error bars.
+    ``studies``: (name, candidates, teacher) per study; candidates as ``candidates.csv`` holds them.
 
-    With one study: its fronts as step lines with trial numbers, dominated trials faded, label-only
-    (no-distillation) trials marked, the teacher as a star. With several: each study's fronts overlaid.
-    Failed and pruned trials are never drawn.
+    With one study: in each panel the front of the means against that cost as a step line with the
+    representative trial numbers, members not separable from a cheaper one drawn hollow, the other candidates
+    faded, label-only (no-distillation) candidates marked, the teacher (one training) as a star. With several:
+    each study's fronts overlaid.
     """
     plt = _plt()
     overlay = len(studies) > 1
     fig, axes = plt.subplots(1, len(COSTS), figsize=(6 * len(COSTS), 4.8), constrained_layout=True)
     for ax, (cost, label) in zip(axes, COSTS):
-        for i, (name, df, teacher) in enumerate(studies):
+        for i, (name, cands, teacher) in enumerate(studies):
             color = f"C{i}"
-            done = df[(df["state"] == "COMPLETE") & df[cost].notna()]
-            if not overlay:
-                ax.scatter(done[cost], 100 * done["val_accuracy"], s=20, color="0.7", alpha=0.5, label="dominated trials")
+            done = cands[cands[cost].notna() & cands[ACC].notna()]
+            if not overlay and len(done):
+                _errorbar(ax, done, cost, marker="o", ms=4, color="0.7", alpha=0.5, elinewidth=0.8,
+                          label="other candidates (mean, 90 % interval)")
                 baseline = done[done["method"].fillna("").str.startswith("none")]
                 if len(baseline):
-                    ax.scatter(baseline[cost], 100 * baseline["val_accuracy"], s=40, facecolors="none",
+                    ax.scatter(baseline[cost], 100 * baseline[ACC], s=40, facecolors="none",
                                edgecolors="C2", lw=1.2, zorder=3, label="no distillation (labels only)")
             if len(done):
                 front = front_2d(done, cost)
-                ax.step(front[cost], 100 * front["val_accuracy"], where="post", color=color, lw=1.4, alpha=0.9)
-                ax.scatter(front[cost], 100 * front["val_accuracy"], s=40, color=color, zorder=4,
-                           label=f"{name}: Pareto front" if overlay else "Pareto front")
+                ax.step(front[cost], 100 * front[ACC], where="post", color=color, lw=1.4, alpha=0.9)
+                _errorbar(ax, front, cost, color=color, elinewidth=1.2, capsize=2, zorder=4)
+                sep, loose = front[front["separable"]], front[~front["separable"]]
+                ax.scatter(sep[cost], 100 * sep[ACC], s=40, color=color, zorder=5,
+                           label=f"{name}: front of means" if overlay else "front of means")
+                if len(loose):
+                    ax.scatter(loose[cost], 100 * loose[ACC], s=44, facecolors="white", edgecolors=color, lw=1.5,
+                               zorder=5, label=f"{name}: not separable from a cheaper member" if overlay
+                               else "front, not separable from a cheaper member")
                 if not overlay:
-                    # One label per point: trials with identical cost and accuracy share it.
-                    for (x, acc), group in front.groupby([cost, "val_accuracy"], sort=False):
-                        text = ",".join(f"#{int(n)}" for n in sorted(group["number"]))
+                    # One label per point: candidates with identical cost and mean share it.
+                    for (x, acc), group in front.groupby([cost, ACC], sort=False):
+                        text = ",".join(f"#{int(r['representative'])}" + (f" ({int(r['replicates'])}x)"
+                                                                          if r["replicates"] > 1 else "")
+                                        for _, r in group.sort_values("representative").iterrows())
                         ax.annotate(text, (x, 100 * acc), textcoords="offset points", xytext=(4, -10), fontsize=7,
                                     color=color)
             if teacher and teacher.get(cost) is not None and teacher.get("val_accuracy") is not None:
                 ax.scatter([teacher[cost]], [100 * teacher["val_accuracy"]], marker="*", s=220,
-                           color="C3" if not overlay else color, edgecolors="k", lw=0.5, zorder=5,
-                           label=f"{name}: teacher" if overlay else "teacher")
+                           color="C3" if not overlay else color, edgecolors="k", lw=0.5, zorder=6,
+                           label=f"{name}: teacher" if overlay else "teacher (one training)")
         ax.set_xscale("log")
-        values = [v for _, df, t in studies for v in [*df[cost].dropna(), (t or {}).get(cost)] if v and v > 0]
+        values = [v for _, c, t in studies for v in [*c[cost].dropna(), (t or {}).get(cost)] if v and v > 0]
         if cost == "latency_ms" and values:
             plain_log_ticks(ax.xaxis, min(values), max(values))
         ax.set_xlabel(label)
-        ax.set_ylabel("validation accuracy (%)")
+        ax.set_ylabel("validation accuracy (%), mean of replicates")
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(loc="lower right", fontsize=7)
-    fig.suptitle(title)
+    fig.suptitle(f"{title}\nerror bars: 90 % intervals; #N (kx): representative trial, replicates", fontsize=10)
     return save(fig, path)
 
 
-def baseline_gains(df: pd.DataFrame) -> pd.DataFrame:
-    """Completed distillation trials with ``gain``: their val accuracy minus the mean val accuracy of the
-    label-only (``none``) trials of the same student architecture. Trials without such a baseline are left out."""
-    done = df[df["state"] == "COMPLETE"].copy()
-    is_base = done["method"].fillna("").str.startswith("none")
-    base = done[is_base].groupby("student")["val_accuracy"].mean()
-    kd = done[~is_base & done["student"].isin(base.index)].copy()
-    kd["gain"] = kd["val_accuracy"] - kd["student"].map(base)
-    kd["method_name"] = kd["method"].str.split("(").str[0]
-    return kd
+def plot_effects(table, path: Path, title: str) -> Path:
+    """Did distillation help, and did assistants help? Gain over the label-only baseline of the same
+    architecture (kdnas/results/_effects.py), by method and by chain length: each architecture's paired
+    difference and the mean over architectures, with 90 % intervals; *within noise* where an interval holds 0.
+    Without baselines, the candidates' mean accuracies are shown (and said)."""
+    from kdnas.results._effects import gains, method_name
 
-
-def plot_effects(df: pd.DataFrame, path: Path, title: str) -> Path:
-    """Did distillation help, and did assistants help? Accuracy gain over the label-only baseline of the
-    same architecture, by method and by chain length. Without baselines, raw accuracy is shown (and said)."""
     plt = _plt()
-    gains = baseline_gains(df)
-    done = df[df["state"] == "COMPLETE"].copy()
-    done["method_name"] = done["method"].fillna("?").str.split("(").str[0]
-    use_gain = len(gains) > 0
-    data = gains if use_gain else done
-    column = "gain" if use_gain else "val_accuracy"
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), constrained_layout=True)
-    for ax, (by, xlabel) in zip(axes, [("method_name", "distillation method"), ("chain_length", "assistants in the chain")]):
-        groups = [(k, 100 * g[column].to_numpy(float)) for k, g in data.groupby(by)] if len(data) else []
-        if groups:
-            ax.boxplot([v for _, v in groups], showmeans=True, showfliers=False)  # the points are drawn below
-            ax.set_xticks(range(1, len(groups) + 1), [f"{k}\n(n={len(v)})" for k, v in groups])
-            rng = np.random.default_rng(0)  # jitter only: which point is which does not matter here
-            for i, (_, v) in enumerate(groups, start=1):
-                ax.scatter(i + rng.uniform(-0.12, 0.12, len(v)), v, s=12, alpha=0.6, color="C0", zorder=3)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    panels = [("method", "distillation method"), ("chain_length", "assistants in the chain")]
+    found = {by: gains(table, by) for by, _ in panels}
+    use_gain = any(found.values())
+    for ax, (by, xlabel) in zip(axes, panels):
         if use_gain:
+            groups = found[by]
+            for i, g in enumerate(groups, start=1):
+                offsets = np.linspace(-0.2, 0.2, len(g.by_arch)) if len(g.by_arch) > 1 else np.zeros(1)
+                ds = [d for _, d, _ in g.by_arch]
+                y = np.array([100 * d.mean for d in ds])
+                ax.errorbar(i + offsets, y, yerr=[y - [100 * d.lo for d in ds], [100 * d.hi for d in ds] - y],
+                            fmt="o", ms=3, color="0.6", elinewidth=0.8, alpha=0.8)  # one call: one artist per group
+                d = g.overall
+                color = "0.35" if d.within_noise else ("C2" if d.mean > 0 else "C3")
+                ax.errorbar(i, 100 * d.mean, yerr=[[100 * (d.mean - d.lo)], [100 * (d.hi - d.mean)]], fmt="D",
+                            ms=7, color=color, capsize=4, lw=2, zorder=4)
+                ax.annotate("within noise" if d.within_noise else f"{100 * d.mean:+.1f}", (i, 100 * d.hi),
+                            textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8, color=color)
+            ax.set_xticks(range(1, len(groups) + 1),
+                          [f"{g.group}\n({len(g.by_arch)} arch., {g.candidates} cand.)" for g in groups])
+            ax.set_xlim(0.5, max(len(groups), 1) + 0.5)
             ax.axhline(0, color="C3", lw=1, ls="--")
+            ax.set_ylabel("gain over labels-only, same architecture (points)")
+        else:
+            entries = table.estimates()
+            key = method_name if by == "method" else (lambda e: str(e.attrs.get("chain_length")))
+            names = sorted({key(e) for e in entries})
+            for i, name in enumerate(names, start=1):
+                ests = [e.estimate for e in entries if key(e) == name]
+                y = np.array([100 * e.mean for e in ests])
+                err = [y - [100 * e.lo for e in ests], [100 * e.hi for e in ests] - y]
+                ax.errorbar(i + np.linspace(-0.2, 0.2, len(ests)) if len(ests) > 1 else [i], y, yerr=err, fmt="o",
+                            ms=3, color="C0", elinewidth=0.8, alpha=0.7)
+            ax.set_xticks(range(1, len(names) + 1), names)
+            ax.set_ylabel("validation accuracy (%), candidates' means")
         ax.set_xlabel(xlabel)
-        ax.set_ylabel("gain over labels-only, same architecture (points)" if use_gain else "validation accuracy (%)")
         ax.grid(True, axis="y", alpha=0.25)
-    note = "gain over the no-distillation baseline" if use_gain else \
-        "raw accuracy: this study has no label-only (method 'none') trial of the same architectures to compare with"
+    note = ("gain over the no-distillation baseline: grey points, each architecture; diamonds, the mean over "
+            "architectures; bars, 90 % intervals" if use_gain else
+            "raw accuracy: this study has no label-only (method 'none') candidate of the same architectures to "
+            "compare with")
     fig.suptitle(f"{title}\n{note}", fontsize=10)
     return save(fig, path)
 
@@ -166,21 +206,26 @@ def plot_importances(importances: dict[str, float], path: Path, title: str) -> P
 
 
 def plot_hypervolume(series: pd.Series, objectives: list[str], path: Path, title: str) -> Path:
-    """Hypervolume of the front of trials 0..n against n (a step line: it only changes when the front does)."""
+    """Hypervolume of the front of the candidates' means after trials 0..n against n (a step line: it only changes
+    when the front does; a re-evaluation that lowers a front member's mean can lower it)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
     ax.step(series.index, series.to_numpy(), where="post", color="C0", lw=1.5)
     ax.set_xlabel("trial number")
     ax.set_ylabel("hypervolume (normalised, 0 to 1)")
-    ax.set_title(f"{title}\nfront of trials 0..n over {', '.join(objectives)}; 1 - accuracy and cost / teacher's, "
+    ax.set_title(f"{title}\nfront of the candidates' means after trials 0..n over {', '.join(objectives)}; "
+                 "1 - accuracy and cost / teacher's, "
                  "reference point 1", fontsize=8)
     ax.grid(True, alpha=0.25)
     return save(fig, path)
 
 
-def plot_fidelity(df: pd.DataFrame, stats: dict[str, dict[str, float]], path: Path, title: str) -> Path:
-    """Full against brief accuracy of the retrained trials (``kdnas fidelity``), validation and test side by
-    side, with trial numbers and the line y = x; ``stats`` holds Kendall's tau and Spearman's rho per split."""
+def plot_fidelity(df: pd.DataFrame, stats: dict[str, dict[str, float]], path: Path, title: str,
+                  ceiling: dict[str, dict[str, float]] | None = None) -> Path:
+    """Full against brief accuracy of the retrained candidates (``kdnas fidelity``; brief: the mean of the
+    replicates), validation and test side by side, with trial numbers and the line y = x; ``stats`` holds
+    Kendall's tau and Spearman's rho per split, ``ceiling`` the same for two full trainings under different
+    seeds (their agreement bounds what brief training can reach)."""
     plt = _plt()
 
     def num(v: float) -> str:
@@ -192,8 +237,8 @@ def plot_fidelity(df: pd.DataFrame, stats: dict[str, dict[str, float]], path: Pa
         done = df.dropna(subset=[f"brief_{split}_accuracy", f"full_{split}_accuracy"])
         x, y = 100 * done[f"brief_{split}_accuracy"].astype(float), 100 * done[f"full_{split}_accuracy"].astype(float)
         on = done["pareto"].astype(bool).to_numpy()
-        ax.scatter(x[~on], y[~on], s=36, color="C0", zorder=3, label="other trials")
-        ax.scatter(x[on], y[on], s=36, color="C1", zorder=3, label="Pareto-optimal (brief)")
+        ax.scatter(x[~on], y[~on], s=36, color="C0", zorder=3, label="other candidates")
+        ax.scatter(x[on], y[on], s=36, color="C1", zorder=3, label="on the front of means (brief)")
         # One label per point: trials with the same accuracies (a few hundred images: ties are common) share it.
         for (xi, yi), group in done.assign(x=x, y=y).groupby(["x", "y"], sort=False):
             text = ",".join(f"#{int(n)}" for n in sorted(group["trial"]))
@@ -203,11 +248,13 @@ def plot_fidelity(df: pd.DataFrame, stats: dict[str, dict[str, float]], path: Pa
             pad = max(0.5, 0.05 * (hi - lo))
             ax.plot([lo - pad, hi + pad], [lo - pad, hi + pad], ls="--", color="0.5", lw=1, label="y = x (no change)")
         st = stats[split]
-        ax.set_title(f"{name}: tau {num(st['tau'])}, rho {num(st['rho'])}", fontsize=9)
-        ax.set_xlabel(f"brief training: {split} accuracy (%)")
+        seeds = "" if ceiling is None else f"; seed vs seed tau {num(ceiling[split]['tau'])} (ceiling)"
+        ax.set_title(f"{name}: tau {num(st['tau'])}, rho {num(st['rho'])}{seeds}", fontsize=9)
+        ax.set_xlabel(f"brief training: {split} accuracy (%), mean of replicates")
         ax.set_ylabel(f"full training: {split} accuracy (%)")
         ax.grid(True, alpha=0.25)
         ax.legend(loc="lower right", fontsize=7)
+    ceil = "" if ceiling is None else f"; two full trainings, seed vs seed: tau {num(ceiling['val']['tau'])}"
     fig.suptitle(f"{title}\nvalidation: Kendall tau {num(val['tau'])}, Spearman rho {num(val['rho'])} "
-                 f"over {val['n']} trials", fontsize=10)
+                 f"over {val['n']} candidates{ceil}", fontsize=10)
     return save(fig, path)

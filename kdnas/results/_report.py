@@ -1,4 +1,8 @@
-"""Study -> DataFrame -> trials.csv, pareto.png, hypervolume.png, summary.md. Reads only the storage.
+"""Study -> trials.csv, candidates.csv, summary.md, report.html and the figures. Reads only the storage.
+
+Two tables: ``trials.csv`` (one row per trial, its own measurement) and ``candidates.csv`` (one row per
+candidate: the mean over its replicates, standard error, 90 % interval, replicates; kdnas/candidates). The
+front, the figures and the summary are computed on the candidates' means.
 
 A report is made from one snapshot of the study's trials, read once: another process (a search in another
 terminal, or this study's workers) may add or finish trials while it is written, and a table, a front and a
@@ -18,29 +22,42 @@ import types
 import warnings
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pandas as pd
 
+from kdnas.candidates import INTENSIFY, REUSED, trial_key
 from kdnas.core import atomic_write_bytes
-from kdnas.costs import METRIC_NAMES, feasible, hypervolume_history, measured_front, normalise
-from kdnas.results import _fidelity as fidelity, _plots as plots
+from kdnas.costs import METRIC_NAMES, feasible, hypervolume, normalise, pareto_mask
+from kdnas.results import _fidelity_text as fidelity, _plots as plots
+from kdnas.results._candidates import Snapshot
 from kdnas.results._html import write_html
+from kdnas.results._summary import summary_markdown
 
 COLUMNS = [
     "number", "state", "val_accuracy", "test_accuracy", "params", "macs", "latency_ms", "latency_iqr_ms",
     "student", "method", "chain", "chain_length", "duration_s", "seed", "pareto", "reason", "architecture",
     "method_params", "chain_spec", "score", "latency_median_ms", "latency_stable", "feasible",
+    "candidate", "replicate", "reused", "intensify",
 ]
 
 
 Trials = list[optuna.trial.FrozenTrial]
 
 
-def trials_frame(study: optuna.Study, trials: Trials | None = None) -> pd.DataFrame:
-    """One row per trial of ``trials`` (default: the study's, read now); ``pareto`` marks the front over the
-    study's own objectives."""
+def trials_frame(study: optuna.Study, trials: Trials | None = None, snap: Snapshot | None = None) -> pd.DataFrame:
+    """One row per trial of ``trials`` (default: the study's, read now), each with its own measurement.
+
+    ``candidate`` names the trial's candidate (``candidates.csv`` has its mean and interval), ``replicate`` which
+    replicate it is, ``reused`` whether it was answered from the candidate's replicates without training (its
+    ``val_accuracy`` is then the candidate's mean), ``intensify`` why it re-evaluated a candidate. ``pareto``:
+    the trial's candidate is on the front of the candidates' means (every replicate of a front candidate is
+    marked), over the study's measured objectives. ``snap``: the report's snapshot (built here when absent)."""
+    snap = snap or Snapshot.of(study, trials)
+    trials = snap.trials
+    front = snap.front_keys
+    recipe = snap.table.recipe
     rows = []
-    trials = study.get_trials(deepcopy=False) if trials is None else trials
     # A dead worker's trial is retried as a new trial that records the original's number.
     retried = {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
     for t in trials:
@@ -51,6 +68,8 @@ def trials_frame(study: optuna.Study, trials: Trials | None = None) -> pd.DataFr
         if t.number in retried:
             reason = f"{reason}; retried as trial {retried[t.number]}"
         cand = ua.get("candidate", {})
+        key = trial_key(ua, recipe)
+        ok = t.state.name == "COMPLETE" and feasible(t)
         rows.append({
             "number": t.number,
             "state": t.state.name,
@@ -66,7 +85,7 @@ def trials_frame(study: optuna.Study, trials: Trials | None = None) -> pd.DataFr
             "chain_length": ua.get("chain_length"),
             "duration_s": t.duration.total_seconds() if t.duration else None,
             "seed": ua.get("seed"),
-            "pareto": False,
+            "pareto": bool(ok and key in front),
             "reason": reason,
             "architecture": json.dumps(cand.get("student")) if cand else None,
             "method_params": json.dumps(cand.get("method")) if cand else None,
@@ -75,88 +94,59 @@ def trials_frame(study: optuna.Study, trials: Trials | None = None) -> pd.DataFr
             "latency_median_ms": ua.get("latency_median_ms"),
             "latency_stable": ua.get("latency_stable"),
             "feasible": feasible(t),
+            "candidate": key,
+            "replicate": ua.get("replicate"),
+            "reused": bool(ua.get(REUSED)),
+            "intensify": ua.get(INTENSIFY),
         })
-    df = pd.DataFrame(rows, columns=COLUMNS)
-    done = (df["state"] == "COMPLETE") & df["feasible"]
-    if done.any():  # from the rows themselves: the columns are named like the trial attributes
-        df.loc[done, "pareto"] = measured_front(df.loc[done].to_dict("records"), study.user_attrs["objectives"])
-    return df
+    return pd.DataFrame(rows, columns=COLUMNS)
 
 
 def hypervolume_series(study: optuna.Study, df: pd.DataFrame) -> pd.Series | None:
-    """Hypervolume of the front of trials 0..n, for every trial number n (kdnas.costs._score has the normalisation);
-    None when the teacher's costs, which normalise them, are not stored."""
+    """Hypervolume of the front of the candidates' means after trials 0..n, for every trial number n
+    (kdnas.costs._score has the normalisation); None when the teacher's costs, which normalise them, are not stored.
+
+    On means, so that the last value is the hypervolume of the front the report shows (a front of single
+    measurements would reward the luckiest draws): a trial that trains a candidate again moves its mean, which
+    can also shrink the front. Trials answered from replicates change no mean; a trial without a candidate
+    (a study made outside kdnas) is a candidate of its own."""
     objectives = study.user_attrs["objectives"]
     teacher = study.user_attrs.get("teacher") or {}
     if any(o != "accuracy" and teacher.get(METRIC_NAMES[o]) is None for o in objectives):
         return None
-    ok = (df["state"] == "COMPLETE") & df["feasible"]
+    reused = df["reused"].fillna(False).astype(bool) if "reused" in df else False
+    ok = (df["state"] == "COMPLETE") & df["feasible"] & df["val_accuracy"].notna() & ~reused
     rows = df.loc[ok].to_dict("records")  # the table's trials, in its order: one history entry per row
-    history = hypervolume_history(normalise(rows, objectives, teacher)) if rows else []
+    keys = [r.get("candidate") if isinstance(r.get("candidate"), str) else f"#{r['number']}" for r in rows]
+    history = means_history(keys, normalise(rows, objectives, teacher)) if rows else []
     series = pd.Series(float("nan"), index=df["number"].to_numpy(), name="hypervolume")
     series[df.loc[ok, "number"].to_numpy()] = history
     return series.ffill().fillna(0.0)
 
 
-def _fmt_int(v) -> str:
-    return "" if pd.isna(v) else f"{int(v):,}"
+def means_history(keys: list[str], points: np.ndarray) -> list[float]:
+    """``h[n]``: hypervolume of the front of the per-key means of normalised ``points`` 0..n (to minimise).
 
-
-def method_table(df: pd.DataFrame) -> list[str]:
-    """Markdown lines: trials, best and median validation accuracy of each distillation method."""
-    names = df["method_params"].map(lambda j: json.loads(j).get("name") if isinstance(j, str) else None)
-    lines = ["", "## Accuracy by method", "",
-             "| method | trials | completed | best val acc | median val acc |", "|---|---:|---:|---:|---:|"]
-    for name, group in df.assign(method_name=names).dropna(subset=["method_name"]).groupby("method_name"):
-        acc = group.loc[group["state"] == "COMPLETE", "val_accuracy"].astype(float)
-        best, median = (f"{acc.max():.1%}", f"{acc.median():.1%}") if len(acc) else ("–", "–")
-        lines.append(f"| `{name}` | {len(group)} | {len(acc)} | {best} | {median} |")
-    return lines
-
-
-def summary_markdown(study: optuna.Study, df: pd.DataFrame, hv: pd.Series | None = None,
-                     fidelity_df: pd.DataFrame | None = None) -> str:
-    teacher = study.user_attrs.get("teacher") or {}
-    data = study.user_attrs.get("data") or {}
-    counts = df["state"].value_counts().to_dict()
-    lines = [f"# Study `{study.study_name}`", ""]
-    lines.append("Trials: " + ", ".join(f"{counts.get(s, 0)} {s.lower()}" for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING") if counts.get(s)))
-    if data:
-        lines.append(f"Data: `{data.get('dataset')}`, {data.get('train')} train / {data.get('val')} val / "
-                     f"{data.get('test')} test images. Candidates are ranked on **val**; test is only reported.")
-    if teacher:
-        lines.append(f"Teacher: `{json.dumps(teacher.get('spec'))}`, {_fmt_int(teacher.get('params'))} params, "
-                     f"{_fmt_int(teacher.get('macs'))} MACs, {teacher.get('latency_ms', float('nan')):.3f} ms, "
-                     f"val {teacher.get('val_accuracy', float('nan')):.1%}, test {teacher.get('test_accuracy', float('nan')):.1%}.")
-    objectives = study.user_attrs.get("objectives", [])
-    if hv is not None and len(hv):
-        lines.append(f"Hypervolume: {hv.iloc[-1]:.4f} (objectives {', '.join(objectives)}, each normalised: "
-                     f"1 - accuracy, cost / teacher's cost; reference point 1; history in `hypervolume.png`).")
-    scored = df.dropna(subset=["score"])
-    if study.user_attrs.get("score_mode") == "score" and len(scored):
-        best = scored.loc[scored["score"].astype(float).idxmax()]
-        lines.append(f"Best combined score: {best['score']:.4f}, trial {int(best['number'])} (`{best['student']}`).")
-    lines += ["", f"## Pareto-optimal trials ({', '.join(objectives)})", ""]
-    front = df[df["pareto"].astype(bool)].sort_values("params")  # astype: with no trials the column is not bool
-    lines.append("| trial | val acc | test acc | params | MACs | latency (ms) | student | method | chain |")
-    lines.append("|---:|---:|---:|---:|---:|---:|---|---|---|")
-    for _, r in front.iterrows():
-        lines.append(f"| {int(r['number'])} | {r['val_accuracy']:.1%} | {r['test_accuracy']:.1%} | {_fmt_int(r['params'])} | "
-                     f"{_fmt_int(r['macs'])} | {r['latency_ms']:.3f} | `{r['student']}` | `{r['method']}` | `{r['chain']}` |")
-    if not len(front):
-        lines.append("| – | no completed trial yet | | | | | | | |")
-    lines += method_table(df)
-    if fidelity_df is not None:
-        lines += fidelity.summary_lines(fidelity_df)
-    for state, title in (("FAIL", "Failed trials"), ("PRUNED", "Pruned or rejected trials")):
-        rows = df[df["state"] == state]
-        if len(rows):
-            lines += ["", f"## {title}", ""]
-            lines += [f"- trial {int(r['number'])}: {r['reason'] or 'no reason recorded (interrupted?)'}" for _, r in rows.iterrows()]
-    lines += ["", "Files: `trials.csv` (every trial), `report.html` (everything in one page), `pareto.png` "
-              "(accuracy vs parameters, MACs and latency), `hypervolume.png` (hypervolume of the front, trial by trial), `effects.png` (gain over labels-only by method and chain "
-              "length), `importances.png`."]
-    return "\n".join(lines) + "\n"
+    A key's points differ only in the accuracy coordinate, so a mean that improves (or a new key) only needs the
+    running front and the new point; only a front member whose mean worsens makes the front be found again from
+    every key (what it dominated may come back): O(front) per trial, and O(keys) for those."""
+    sums: dict[str, np.ndarray] = {}
+    counts: dict[str, int] = {}
+    means: dict[str, np.ndarray] = {}
+    front: list[str] = []
+    out = []
+    minimise = ["minimize"] * points.shape[1]
+    for key, p in zip(keys, points):
+        old = means.get(key)
+        sums[key] = sums[key] + p if key in sums else p.astype(float)
+        counts[key] = counts.get(key, 0) + 1
+        means[key] = sums[key] / counts[key]
+        worse = old is not None and key in front and bool((means[key] > old).any())
+        members = list(means) if worse else [k for k in front if k != key] + [key]
+        mask = pareto_mask([means[k] for k in members], minimise)
+        front = [k for k, m in zip(members, mask) if m]
+        out.append(hypervolume(np.array([means[k] for k in front])))
+    return out
 
 
 @functools.cache  # the private copy is loaded once per process, not once per report
@@ -193,8 +183,9 @@ def importances(study: optuna.Study, trials: Trials | None = None) -> dict[str, 
     """Parameter importances for validation accuracy by Optuna's default evaluator (PED-ANOVA), normalised
     to sum to 1 as ``optuna.importance.get_param_importances`` does; {} when too few trials. With ``trials``
     (a snapshot), of those trials only."""
+    # An answer from replicates is no new measurement: it would count its candidate's mean once more.
     done = [t for t in (study.get_trials(deepcopy=False) if trials is None else trials)
-            if t.state == optuna.trial.TrialState.COMPLETE]
+            if t.state == optuna.trial.TrialState.COMPLETE and not t.user_attrs.get(REUSED)]
     if len(done) < 4:
         return {}
     if trials is not None:
@@ -226,52 +217,64 @@ def _in_memory(study: optuna.Study, trials: Trials) -> optuna.Study:
     return copy
 
 
-def write_report(study: optuna.Study, out_dir: Path, fidelity_csv: Path | None = None) -> list[Path]:
+def write_report(study: optuna.Study, out_dir: Path, fidelity_csv: Path | None = None,
+                 snap: Snapshot | None = None) -> list[Path]:
     """Write the report files into ``out_dir``; return their paths. With a ``fidelity.csv`` (``kdnas fidelity``;
-    by default the one in ``out_dir``), ``fidelity.png`` and a fidelity section are added."""
+    by default the one in ``out_dir``), ``fidelity.png`` and a fidelity section are added. ``snap``: the snapshot
+    to report (read now when absent; `kdnas search` passes the one its closing lines print)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    trials = study.get_trials(deepcopy=False)  # the one snapshot every file is made from (module docstring)
-    df = trials_frame(study, trials)
+    snap = snap or Snapshot.of(study)  # the one snapshot every file is made from (module docstring)
+    df = trials_frame(study, snap=snap)
+    cands = snap.candidates()
     name = study.study_name
-    csv = out_dir / "trials.csv"
+    csv, ccsv = out_dir / "trials.csv", out_dir / "candidates.csv"
     atomic_write_bytes(csv, df.to_csv(index=False).encode())
+    atomic_write_bytes(ccsv, cands.to_csv(index=False).encode())
     teacher = study.user_attrs.get("teacher")
     figures = [
-        ("Validation accuracy against each cost", plots.plot_pareto([(name, df, teacher)], out_dir / "pareto.png",
-                                                                     f"{name}: validation accuracy vs cost")),
-        ("Did distillation and assistants help?", plots.plot_effects(df, out_dir / "effects.png", f"{name}: effects")),
-        ("Parameter importances", plots.plot_importances(importances(study, trials), out_dir / "importances.png",
+        ("Validation accuracy against each cost (candidates' means, 90 % intervals)", plots.plot_pareto(
+            [(name, cands, teacher)], out_dir / "pareto.png", f"{name}: validation accuracy vs cost")),
+        ("Did distillation and assistants help? (gain over labels-only, 90 % intervals)", plots.plot_effects(
+            snap.table, out_dir / "effects.png", f"{name}: effects")),
+        ("Parameter importances", plots.plot_importances(importances(study, snap.trials), out_dir / "importances.png",
                                                          f"{name}: what matters for validation accuracy")),
     ]
     hv = hypervolume_series(study, df)
     if hv is not None:
-        figures.insert(1, ("Hypervolume over trials", plots.plot_hypervolume(
+        figures.insert(1, ("Hypervolume over trials (front of means)", plots.plot_hypervolume(
             hv, study.user_attrs["objectives"], out_dir / "hypervolume.png", f"{name}: hypervolume")))
     fid = fidelity.read_fidelity(fidelity_csv if fidelity_csv is not None else out_dir / fidelity.CSV_NAME)
     if fid is not None:
-        figures.append((fidelity.caption(fid), plots.plot_fidelity(fid, fidelity.agreement(fid), out_dir / "fidelity.png",
-                                                                   f"{name}: brief vs full training")))
-    summary = summary_markdown(study, df, hv, fid)
+        figures.append((fidelity.caption(fid), fidelity.figure(fid, out_dir / "fidelity.png",
+                                                               f"{name}: brief vs full training")))
+    summary = summary_markdown(snap, df, hv, fid)
     md = out_dir / "summary.md"
     atomic_write_bytes(md, summary.encode())
-    intro = [line.replace("**", "").replace("`", "") for line in summary.splitlines()[1:6] if line and not line.startswith("#")]
-    page = write_html(out_dir / "report.html", f"kdnas study {name}", intro, df, figures)
-    return [csv, md, page, *(path for _, path in figures)]
+    intro = [line.replace("**", "").replace("`", "") for line in summary.splitlines()[1:8]
+             if line and not line.startswith("#")]
+    page = write_html(out_dir / "report.html", f"kdnas study {name}", intro, df, cands, figures)
+    return [csv, ccsv, md, page, *(path for _, path in figures)]
 
 
 def compare(studies: list[optuna.Study], out_dir: Path) -> list[Path]:
-    """Several studies' fronts overlaid in one set of plots, and their trials in one CSV."""
+    """Several studies' fronts of means overlaid in one set of plots, their trials and candidates in one CSV each."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    frames = [(s.study_name, trials_frame(s), s.user_attrs.get("teacher")) for s in studies]
-    names = ", ".join(n for n, _, _ in frames)
-    png = plots.plot_pareto(frames, out_dir / "pareto.png", f"{names}: validation accuracy vs cost")
-    both = pd.concat([df.assign(study=n) for n, df, _ in frames], ignore_index=True)
-    csv = out_dir / "trials.csv"
+    snaps = [Snapshot.of(s) for s in studies]
+    frames = [(s.study_name, trials_frame(s, snap=snap), snap.candidates(), s.user_attrs.get("teacher"))
+              for s, snap in zip(studies, snaps)]
+    names = ", ".join(n for n, *_ in frames)
+    png = plots.plot_pareto([(n, c, t) for n, _, c, t in frames], out_dir / "pareto.png",
+                            f"{names}: validation accuracy vs cost")
+    both = pd.concat([df.assign(study=n) for n, df, _, _ in frames], ignore_index=True)
+    cands = pd.concat([c.assign(study=n) for n, _, c, _ in frames], ignore_index=True)
+    csv, ccsv = out_dir / "trials.csv", out_dir / "candidates.csv"
     atomic_write_bytes(csv, both.to_csv(index=False).encode())
-    intro = [f"{n}: {int((df['state'] == 'COMPLETE').sum())} completed trials, {int(df['pareto'].sum())} Pareto-optimal"
-             for n, df, _ in frames]
+    atomic_write_bytes(ccsv, cands.to_csv(index=False).encode())
+    intro = [f"{n}: {int((df['state'] == 'COMPLETE').sum())} completed trials, {len(c)} candidates, "
+             f"{int(c['pareto'].sum())} on the front of means" for n, df, c, _ in frames]
     page = write_html(out_dir / "report.html", f"kdnas comparison: {names}", intro,
-                      both.assign(student=both["study"] + ": " + both["student"].fillna("")), [("Fronts", png)])
-    return [csv, page, png]
+                      both.assign(student=both["study"] + ": " + both["student"].fillna("")),
+                      cands.assign(student=cands["study"] + ": " + cands["student"].fillna("")), [("Fronts", png)])
+    return [csv, ccsv, page, png]

@@ -1,0 +1,101 @@
+"""One snapshot of a study's candidates for every file of a report: ``candidates.csv``, the front tables, the
+figures and the effects all read the same :class:`Snapshot`, so the candidate table and its front are built once
+per report (kdnas/candidates/_table.py; the module docstring of kdnas/results/_report.py says why one read).
+
+Every accuracy a report shows is a candidate's mean over its replicates with the 90 % half-width of its interval
+and the replicate count (``97.2% ± 1.1 (3x)``). Test accuracy gets an interval too: the binomial error of the
+test images plus the candidate's seed variance as measured on validation (the seed moves both splits alike; the
+test split is never used to choose, so it lends nothing to that estimate).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import optuna
+import pandas as pd
+
+from kdnas.candidates import CandidateTable, Entry, Estimate, binomial_variance
+from kdnas.study import candidates_of
+
+Trials = list[optuna.trial.FrozenTrial]
+
+
+def test_estimate(e: Entry, n_test: int) -> Estimate | None:
+    """The candidate's mean test accuracy with its interval (module docstring); None without a test figure."""
+    vals = [float(t) for t in e.test if t is not None]
+    if not vals or e.estimate is None:
+        return None
+    mean = sum(vals) / len(vals)
+    seed_var = e.estimate.seed_var
+    return Estimate(mean, math.sqrt(binomial_variance(mean, n_test) + seed_var / len(vals)), len(vals), seed_var)
+
+
+def pm(est: Estimate | None) -> str:
+    """``97.2% ± 1.1``: the mean and the 90 % half-width in points (the replicate count goes beside it)."""
+    return "–" if est is None else f"{est.mean:.1%} ± {100 * est.half_width:.1f}"
+
+
+@dataclass
+class Snapshot:
+    """The study's trials read once, and the candidate table built from them once."""
+
+    study: optuna.Study
+    trials: Trials
+    table: CandidateTable
+    _frame: pd.DataFrame | None = field(default=None, repr=False)
+
+    @classmethod
+    def of(cls, study: optuna.Study, trials: Trials | None = None) -> "Snapshot":
+        trials = study.get_trials(deepcopy=False) if trials is None else trials
+        return cls(study, trials, candidates_of(study, trials))
+
+    @property
+    def n_test(self) -> int:
+        return int((self.study.user_attrs.get("data") or {}).get("test") or 1)  # unknown: as wide as it can be
+
+    @property
+    def front_keys(self) -> set[str]:
+        return {e.key for e in self.table.front()}
+
+    def candidates(self) -> pd.DataFrame:
+        """``candidates.csv``: ``CandidateTable.rows()`` (by decreasing mean) with the representative trial (the
+        one ``--pick`` and ``--trial`` export, closest to the mean), the test interval, and which front members
+        each is not separable from (their representative trials)."""
+        if self._frame is None:
+            table = self.table
+            loose = table.not_separable()
+            rep = {e.key: e.representative() for e in table.estimates()}
+            rows: list[dict[str, Any]] = []
+            for r in table.rows():
+                e = table.entries[r["candidate"]]
+                test = test_estimate(e, self.n_test)
+                rows.append({"candidate": r["candidate"], "representative": rep[e.key],
+                             **{k: v for k, v in r.items() if k != "candidate"},
+                             "val_accuracy_half_width": e.estimate.half_width,
+                             "test_accuracy_half_width": None if test is None else test.half_width,
+                             "not_separable_from": " ".join(str(rep[k]) for k in loose.get(e.key, []))})
+            self._frame = pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
+        return self._frame
+
+    def front(self) -> list[Entry]:
+        return self.table.front()
+
+
+CANDIDATE_COLUMNS = [
+    "candidate", "representative", "val_accuracy_mean", "val_accuracy_se", "val_accuracy_lo", "val_accuracy_hi",
+    "val_accuracy_half_width", "replicates", "test_accuracy_mean", "test_accuracy_half_width", "trials", "seeds",
+    "reused_trials", "pareto", "separable", "not_separable_from", "student", "method", "chain", "chain_length",
+    "params", "macs", "latency_ms", "latency_iqr_ms", "latency_median_ms", "latency_stable",
+]
+
+
+def separability(row: pd.Series) -> str:
+    """``yes``, or ``not separable from #7, #9`` (their representative trials)."""
+    if not row["pareto"]:
+        return ""
+    loose = row["not_separable_from"]
+    others = loose.split() if isinstance(loose, str) else []  # read back from a CSV, an empty cell is NaN
+    return "yes" if not others else "not separable from " + ", ".join(f"#{n}" for n in others)
