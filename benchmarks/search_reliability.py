@@ -8,7 +8,7 @@ direct or through one assistant). A candidate's *true* accuracy is its mean over
 Then kdnas's search is replayed many times against that table (benchmarks/_yardstick.py: kdnas's sampler,
 space, candidate keys, replicate cap, intensification and trial loop; only the training is a lookup, the r-th
 training of a candidate drawing the r-th of its seeds in a per-run random order). Each arm runs under 20
-sampler seeds; after 20, 40 and 80 trainings (a replicate counts, an answer past the cap does not) its
+sampler seeds; after 10, 20, 40 and 80 trainings (a replicate counts, an answer past the cap does not) its
 reported front is scored against the truth:
 
 * hv_regret: the hypervolume of the true front (every candidate at its true mean) minus that of the reported
