@@ -32,7 +32,7 @@ from kdnas.candidates._estimate import Z, binomial_variance
 from kdnas.config._study import Intensify
 from kdnas.costs import DIRECTIONS, METRIC_NAMES, hypervolume, normalise, pareto_mask
 from kdnas.study import make_sampler
-from kdnas.study._runner import REUSED_IN_A_ROW, intensify
+from kdnas.study._runner import intensify, when_stuck
 from kdnas.study._trial import Sampled, answer_from_replicates, objective_values, replicates
 from kdnas.study._workers import Tickets, optimize
 
@@ -213,7 +213,7 @@ def simulate(truth, scorer: Scorer, a: Arm, seed: int, budgets: list[int]) -> di
         in_a_row = in_a_row + 1 if reused else 0
         if not reused and len(trained) in budgets and len(trained) not in out:
             out[len(trained)] = snapshot()
-        if in_a_row >= REUSED_IN_A_ROW or len(study.trials) >= MAX_TRIALS:
+        if when_stuck(cfg, study, table, in_a_row) or len(study.trials) >= MAX_TRIALS:  # as kdnas's runner
             study.stop()
 
     optimize(study, objective, tickets, None, on_trial, lambda: intensify(cfg, study, table))

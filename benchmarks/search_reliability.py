@@ -45,12 +45,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _enumerated  # noqa: E402
 import _yardstick as ys  # noqa: E402
 
-# kdnas before #25; replicates without re-evaluation; kdnas now (cap 3, after 10, share 0.25) and neighbours of
+# kdnas before #25; replicates without re-evaluation; kdnas now (cap 5, after 10, share 0.25) and neighbours of
 # its defaults; the two samplers (item 5) on the arms that matter.
-ARMS = ("one_seed", "rep3", "rep3_a10_s0.25", "rep3_a0_s0.25", "rep3_a20_s0.25", "rep3_a40_s0.25", "rep3_a10_s0.5",
-        "rep2_a10_s0.25",
-        "rep5_a10_s0.25", "one_seed+mv", "rep3_a10_s0.25+mv")
-BASELINE, KDNAS = "one_seed", "rep3_a10_s0.25"
+ARMS = ("one_seed", "rep5", "rep5_a10_s0.25", "rep3_a10_s0.25", "rep5_a0_s0.25", "rep5_a20_s0.25", "rep5_a10_s0.5",
+        "one_seed+mv", "rep5_a10_s0.25+mv")
+BASELINE, KDNAS = "one_seed", "rep5_a10_s0.25"
 DEFAULT_TRAIN_SEEDS = {"digits": 10, "mnist5k": 8, "smoke": 2}
 # --pick params<=P: a round number near each space's median parameter count.
 PICK = {"digits": 50_000, "mnist5k": 5_000, "smoke": 1_000}

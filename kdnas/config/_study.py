@@ -87,7 +87,7 @@ class SearchConfig:
     early_stopping: EarlyStopping = field(default_factory=EarlyStopping)  # stop trials that trail their peers
     # A candidate proposed again is trained again with a new seed (a replicate) up to this many times; past it,
     # the mean of its replicates answers the sampler without training (docs/search.md, "Replicates").
-    replicates: int = 3
+    replicates: int = 5  # docs/search.md, "The yardstick": 5 halves the --pick winner's optimism where 3 does not
     intensify: Intensify = field(default_factory=Intensify)
 
     def check(self, report) -> None:

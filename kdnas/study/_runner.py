@@ -46,8 +46,8 @@ def open_study(cfg: StudyConfig, create: bool, storage: optuna.storages.BaseStor
     return study
 
 
-# A process stops when its sampler proposes only candidates at their replicate cap this many times in a row:
-# the answers cost nothing, but a space that small has nothing left to search.
+# When a process's sampler proposes only candidates at their replicate cap this many times in a row, it is stuck
+# on what it already knows (a small space, or a converged sampler): see `when_stuck`.
 REUSED_IN_A_ROW = 12
 
 
@@ -166,10 +166,9 @@ def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: Worker
         if trial.state == optuna.trial.TrialState.COMPLETE:
             table.update(study.get_trials(deepcopy=False))
             progress(f"{head} {_complete_line(cfg, study, table, trial)}")
-            if reused_in_a_row >= REUSED_IN_A_ROW:
-                progress(f"{prefix}stopping: the last {reused_in_a_row} proposals were candidates at their "
-                         f"{cfg.search.replicates} replicates (search.replicates); the space has no new candidate "
-                         f"left for this sampler")
+            stop = when_stuck(cfg, study, table, reused_in_a_row)
+            if stop:
+                progress(prefix + stop)
                 study.stop()
         else:
             reason = ua.get("fail_reason") or ua.get("prune_reason", "")
@@ -197,6 +196,21 @@ def intensify(cfg: StudyConfig, study: optuna.Study, table: CandidateTable) -> N
     choice = choose(table, cfg.search.replicates)
     if choice is not None:
         study.enqueue_trial(choice.entry.params, user_attrs={KEY: choice.entry.key, INTENSIFY: choice.why})
+
+
+def when_stuck(cfg: StudyConfig, study: optuna.Study, table: CandidateTable, in_a_row: int) -> str | None:
+    """After ``REUSED_IN_A_ROW`` answers from replicates in a row, the sampler is stuck on what the study knows:
+    the next training re-evaluates the candidate intensification would choose (whether or not it is due, or
+    enabled: it is the best use of a training the sampler would waste). With none left under the cap, the
+    study has measured all it can of what this sampler proposes: returns the reason to stop."""
+    if in_a_row < REUSED_IN_A_ROW or table.waiting:
+        return None
+    choice = choose(table, cfg.search.replicates)
+    if choice is not None:
+        study.enqueue_trial(choice.entry.params, user_attrs={KEY: choice.entry.key, INTENSIFY: choice.why})
+        return None
+    return (f"stopping: the last {in_a_row} proposals were candidates at their {cfg.search.replicates} "
+            f"replicates (search.replicates), and every candidate on the front or challenging it has them too")
 
 
 def _complete_line(cfg: StudyConfig, study: optuna.Study, table: CandidateTable,

@@ -121,6 +121,7 @@ def replicates(rt: Runtime, trial: optuna.Trial, cand: Candidate) -> Entry | Non
         return None
     trials = _keyed_below(study, trial.number)
     table = rt.table.update(trials)
+    table.estimates()  # up to date: an answer past the cap is the mean of every replicate read just now
     entry = table.entries.get(key)
     done = table.replicates(key, below=trial.number)
     cap = rt.cfg.search.replicates
