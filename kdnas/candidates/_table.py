@@ -6,9 +6,11 @@ the candidate's validation accuracy is the mean over its replicates with a stand
 candidate trained three times is one point with a narrower interval, not three points of which the luckiest
 makes the front.
 
-Cheap as the study grows: :meth:`CandidateTable.update` takes the study's trials (the storage caches finished
-ones) and reads only the trials it has not seen finished, so the search's progress line and intensification
-cost milliseconds at thousands of trials (benchmarks/bookkeeping.py).
+Cheap as the study grows (benchmarks/bookkeeping.py: a few milliseconds a trial at 5,000 trials):
+:meth:`CandidateTable.update` reads only the trials it has not seen finished; an estimate is recomputed only for
+the candidates that gained a replicate (all of them only when the pooled overdispersion ratio moved, which
+only a replicated candidate moves); the front and the challengers are computed on arrays of the candidates'
+points kept beside the entries, not on one Python list per candidate per call.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from kdnas.candidates._estimate import Estimate, estimate, overdispersion
+from kdnas.candidates._estimate import PRIOR_DF, Z, Estimate, binomial_variance, overdispersion, sample_variance
 from kdnas.candidates._identity import candidate_key
 from kdnas.costs import DIRECTIONS, METRIC_NAMES, feasible, pareto_mask
 
@@ -80,13 +82,28 @@ class CandidateTable:
         self.recipe = recipe
         self.entries: dict[str, Entry] = {}
         self._finished: set[int] = set()  # trial numbers already read for good
-        self._stale = True
         self._front: list[str] | None = None
         self.ratio = 1.0
         self.reevaluations = 0  # trained trials enqueued by intensification
         self.reevaluations_running = 0  # enqueued or running ones
         self._running: dict[str, list[int]] = {}  # key -> numbers of its running (or waiting) trials
         self.waiting = 0  # enqueued trials not started yet
+        self._trainings = 0
+        self._running_entries: set[str] = set()  # entries whose `running` is not 0
+        self._dirty: set[str] = set()  # the candidates that gained a replicate since the last estimates()
+        self._replicated: list[str] = []  # candidates with 2+ replicates, in entry order: they make the ratio
+        # One row per entry, in entry order: its objective values (accuracy: the mean), the top of its interval,
+        # whether it has a replicate. Grown by doubling.
+        self._row: dict[str, int] = {}
+        self._keys: list[str] = []
+        self._by_row: list[Entry] = []
+        self._points = np.zeros((16, len(self.objectives)))
+        self._hi = np.zeros(16)
+        self._has = np.zeros(16, dtype=bool)
+        self._stats = np.zeros((16, 4))  # mean, binomial variance, sample variance, replicates (0: none yet)
+        self._with_replicate: list[Entry] = []
+        self._bad: set[str] = set()  # entries whose costs are not numbers: the per-entry path raises as it did
+        self._acc = [j for j, o in enumerate(self.objectives) if o == "accuracy"]
 
     def update(self, trials: Iterable[Any]) -> "CandidateTable":
         """Read the trials not read before (finished ones once; running and waiting ones every time)."""
@@ -112,6 +129,7 @@ class CandidateTable:
             entry = self.entries.get(key)
             if entry is None:
                 entry = self.entries[key] = Entry(key, dict(t.params), {k: ua.get(k) for k in DESCRIPTION})
+                self._add_row(entry)
             if ua.get(REUSED):
                 entry.reused += 1
                 continue
@@ -119,12 +137,31 @@ class CandidateTable:
             entry.val.append(float(ua["val_accuracy"]))
             entry.test.append(ua.get("test_accuracy"))
             entry.seeds.append(ua.get("seed"))
+            self._trainings += 1
             self.reevaluations += bool(ua.get(INTENSIFY))
-            self._stale = True
-        for entry in self.entries.values():
-            entry.running = len(running.get(entry.key, ()))
+            self._dirty.add(key)
+        for key in self._running_entries - running.keys():  # only those that ran: not a pass over every entry
+            self.entries[key].running = 0
+        self._running_entries = {k for k in running if k in self.entries}
+        for key in self._running_entries:
+            self.entries[key].running = len(running[key])
         self._running = running
         return self
+
+    def _add_row(self, entry: Entry) -> None:
+        row = self._row[entry.key] = len(self._row)
+        self._keys.append(entry.key)
+        self._by_row.append(entry)
+        if row == len(self._has):
+            self._points, self._hi, self._has, self._stats = (
+                np.concatenate([a, np.zeros_like(a)]) for a in (self._points, self._hi, self._has, self._stats))
+        for j, o in enumerate(self.objectives):
+            if o != "accuracy":
+                value = entry.attrs[METRIC_NAMES[o]]
+                try:
+                    self._points[row, j] = float(value)
+                except (TypeError, ValueError):
+                    self._bad.add(entry.key)
 
     def replicates(self, key: str, below: int | None = None) -> int:
         """Completed and running replicates of ``key`` (with ``below``: of trial numbers below it)."""
@@ -134,18 +171,73 @@ class CandidateTable:
 
     @property
     def trainings(self) -> int:
-        return sum(e.n for e in self.entries.values())
+        return self._trainings
 
     def estimates(self) -> list[Entry]:
         """Every candidate with a replicate, its estimate up to date."""
-        if self._stale:
-            done = [e for e in self.entries.values() if e.n]
-            self.ratio = overdispersion((e.val for e in done), self.n_val)
-            for e in done:
-                e.estimate = estimate(e.val, self.n_val, self.ratio)
-            self._stale = False
-            self._front = None
-        return [e for e in self.entries.values() if e.n]
+        if self._dirty:
+            rows = np.array(sorted(self._row[k] for k in self._dirty))
+            changed = rows
+            was = self._has[rows], self._points[rows][:, self._acc]  # copies: how the front may move
+            for k in self._dirty:  # a candidate's own figures, as estimate() makes them
+                e, row = self.entries[k], self._row[k]
+                mean = sum(e.val) / e.n
+                self._stats[row] = (mean, binomial_variance(mean, self.n_val), sample_variance(e.val), e.n)
+            grown = [k for k in self._dirty if self.entries[k].n >= 2]
+            if grown:  # only a replicated candidate moves the pooled ratio
+                known = set(self._replicated)
+                if any(k not in known for k in grown):
+                    self._replicated = sorted(known.union(grown), key=self._row.__getitem__)
+                ratio = overdispersion((self.entries[k].val for k in self._replicated), self.n_val)
+                if ratio != self.ratio:  # every estimate moves with it
+                    self.ratio, rows = ratio, np.flatnonzero(self._stats[:len(self._row), 3] > 0)
+            self._estimate_rows(rows)
+            self._dirty = set()
+            self._front = self._moved_front(changed, *was)
+            first = changed[~was[0]].tolist()  # candidates with their first replicate: into the list, in entry order
+            last = self._row[self._with_replicate[-1].key] if self._with_replicate else -1
+            if first and first[0] > last:
+                self._with_replicate += [self._by_row[r] for r in first]
+            elif first:
+                self._with_replicate = [self._by_row[r] for r in np.flatnonzero(self._has)]
+        return list(self._with_replicate)
+
+    def _moved_front(self, rows: np.ndarray, had: np.ndarray, before: np.ndarray) -> list[str] | None:
+        """The front after the candidates in ``rows`` gained a replicate (``had``: whether they had one; ``before``:
+        their accuracy then), from the front before and those candidates alone; None: compute it anew.
+
+        Why that is the front of all: a candidate that was off the front, and did not change, stays dominated: by
+        a member that did not change, or by one whose mean rose, which dominates whatever it dominated. And a
+        candidate dominated by anything is dominated by a front member. Only a member whose mean fell can let
+        others onto the front: then the whole front is computed again (a fraction of the re-evaluations)."""
+        if self._front is None or self._bad:
+            return None
+        members = {self._row[k] for k in self._front}
+        after = self._points[rows][:, self._acc]
+        for row, h, b, a in zip(rows.tolist(), had, before, after):
+            if row in members and h and (a < b).any():
+                return None
+        return self._front_of(sorted(members.union(rows.tolist())))
+
+    def _front_of(self, rows: Sequence[int] | np.ndarray) -> list[str]:
+        """The keys of the candidates in ``rows`` (ascending) on their front."""
+        mask = pareto_mask(self._points[rows], [DIRECTIONS[o] for o in self.objectives])
+        return [self._keys[r] for r, m in zip(np.asarray(rows).tolist(), mask) if m]
+
+    def _estimate_rows(self, rows: np.ndarray) -> None:
+        """estimate() for the candidates in ``rows`` at once: the same operations in the same order on the same
+        doubles (tests/test_bookkeeping.py checks that every figure is equal), one array operation each."""
+        mean, b, sv, k = self._stats[rows].T
+        pooled = self.ratio * b
+        seed_var = np.where(k < 2, pooled, (PRIOR_DF * pooled + (k - 1) * sv) / (PRIOR_DF + k - 1))
+        se = np.sqrt(b + seed_var / k)
+        if self._acc:
+            self._points[rows[:, None], self._acc] = mean[:, None]
+        self._hi[rows] = np.minimum(1.0, mean + Z * se)
+        self._has[rows] = True
+        by_row = self._by_row
+        for row, m, s, n, v in zip(rows.tolist(), mean.tolist(), se.tolist(), k.astype(int).tolist(), seed_var.tolist()):
+            by_row[row].estimate = Estimate(m, s, n, v)
 
     def point(self, e: Entry, accuracy: float | None = None) -> list[float]:
         """The candidate's objective values (accuracy: its mean, or ``accuracy``)."""
@@ -153,12 +245,19 @@ class CandidateTable:
         return [float(e.estimate.mean if accuracy is None else accuracy) if o == "accuracy"
                 else float(e.attrs[METRIC_NAMES[o]]) for o in self.objectives]
 
+    def _rows(self, entries: list[Entry]) -> np.ndarray:
+        """The array rows of ``entries`` (those of estimates(), in entry order)."""
+        if self._bad and any(e.key in self._bad for e in entries):
+            [self.point(e) for e in entries]  # raises, with the error the values give
+        rows = np.flatnonzero(self._has[:len(self._row)])
+        assert len(rows) == len(entries)
+        return rows
+
     def front(self) -> list[Entry]:
         """The Pareto front of the candidates' means, by increasing parameters."""
         entries = self.estimates()
         if self._front is None:
-            mask = pareto_mask([self.point(e) for e in entries], [DIRECTIONS[o] for o in self.objectives])
-            self._front = [e.key for e, m in zip(entries, mask) if m]
+            self._front = self._front_of(self._rows(entries))
         return sorted((self.entries[k] for k in self._front), key=lambda e: e.attrs.get("params") or 0)
 
     def not_separable(self) -> dict[str, list[str]]:
@@ -181,18 +280,23 @@ class CandidateTable:
         change the answer."""
         entries = self.estimates()
         front_keys = {e.key for e in self.front()}
-        front = np.array([self.point(e) for e in entries if e.key in front_keys])
-        if not len(front):
+        if not front_keys:
             return []
+        rows = self._rows(entries)
         sign = np.array([-1.0 if DIRECTIONS[o] == "maximize" else 1.0 for o in self.objectives])
-        out = []
-        for e in entries:
-            if e.key in front_keys:
-                continue
-            p = np.array(self.point(e, e.estimate.hi)) * sign
-            f = front * sign
-            if not ((f <= p).all(axis=1) & (f < p).any(axis=1)).any():
-                out.append(e)
+        f = self._points[[self._row[k] for k in front_keys]] * sign
+        p = self._points[rows].copy()
+        p[:, self._acc] = self._hi[rows, None]
+        p *= sign
+        # Every candidate at the top of its interval against every front member at once, one objective at a
+        # time (a candidates x members table each): "dominated" as (f <= p).all() & (f < p).any() for each pair.
+        all_le = np.ones((len(p), len(f)), dtype=bool)
+        any_lt = np.zeros((len(p), len(f)), dtype=bool)
+        for j in range(p.shape[1]):
+            all_le &= f[:, j] <= p[:, j, None]
+            any_lt |= f[:, j] < p[:, j, None]
+        dominated = (all_le & any_lt).any(axis=1)
+        out = [e for e, d in zip(entries, dominated.tolist()) if not d and e.key not in front_keys]
         return out
 
     def rows(self) -> list[dict[str, Any]]:

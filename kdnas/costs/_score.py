@@ -111,23 +111,35 @@ def pareto_mask(values: Sequence[Sequence[float]], directions: Sequence[str]) ->
 
     Why not every pair: a report of 5,000 trials compared 25 million pairs (0.6 s, and memory to match) after
     every trial. In lexicographic order a row can only be dominated by a row before it, and a row dominated by
-    anything is dominated by a front member (dominance is transitive), so each row is checked against the
-    front found so far: O(rows x front), and fronts are small.
+    anything is dominated by a front member (dominance is transitive). So the rows are taken in that order; the
+    first one left is on the front, and every row it dominates is struck out at once (one array operation per
+    front member, not one Python step per row): O(rows x front) comparisons, and fronts are small.
     """
     v = np.asarray(values, dtype=float)
     if v.size == 0:
         return np.zeros(len(v), dtype=bool)
     sign = np.array([-1.0 if d.lower().startswith("max") else 1.0 for d in directions])
-    v = v * sign  # now everything is minimised
-    order = np.lexsort(v.T[::-1])  # by the first column, then the second, ...
+    order = np.lexsort((v * sign).T[::-1])  # by the first column, then the second, ...
+    cols = (v * sign)[order].T.copy()  # now everything is minimised, in that order; one array per objective
+    left = np.ones(len(v), dtype=bool)  # not struck out yet
+    on_front = []
+    i = 0
+    while True:
+        rest = np.flatnonzero(left[i:])
+        if not len(rest):
+            break
+        i += int(rest[0])
+        on_front.append(i)
+        # The rows after it that it dominates: at least as good in every objective, better in one.
+        all_le = np.ones(len(v) - i - 1, dtype=bool)
+        any_lt = np.zeros(len(v) - i - 1, dtype=bool)
+        for col in cols:
+            all_le &= col[i] <= col[i + 1:]
+            any_lt |= col[i] < col[i + 1:]
+        left[i + 1:] &= ~(all_le & any_lt)
+        i += 1
     mask = np.zeros(len(v), dtype=bool)
-    front = np.empty((0, v.shape[1]))
-    for i in order:
-        row = v[i]
-        if len(front) and ((front <= row).all(axis=1) & (front < row).any(axis=1)).any():
-            continue
-        mask[i] = True
-        front = np.vstack([front, row])
+    mask[order[on_front]] = True
     return mask
 
 
@@ -165,9 +177,14 @@ def hypervolume(points: np.ndarray) -> float:
 def hypervolume_history(points: np.ndarray) -> list[float]:
     """``h[n]`` = hypervolume of points ``0..n`` (rows in trial order): how the front grew, trial by trial."""
     points = np.asarray(points, dtype=float)
-    out, front = [], points[:0]
+    out: list[float] = []
+    front = points[:0]
     for p in points:
-        # Only the running front matters for the next step: keep it small (moocore is exact, not incremental).
+        # A point the running front dominates leaves it, and its hypervolume, as they are: moocore (exact, not
+        # incremental) runs only when the front changes, a few hundred times in 5,000 trials.
+        if out and ((front <= p).all(axis=1) & (front < p).any(axis=1)).any():
+            out.append(out[-1])
+            continue
         front = np.vstack([front, p])
         front = front[pareto_mask(front, ["minimize"] * points.shape[1])]
         out.append(hypervolume(front))

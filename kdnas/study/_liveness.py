@@ -135,15 +135,19 @@ def fail_dead(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str,
 
 
 def sweep(study: optuna.Study, run_dir: Path, local_storage: bool, mine: Optional[WorkerLock],
-          max_retry: int) -> list[str]:
+          max_retry: int, trials: Optional[list[optuna.trial.FrozenTrial]] = None) -> list[str]:
     """Fail (and retry) the RUNNING trials whose worker is known dead; return one line per trial failed.
+    ``trials``: the study's trials, read just now (default: read here).
 
     A trial records its worker in the first milliseconds of its objective; one without a record was left by
     a worker killed in between. Such a trial is failed only where every worker is visible from here (a local
     storage) and none but ``mine`` is alive; elsewhere Optuna's heartbeat fails it after the grace period.
     """
     lines = []
-    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if trials is None:
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    else:
+        running = [t for t in trials if t.state == TrialState.RUNNING]
     others_alive: Optional[bool] = None
     for t in running:
         worker = t.system_attrs.get(WORKER_ATTR)

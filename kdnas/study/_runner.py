@@ -151,9 +151,12 @@ def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: Worker
     n_new = cfg.search.trials
     table = rt.table
     reused_in_a_row = 0
+    # The study as on_trial read it, for before_trial, which runs right after: one read of the study between two
+    # trials, not one per step (each costs milliseconds at thousands of trials: benchmarks/bookkeeping.py).
+    snapshot: list[optuna.trial.FrozenTrial] | None = None
 
     def on_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        nonlocal reused_in_a_row
+        nonlocal reused_in_a_row, snapshot
         ua = trial.user_attrs
         reused = bool(ua.get(REUSED))
         if reused:
@@ -164,7 +167,8 @@ def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: Worker
         elapsed = time.time() - started
         head = f"{prefix}[{done:>3}/{n_new} {elapsed:6.1f}s] trial {trial.number:>3}"
         if trial.state == optuna.trial.TrialState.COMPLETE:
-            table.update(study.get_trials(deepcopy=False))
+            snapshot = study.get_trials(deepcopy=False)
+            table.update(snapshot)
             progress(f"{head} {_complete_line(cfg, study, table, trial)}")
             stop = when_stuck(cfg, study, table, reused_in_a_row)
             if stop:
@@ -177,20 +181,25 @@ def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: Worker
             progress(f"{head} {trial.state.name}: {reason}" + (f" | {cand}" if cand else ""))
 
     def before_trial() -> None:
-        for line in sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry):
+        nonlocal snapshot
+        trials, snapshot = snapshot, None
+        lines = sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry, trials)
+        for line in lines:
             progress(prefix + line)
-        intensify(cfg, study, table)
+        intensify(cfg, study, table, None if lines else trials)  # a trial the sweep failed: read again
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's per-trial logs
     optimize(study, make_objective(rt, lock), tickets, deadline, on_trial, before_trial)
 
 
-def intensify(cfg: StudyConfig, study: optuna.Study, table: CandidateTable) -> None:
-    """Before a trial: when a re-evaluation is due (kdnas/candidates/_intensify.py), enqueue it."""
+def intensify(cfg: StudyConfig, study: optuna.Study, table: CandidateTable,
+              trials: list[optuna.trial.FrozenTrial] | None = None) -> None:
+    """Before a trial: when a re-evaluation is due (kdnas/candidates/_intensify.py), enqueue it. ``trials``: the
+    study's trials, read just now (default: read here)."""
     rule = cfg.search.intensify
     if not rule.enabled:
         return
-    table.update(study.get_trials(deepcopy=False))
+    table.update(study.get_trials(deepcopy=False) if trials is None else trials)
     if table.waiting or not due(table, rule.after, rule.share):
         return
     choice = choose(table, cfg.search.replicates)
