@@ -3,7 +3,7 @@
 The study file is ``studies/mnist5k.yaml`` (three families, an optional assistant; objectives ``accuracy,
 params, latency``), its candidates sampled from the real search space, with the study and trial attributes
 kdnas writes (kdnas/study/_resume.py, _runner.py, _trial.py). Each student architecture gets invented costs
-and a true accuracy (the larger, the more accurate, with scatter: fronts of about 20 candidates), each trial a
+and a true accuracy (the larger, the more accurate, with scatter: fronts of 10-30 candidates), each trial a
 validation accuracy drawn around its candidate's (seed noise, then 1,000 binomial validation images). About
 22 % of the trials re-evaluate one of the better earlier candidates (2-3 replicates: intensification at its
 default share, a quarter of the trainings), a few propose a candidate at its 3 replicates (``reused``, no
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 N_VAL = 1000  # mnist5k's validation images
-GENERATOR = 2  # bump when the synthetic study changes: the cache is keyed by it
+GENERATOR = 3  # bump when the synthetic study changes: the cache is keyed by it
 NAME = "bookkeeping"
 
 
@@ -50,9 +50,9 @@ class World:
             rng = np.random.default_rng([self.seed, int(hashlib.sha1(key.encode()).hexdigest()[:8], 16)])
             size = rng.uniform(0, 1)  # log-scaled between 3k and 100k parameters
             params = int(3e3 * (1e5 / 3e3) ** size)
-            latency = 0.02 * (params / 1e3) ** 0.5 * rng.lognormal(0, 0.3)
+            latency = 0.02 * (params / 1e3) ** 0.5 * rng.lognormal(0, 0.5)
             self.archs[key] = {"params": params, "macs": int(params * rng.uniform(20, 200)), "latency_ms": latency,
-                               "acc": 0.91 + 0.06 * size + rng.normal(0, 0.012)}
+                               "acc": 0.91 + 0.06 * size + rng.normal(0, 0.006)}
         return self.archs[key]
 
     def accuracy(self, cand: dict) -> float:
@@ -258,3 +258,55 @@ def optuna_load(db: Path):
     from kdnas.study._storage import rdb_storage
 
     return optuna.load_study(study_name=NAME, storage=rdb_storage(f"sqlite:///{db}"))
+
+
+def objective(cfg, rt, lock, batched: bool, bookkeeping: bool, seed: int = 0):
+    """A trial of this study for Optuna, without training: it samples the real space and records what
+    kdnas/study/_trial.py's phases record (one attribute at a time, as kdnas writes them, or ``batched``: one
+    statement per phase, benchmarks/_proposals.py) and, with ``bookkeeping``, calls ``replicates()`` (which reads
+    the study; ``rt``: what it needs of a Runtime); without, writes the two attributes it writes."""
+    import optuna
+    from _proposals import set_user_attrs
+
+    from kdnas.candidates import KEY, candidate_key
+    from kdnas.study import _trial
+    from kdnas.study._liveness import mark
+
+    world = World(seed)  # the study's: the same architectures, costs and accuracies
+    rng = np.random.default_rng(seed + 1)
+
+    def put(trial: optuna.Trial, attrs: dict) -> None:
+        if batched:
+            set_user_attrs(trial, attrs)
+        else:
+            for key, value in attrs.items():
+                trial.set_user_attr(key, value)
+
+    def objective(trial: optuna.Trial):
+        mark(trial, lock)
+        cand = cfg.space.sample(trial)
+        arch = world.arch(cand.to_dict()["student"])
+        for key, value in {"max_params": arch["params"] / 1e5 - 1, "max_macs": 0.0, "chain_order": 0.0}.items():
+            trial.set_constraint(key, value)
+        put(trial, {"candidate": cand.to_dict(), "student": cand.student.label(), "method": cand.method.label(),
+                    "chain": cand.chain.label(), "chain_length": len(cand.chain.assistants), "params": arch["params"],
+                    "macs": arch["macs"]})
+        if bookkeeping:
+            full = _trial.replicates(rt, trial, cand)
+            if full is not None:
+                # replicates() returns the entry without bringing its estimate up to date: None when the table
+                # computed none yet (a resumed study's first trial), an AssertionError in answer_from_replicates.
+                rt.table.estimates()
+                return _trial.answer_from_replicates(rt, trial, _trial.Sampled(cand, None, None, 0, reuse=full))
+        else:
+            trial.set_user_attr(KEY, candidate_key(cand.to_dict(), rt.recipe))
+            trial.set_user_attr("replicate", 1)
+        val = rng.binomial(N_VAL, float(np.clip(world.accuracy(cand.to_dict()) + rng.normal(0, 0.004), 0, 1))) / N_VAL
+        put(trial, {"seed": trial.number, "latency_ms": arch["latency_ms"], "latency_iqr_ms": 0.01,
+                    "latency_median_ms": arch["latency_ms"], "latency_stable": True, "teacher": "8f7dd11609355520",
+                    "assistants": [], "method_hyperparameters": {}})
+        put(trial, {"weights": f"{trial.number:016x}", "val_accuracy": val, "test_accuracy": val,
+                    "loss_history": [1.0, 0.5, 0.3, 0.2], "train_seconds": 8.0, "trial_seconds": 9.0, "score": val})
+        return val, arch["params"], arch["latency_ms"]
+
+    return objective
