@@ -5,8 +5,8 @@ params, latency``), its candidates sampled from the real search space, with the 
 kdnas writes (kdnas/study/_resume.py, _runner.py, _trial.py). Each student architecture gets invented costs
 and a true accuracy (the larger, the more accurate, with scatter: fronts of 10-30 candidates), each trial a
 validation accuracy drawn around its candidate's (seed noise, then 1,000 binomial validation images). About
-22 % of the trials re-evaluate one of the better earlier candidates (2-3 replicates: intensification at its
-default share, a quarter of the trainings), a few propose a candidate at its 3 replicates (``reused``, no
+22 % of the trials re-evaluate one of the better earlier candidates (up to ``search.replicates``: intensification
+at its default share, a quarter of the trainings), a few propose a candidate at its cap (``reused``, no
 training), 7 % are pruned, 1 % failed.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 N_VAL = 1000  # mnist5k's validation images
-GENERATOR = 3  # bump when the synthetic study changes: the cache is keyed by it
+GENERATOR = 4  # bump when the synthetic study changes: the cache is keyed by it
 NAME = "bookkeeping"
 
 
@@ -88,13 +88,14 @@ def synthetic_trials(cfg, n: int, seed: int) -> list:
     world = World(seed)
     mem = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     study_recipe = recipe(cfg)["study"]
+    cap = cfg.search.replicates
     done: dict[str, dict] = {}  # candidate key -> params, distributions, candidate, true accuracy, replicates
     out = []
     for number in range(n):
         u = rng.uniform()
         ua: dict = {}
         sa = {"kdnas:worker": {"host": "bench", "pid": 1000 + number % 4, "lock": f"/runs/w{number % 4}.lock"}}
-        redo = [c for c in done.values() if c["n"] < 3] if 0.07 <= u < 0.29 else []
+        redo = [c for c in done.values() if c["n"] < cap] if 0.07 <= u < 0.29 else []
         if redo:  # a re-evaluation, of one of the better candidates, as intensification picks them
             c = max(rng.choice(redo, size=min(5, len(redo))), key=lambda c: c["acc"])
             ua.update(intensify="front" if rng.uniform() < 0.6 else "challenger")
@@ -103,7 +104,7 @@ def synthetic_trials(cfg, n: int, seed: int) -> list:
             for _ in range(10):  # a candidate at its cap: proposed again now and then (a few reused trials)
                 params, dists, cand, refused = _sampled(cfg.space, mem)
                 key = candidate_key(cand, study_recipe) if cand is not None else None
-                if key not in done or done[key]["n"] < 3 or rng.uniform() < 0.1:
+                if key not in done or done[key]["n"] < cap or rng.uniform() < 0.1:
                     break
             if cand is None:
                 out.append(create_trial(state=TrialState.FAIL, params=params, distributions=dists, system_attrs=sa,
@@ -119,9 +120,9 @@ def synthetic_trials(cfg, n: int, seed: int) -> list:
         latency = {"latency_ms": arch["latency_ms"], "latency_iqr_ms": 0.02 * arch["latency_ms"],
                    "latency_median_ms": 1.03 * arch["latency_ms"], "latency_stable": True}
         cons = {"max_params": arch["params"] / 1e5 - 1, "max_macs": arch["macs"] / 2e7 - 1, "chain_order": 0.0}
-        if c["n"] >= 3 and not redo:  # at its replicate cap: answered from its replicates, without training
+        if c["n"] >= cap and not redo:  # at its replicate cap: answered from its replicates, without training
             val, test = float(np.mean(c["vals"])), float(np.mean(c["tests"]))
-            ua.update(reused=True, replicates=3, replicate=c["n"] + 1, val_accuracy=val, val_accuracy_se=0.005,
+            ua.update(reused=True, replicates=c["n"], replicate=c["n"] + 1, val_accuracy=val, val_accuracy_se=0.005,
                       test_accuracy=test, score=val, **latency)
             out.append(create_trial(values=[val, arch["params"], arch["latency_ms"]], params=c["params"],
                                     distributions=c["dists"], user_attrs=ua, system_attrs=sa, constraints=cons))

@@ -171,6 +171,8 @@ def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: Worker
             table.update(snapshot)
             progress(f"{head} {_complete_line(cfg, study, table, trial)}")
             stop = when_stuck(cfg, study, table, reused_in_a_row)
+            if reused_in_a_row >= REUSED_IN_A_ROW:
+                snapshot = None  # when_stuck may have enqueued a trial the snapshot lacks: before_trial reads again
             if stop:
                 progress(prefix + stop)
                 study.stop()
