@@ -295,9 +295,6 @@ def objective(cfg, rt, lock, batched: bool, bookkeeping: bool, seed: int = 0):
         if bookkeeping:
             full = _trial.replicates(rt, trial, cand)
             if full is not None:
-                # replicates() returns the entry without bringing its estimate up to date: None when the table
-                # computed none yet (a resumed study's first trial), an AssertionError in answer_from_replicates.
-                rt.table.estimates()
                 return _trial.answer_from_replicates(rt, trial, _trial.Sampled(cand, None, None, 0, reuse=full))
         else:
             trial.set_user_attr(KEY, candidate_key(cand.to_dict(), rt.recipe))
