@@ -118,3 +118,25 @@ def test_the_incremental_table_says_what_recomputing_everything_says(seed: int) 
                    for k in table.entries}
         assert {k: e.running for k, e in table.entries.items()} == running
     assert any(e.n >= 3 for e in table.entries.values()) and any(e.reused for e in table.entries.values())
+
+
+def test_the_report_s_history_of_means_is_the_hypervolume_of_every_prefix_s_means() -> None:
+    """The report's hypervolume history on candidates' means skips moocore when a dominated candidate stays
+    dominated: it must still equal the definition (the front of the per-candidate means of trials 0..n)."""
+    from kdnas.costs import hypervolume, pareto_mask
+    from kdnas.results._report import means_history
+
+    rng = np.random.default_rng(7)
+    keys = [f"c{k}" for k in rng.integers(0, 12, size=60)]
+    points = rng.uniform(0.05, 0.95, size=(60, 2))
+    for k in set(keys):  # a candidate's costs are fixed: only its accuracy coordinate varies between replicates
+        rows = [i for i, key in enumerate(keys) if key == k]
+        points[rows, 1] = points[rows[0], 1]
+    got = means_history(keys, points)
+    for n in range(len(keys)):
+        groups: dict[str, list] = {}
+        for key, p in zip(keys[: n + 1], points[: n + 1]):
+            groups.setdefault(key, []).append(p)
+        means = np.array([np.mean(v, axis=0) for v in groups.values()])
+        front = means[pareto_mask(means, ["minimize", "minimize"])]
+        assert got[n] == pytest.approx(hypervolume(front)), n

@@ -18,7 +18,7 @@ import optuna
 import pandas as pd
 
 from kdnas.candidates import CandidateTable, Entry, Estimate, binomial_variance
-from kdnas.study import candidates_of
+from kdnas.study import candidates_of, read_trials
 
 Trials = list[optuna.trial.FrozenTrial]
 
@@ -49,7 +49,7 @@ class Snapshot:
 
     @classmethod
     def of(cls, study: optuna.Study, trials: Trials | None = None) -> "Snapshot":
-        trials = study.get_trials(deepcopy=False) if trials is None else trials
+        trials = read_trials(study) if trials is None else trials
         return cls(study, trials, candidates_of(study, trials))
 
     @property
@@ -68,10 +68,11 @@ class Snapshot:
             table = self.table
             loose = table.not_separable()
             rep = {e.key: e.representative() for e in table.estimates()}
+            n_test = self.n_test  # once: each read of the study's attributes is a storage query and a deep copy
             rows: list[dict[str, Any]] = []
             for r in table.rows():
                 e = table.entries[r["candidate"]]
-                test = test_estimate(e, self.n_test)
+                test = test_estimate(e, n_test)
                 rows.append({"candidate": r["candidate"], "representative": rep[e.key],
                              **{k: v for k, v in r.items() if k != "candidate"},
                              "val_accuracy_half_width": e.estimate.half_width,

@@ -141,6 +141,11 @@ def means_history(keys: list[str], points: np.ndarray) -> list[float]:
         sums[key] = sums[key] + p if key in sums else p.astype(float)
         counts[key] = counts.get(key, 0) + 1
         means[key] = sums[key] / counts[key]
+        if out and key not in front:  # off the front, and dominated still: the front and its volume are unchanged
+            f = np.array([means[k] for k in front])
+            if ((f <= means[key]).all(axis=1) & (f < means[key]).any(axis=1)).any():
+                out.append(out[-1])
+                continue
         worse = old is not None and key in front and bool((means[key] > old).any())
         members = list(means) if worse else [k for k in front if k != key] + [key]
         mask = pareto_mask([means[k] for k in members], minimise)
