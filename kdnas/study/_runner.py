@@ -16,7 +16,7 @@ from kdnas.study import _resume as resume
 from kdnas.study._liveness import WorkerLock, sweep
 from kdnas.study._runtime import Runtime, prepare
 from kdnas.study._sampling import process_sampler
-from kdnas.study._storage import check_storage, is_local, mask_url, open_storage
+from kdnas.study._storage import check_storage, is_local, mask_url, open_storage, read_trials
 from kdnas.study._trial import make_objective
 from kdnas.study._workers import Tickets, optimize, run_pool, threads_per_worker
 
@@ -49,21 +49,6 @@ def open_study(cfg: StudyConfig, create: bool, storage: optuna.storages.BaseStor
 # When a process's sampler proposes only candidates at their replicate cap this many times in a row, it is stuck
 # on what it already knows (a small space, or a converged sampler): see `when_stuck`.
 REUSED_IN_A_ROW = 12
-
-
-def read_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """Every trial of ``study``, read with Python's cyclic garbage collector paused: Optuna builds a few objects
-    per attribute of every trial, and the collector, triggered by that many new objects, walked the growing heap
-    again and again (a 5,000-trial SQLite study: 6.1 s to read, 2.5 s with it paused; benchmarks/bookkeeping.py)."""
-    import gc
-
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        return study.get_trials(deepcopy=False)
-    finally:
-        if enabled:
-            gc.enable()
 
 
 def candidates_of(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> CandidateTable:

@@ -28,6 +28,7 @@ from kdnas.distill import Guide, guided_loss, resolve_hyperparameters
 from kdnas.models import KDNet, build, digest
 from kdnas.study._liveness import WorkerLock, mark, retry_interrupted
 from kdnas.study._runtime import Runtime
+from kdnas.study._storage import read_trials
 from kdnas.train import accuracy, checkpoint_hook, fit
 
 
@@ -143,7 +144,7 @@ def _keyed_below(study: optuna.Study, number: int) -> list:
     ``KEY_WAIT_S`` passed): sampling takes milliseconds, so this rarely waits."""
     deadline = time.monotonic() + KEY_WAIT_S
     while True:
-        trials = study.get_trials(deepcopy=False)
+        trials = read_trials(study)  # the first read of a large study: seconds, less with the collector paused
         undecided = any(t.number < number and t.state == optuna.trial.TrialState.RUNNING and KEY not in t.user_attrs
                         for t in trials)
         if not undecided or time.monotonic() > deadline:
