@@ -12,15 +12,13 @@ fidelity, export); a running search keeps Optuna's cached storage, which reads o
 ORM upsert and commit (about 1 ms of CPU each on that VM) and a kdnas trial records about 30, so they are most
 of what a trial costs besides its training; one multi-row upsert per phase of the trial writes the same rows.
 
-:func:`means_history`: the report's hypervolume history on candidates' means (kdnas.results._report), with moocore
-run only when the front changes. :func:`same` checks a prototype against the function it would replace.
+(A third proposal, a hypervolume history of means that runs moocore only when the front changes, and a fourth,
+the test size read once per report, are kdnas's own code now.)
 """
 
 from __future__ import annotations
 
 import json
-import sys
-import time
 from collections import defaultdict
 from datetime import datetime
 from typing import Any
@@ -115,50 +113,3 @@ def set_user_attrs(trial: optuna.Trial, attrs: dict[str, Any]) -> None:
         session.execute(stmt.on_conflict_do_update(index_elements=[model.trial_id, model.key],
                                                    set_={"value_json": stmt.excluded.value_json}))
     trial._cached_frozen_trial.user_attrs.update(attrs)
-
-
-def means_history(keys: list[str], points):
-    """kdnas.results._report.means_history with one change: a trial whose candidate is off the front and stays
-    dominated leaves the front, and its hypervolume, as they were, so moocore is not run again (it ran once per
-    trial: about 1 s of a 5,000-trial report). The benchmark checks that the history is the same."""
-    import numpy as np
-
-    from kdnas.costs import hypervolume, pareto_mask
-
-    sums: dict[str, Any] = {}
-    counts: dict[str, int] = {}
-    means: dict[str, Any] = {}
-    front: list[str] = []
-    out: list[float] = []
-    minimise = ["minimize"] * points.shape[1]
-    for key, p in zip(keys, points):
-        old = means.get(key)
-        sums[key] = sums[key] + p if key in sums else p.astype(float)
-        counts[key] = counts.get(key, 0) + 1
-        means[key] = sums[key] / counts[key]
-        if out and key not in front:
-            f = np.array([means[k] for k in front])
-            if ((f <= means[key]).all(axis=1) & (f < means[key]).any(axis=1)).any():
-                out.append(out[-1])
-                continue
-        worse = old is not None and key in front and bool((means[key] > old).any())
-        members = list(means) if worse else [k for k in front if k != key] + [key]
-        mask = pareto_mask([means[k] for k in members], minimise)
-        front = [k for k, m in zip(members, mask) if m]
-        out.append(hypervolume(np.array([means[k] for k in front])))
-    return out
-
-
-def same(original, prototype):
-    """``prototype``, checked against ``original`` at each call (which runs both: ``check_s`` is the time of the
-    original's last run, for the caller to take out)."""
-    def call(*a, **k):
-        t = time.perf_counter()
-        want = original(*a, **k)
-        call.check_s = time.perf_counter() - t
-        got = prototype(*a, **k)
-        if got != want:
-            sys.exit(f"bookkeeping.py: _proposals.{prototype.__name__} differs from kdnas's: fix it before timing it")
-        return got
-    call.check_s = 0.0
-    return call

@@ -237,15 +237,15 @@ STAGES = [("kdnas.results._candidates", "Snapshot.of", "snapshot: read the trial
 
 def report(study_file: Path, profile: int, proposals: bool = False) -> dict:
     """(c): `kdnas report` on the study (``kdnas.results.report``: open, read, write), stage by stage; (c'): with
-    ``proposals``: the trials read by the prototype of (b'), the study's attributes read once for the candidates'
-    rows (``Snapshot.n_test`` read them once per candidate), and _proposals.means_history."""
+    ``proposals``: the trials read by the prototype of (b'). (The other two report proposals measured here, the
+    test size read once and a history of means that skips moocore for dominated candidates, are kdnas's now.)"""
     import importlib
 
     import optuna
 
-    from kdnas.results import _candidates, _report, report as kdnas_report
+    from kdnas.results import report as kdnas_report
 
-    real = optuna.Study.get_trials, _candidates.Snapshot.__dict__.get("n_test"), getattr(_report, "means_history", None)
+    real = (optuna.Study.get_trials,)
 
     def read(self, deepcopy: bool = True, states=None):
         if deepcopy or states is not None:
@@ -254,13 +254,6 @@ def report(study_file: Path, profile: int, proposals: bool = False) -> dict:
 
     if proposals:
         optuna.Study.get_trials = read
-        if isinstance(real[1], property):
-            once = functools.cached_property(real[1].fget)
-            once.__set_name__(_candidates.Snapshot, "n_test")
-            _candidates.Snapshot.n_test = once
-    checked = _proposals.same(real[2], _proposals.means_history) if proposals and real[2] is not None else None
-    if checked is not None:
-        _report.means_history = checked
     ledger = Ledger()
     ledger.wrap(optuna.Study, "get_trials", "Study.get_trials (inside the snapshot)")
     missing = []
@@ -280,17 +273,8 @@ def report(study_file: Path, profile: int, proposals: bool = False) -> dict:
     finally:
         ledger.restore()
         optuna.Study.get_trials = real[0]
-        if real[1] is not None:
-            _candidates.Snapshot.n_test = real[1]
-        if real[2] is not None:
-            _report.means_history = real[2]
     total = time.perf_counter() - t
     parts = dict(ledger.seconds)
-    if checked is not None:  # the check ran kdnas's means_history too: not part of the prototype's time
-        total -= checked.check_s
-        for k in parts:
-            if k.startswith(("hypervolume_series", "means_history")):
-                parts[k] -= checked.check_s
     if prof:
         _print_profile(prof, profile, "the report's")
     if missing:

@@ -64,7 +64,7 @@ def test_candidates_csv_and_summary_show_mean_interval_and_replicates(tmp_path: 
     summary = (tmp_path / "summary.md").read_text()
     assert f"| 1 | {mean:.1%} ± {100 * hw:.1f} | 3x (#0 #1 #2) | 90.0% ± " in summary
     assert "Trials: 7 complete (1 answered from replicates, not trained)" in summary
-    assert f"Candidates: 4 from 6 trainings, 1 of them replicated" in summary and f"ratio {ratio:.2f}" in summary
+    assert "Candidates: 4 from 6 trainings, 1 of them replicated" in summary and f"ratio {ratio:.2f}" in summary
     # d (200 params, 81 %) cannot be told from c (100 params, 80 %); a is clear of both.
     assert "| `net_d` | `hinton()` | `direct` | not separable from #3 |" in summary
     assert "| `net_a` | `hinton()` | `direct` | yes |" in summary

@@ -56,7 +56,7 @@ def candidates_of(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | 
     attrs = study.user_attrs
     n_val = (attrs.get("data") or {}).get("val") or 1  # unknown: an interval as wide as it can be
     table = CandidateTable(n_val, attrs["objectives"], (attrs.get("comparable") or {}).get("study"))
-    return table.update(study.get_trials(deepcopy=False) if trials is None else trials)
+    return table.update(read_trials(study) if trials is None else trials)
 
 
 def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
