@@ -24,6 +24,7 @@ from tests.test_workers import ENV
 FAST_HEARTBEAT = "parallel: {heartbeat_interval: 1, grace_period: 2}\n"
 
 
+@pytest.mark.slow  # 12 s; the worker pool is tested on SQLite (test_workers.py), PostgreSQL by the tests below
 def test_two_workers_share_one_postgres_study(postgres_url: str, tmp_path: Path, monkeypatch, capfd) -> None:
     monkeypatch.chdir(tmp_path)
     study = write_tiny_study(tmp_path)

@@ -52,6 +52,32 @@ def test_two_workers_run_exactly_the_requested_trials(tiny_study: Path, tmp_path
 # --- SIGKILL and resume -----------------------------------------------------------------------------------
 
 
+def test_processes_that_start_together_seed_their_samplers_apart(tmp_path: Path) -> None:
+    """The rule behind the slow test below, in one process: each process's sampler is seeded by its own first
+    trial's number, so two processes that started on the same stored study do not propose alike."""
+    from kdnas.config import load_study
+    from kdnas.study._sampling import process_sampler
+
+    cfg = load_study(write_tiny_study(tmp_path))
+    study = optuna.create_study(directions=["maximize"])
+    a, b = process_sampler(cfg), process_sampler(cfg)
+    proposals = {}
+    for name in ("a", "b", "a", "b"):  # interleaved, as two terminals' trials are
+        study.sampler = a if name == "a" else b
+        trial = study.ask()
+        proposals.setdefault(name, []).append(json.dumps(cfg.space.sample(trial).to_dict(), sort_keys=True))
+        study.tell(trial, 0.5)
+    assert proposals["a"] != proposals["b"]
+    # The old rule (seed = trials stored at start) seeded both alike: the same proposals, trained twice.
+    alike = [optuna.samplers.TPESampler(seed=cfg.seed) for _ in range(2)]
+    same = {}
+    for i, name in enumerate(("a", "b")):
+        s = optuna.create_study(directions=["maximize"], sampler=alike[i])
+        same[name] = json.dumps(cfg.space.sample(s.ask()).to_dict(), sort_keys=True)
+    assert same["a"] == same["b"]
+
+
+@pytest.mark.slow  # 17 s (two commands in subprocesses); the seeding rule is tested in process above
 def test_two_searches_of_one_study_sample_apart_and_count_their_own_trials(tiny_study: Path, tmp_path: Path) -> None:
     """Two `kdnas search` commands on one study, in two terminals: both used to seed their sampler alike (from
     the trials stored when they started), train the same candidates, and count each other's trials."""
