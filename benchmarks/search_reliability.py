@@ -23,8 +23,8 @@ shrinks optimism by (K - m)/K and widens coverage. So optimism and coverage are 
 held-out truth, the mean of the seeds this run did not draw for it: unbiased for optimism, and a conservative
 coverage (that truth has its own noise).
 
-    PYTHONPATH=. python benchmarks/search_reliability.py --cache /work/yard/runs        # both spaces
-    PYTHONPATH=. python benchmarks/search_reliability.py --spaces digits --arms one_seed,rep3_a10_s0.25
+    PYTHONPATH=. python benchmarks/search_reliability.py --cache DIR      # both spaces, from caches trained earlier into DIR
+    PYTHONPATH=. python benchmarks/search_reliability.py --spaces digits --arms one_seed,rep5_a10_s0.25
     PYTHONPATH=. python benchmarks/search_reliability.py --smoke                          # seconds
 """
 
