@@ -22,6 +22,7 @@ measurements behind the defaults.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 from kdnas.candidates._table import CandidateTable, Entry
 
@@ -41,11 +42,14 @@ def due(table: CandidateTable, after: int, share: float) -> bool:
     return table.reevaluations + table.reevaluations_running < share * (trainings - after + 1)
 
 
-def choose(table: CandidateTable, cap: int) -> Choice | None:
-    """The candidate to re-evaluate among the front and its challengers under ``cap`` (module docstring)."""
+def choose(table: CandidateTable, cap: int, count: Callable[[Entry], int] | None = None) -> Choice | None:
+    """The candidate to re-evaluate among the front and its challengers under ``cap`` (module docstring).
+    ``count``: a candidate's replicates, done and running (default: in ``table``; in a study with rungs, its
+    runs at the first rung, where a re-evaluation starts)."""
+    count = count or (lambda e: e.n + e.running)
     front = table.front()
     pool = [Choice(e, "front") for e in front] + [Choice(e, "challenger") for e in table.challengers()]
-    pool = [c for c in pool if c.entry.n + c.entry.running < cap]
+    pool = [c for c in pool if count(c.entry) < cap]
     if not pool:
         return None
-    return min(pool, key=lambda c: (c.entry.n + c.entry.running, c.why != "front", -c.entry.estimate.se))
+    return min(pool, key=lambda c: (count(c.entry), c.why != "front", -c.entry.estimate.se))

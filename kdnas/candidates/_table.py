@@ -27,6 +27,9 @@ from kdnas.costs import DIRECTIONS, METRIC_NAMES, feasible, pareto_mask
 KEY = "candidate_key"  # the trial attribute that names its candidate
 REUSED = "reused"  # set on a trial answered from the candidate's replicates, without training
 INTENSIFY = "intensify"  # set on a trial enqueued to re-evaluate a candidate: why it was chosen
+RUNG = "rung"  # the index of the budget a trial trained to (kdnas/candidates/_rungs.py); absent: 0
+RUN = "run"  # the number of the trial that started the run (a replicate across rungs); absent: the trial's own
+CHECKPOINT = "rung_checkpoint"  # the store key of the run's state at the end of the trial's rung
 # What a candidate shows from its first replicate (they are alike for every replicate).
 DESCRIPTION = ("student", "method", "chain", "chain_length", "candidate", "params", "macs", "latency_ms",
                "latency_iqr_ms", "latency_median_ms", "latency_stable")
@@ -43,9 +46,12 @@ class Entry:
     val: list[float] = field(default_factory=list)
     test: list[float] = field(default_factory=list)
     seeds: list[int] = field(default_factory=list)
+    runs: list[int] = field(default_factory=list)  # by replicate: the run it belongs to (kdnas/candidates/_rungs.py)
+    checkpoints: list[str | None] = field(default_factory=list)  # by replicate: its run's checkpoint, if it has one
     reused: int = 0  # trials answered from its replicates past the cap
     running: int = 0  # trials training it now (a worker's, or an enqueued re-evaluation)
     estimate: Estimate | None = None
+    rung: int = 0  # the rung its figures are from (kdnas/candidates/_rungs.py); its table's
 
     @property
     def n(self) -> int:
@@ -76,8 +82,10 @@ def trial_key(ua: Mapping[str, Any], recipe: Mapping[str, Any] | None, number: i
 class CandidateTable:
     """The candidates of one study, updated from its trials (a snapshot list of ``FrozenTrial``)."""
 
-    def __init__(self, n_val: int, objectives: Sequence[str], recipe: Mapping[str, Any] | None = None):
+    def __init__(self, n_val: int, objectives: Sequence[str], recipe: Mapping[str, Any] | None = None,
+                 rung: int = 0):
         self.n_val = max(int(n_val), 1)
+        self.rung = rung  # only the trials that trained to this rung count (a study without rungs: all of them)
         self.objectives = list(objectives)
         self.recipe = recipe
         self.entries: dict[str, Entry] = {}
@@ -115,6 +123,10 @@ class CandidateTable:
                 continue
             state = t.state.name
             ua = t.user_attrs
+            if int(ua.get(RUNG, 0)) != self.rung:
+                if state not in ("RUNNING", "WAITING"):
+                    self._finished.add(t.number)
+                continue
             if state in ("RUNNING", "WAITING"):
                 key = trial_key(ua, self.recipe)
                 if key is not None and not ua.get(REUSED):
@@ -128,7 +140,8 @@ class CandidateTable:
             key = trial_key(ua, self.recipe, t.number)
             entry = self.entries.get(key)
             if entry is None:
-                entry = self.entries[key] = Entry(key, dict(t.params), {k: ua.get(k) for k in DESCRIPTION})
+                entry = self.entries[key] = Entry(key, dict(t.params), {k: ua.get(k) for k in DESCRIPTION},
+                                                  rung=self.rung)
                 self._add_row(entry)
             if ua.get(REUSED):
                 entry.reused += 1
@@ -137,6 +150,8 @@ class CandidateTable:
             entry.val.append(float(ua["val_accuracy"]))
             entry.test.append(ua.get("test_accuracy"))
             entry.seeds.append(ua.get("seed"))
+            entry.runs.append(int(ua.get(RUN, t.number)))
+            entry.checkpoints.append(ua.get(CHECKPOINT))
             self._trainings += 1
             self.reevaluations += bool(ua.get(INTENSIFY))
             self._dirty.add(key)

@@ -6,6 +6,7 @@ problem in the study file and the search space file it names, each with file and
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,33 @@ class Intensify:
 
 
 @dataclass(frozen=True)
+class Rungs:
+    """``search.rungs``: budgets of training a candidate climbs while it stays among the best (docs/search.md,
+    "Rungs"). Every candidate trains ``epochs[0]`` epochs; at each rung the best ``keep`` share of the candidates
+    that reached it (non-dominated sorting on their means there, crowding distance between equals) continues
+    from its checkpoint to the next budget. One learning-rate schedule spans ``epochs[-1]``: a promoted run is
+    the very run a flat study of that budget would train. None declared: every candidate trains
+    ``student.train.epochs``, as before."""
+
+    epochs: list[int] = field(default_factory=list)
+    keep: float = 1 / 3
+
+    @property
+    def enabled(self) -> bool:
+        return len(self.epochs) >= 2
+
+    def check(self, report) -> None:
+        if len(self.epochs) == 1:
+            report("epochs", f"needs at least two budgets (one is `student.train.epochs`), but got {self.epochs}")
+        if any(e < 1 for e in self.epochs):
+            report("epochs", f"every budget must be at least 1 epoch, but got {self.epochs}")
+        if any(b <= a for a, b in zip(self.epochs, self.epochs[1:])):
+            report("epochs", f"budgets must increase strictly, but got {self.epochs}")
+        if not 0 < self.keep < 1:
+            report("keep", f"`0 < keep < 1` (the share promoted at each rung, e.g. 1/3) must hold, but got {self.keep}")
+
+
+@dataclass(frozen=True)
 class SearchConfig:
     space: str  # path of the search space file, relative to the study file
     trials: int = 20  # trials added by each `kdnas search` run
@@ -89,6 +117,7 @@ class SearchConfig:
     # the mean of its replicates answers the sampler without training (docs/search.md, "Replicates").
     replicates: int = 5  # docs/search.md, "The yardstick": 5 halves the --pick winner's optimism where 3 does not
     intensify: Intensify = field(default_factory=Intensify)
+    rungs: Rungs = field(default_factory=Rungs)
 
     def check(self, report) -> None:
         if self.replicates < 1:
@@ -244,11 +273,27 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None,
     if cfg.teacher.checkpoint is not None and not cfg.resolve(cfg.teacher.checkpoint).is_file():
         problems.add("teacher.checkpoint", f"file not found: {cfg.resolve(cfg.teacher.checkpoint)}")
     check_data_root(cfg.data, path, problems.add)
+    _rung_budget(cfg, raw, problems)
     space_path = cfg.resolve(cfg.search.space)
     object.__setattr__(cfg, "space_obj", check_space(space_path, problems))
     problems.raise_if_any()
     object.__setattr__(cfg, "home", study_home(path, cfg.name))
     return cfg
+
+
+def _rung_budget(cfg: StudyConfig, raw: dict, problems: Collector) -> None:
+    """With rungs, the student's schedule spans the last rung: ``student.train.epochs`` is that budget when the
+    file leaves it out, and a different value is refused (it would say one budget and train another)."""
+    rungs = cfg.search.rungs
+    if not rungs.enabled:
+        return
+    given = ((raw.get("student") or {}).get("train") or {}).get("epochs")
+    if given is not None and given != rungs.epochs[-1]:
+        problems.add("student.train.epochs", f"is {given}, but search.rungs.epochs ends at {rungs.epochs[-1]}: with "
+                     "rungs the schedule spans the last rung; leave student.train.epochs out or make them equal")
+        return
+    train = dataclasses.replace(cfg.student.train, epochs=rungs.epochs[-1])
+    object.__setattr__(cfg, "student", dataclasses.replace(cfg.student, train=train))
 
 
 def study_home(path: Path, name: str) -> Path:

@@ -9,6 +9,7 @@ evaluated: values are only compared with the declared types.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from pathlib import Path
@@ -134,6 +135,9 @@ def convert(tp: Any, value: Any, key: str, report: Report) -> Any:
                 return float(value)
             except ValueError:
                 pass
+            if re.fullmatch(r"\s*\d+\s*/\s*[1-9]\d*\s*", value):  # a fraction, `keep: 1/3`: read, never evaluated
+                num, den = value.split("/")
+                return int(num) / int(den)
     elif tp is str:
         if isinstance(value, str):
             return value

@@ -29,6 +29,8 @@ from typing import Optional
 import optuna
 from optuna.trial import TrialState
 
+from kdnas.candidates import CARRIED, INTENSIFY, KEY, PROMOTED_FROM
+
 WORKER_ATTR = "kdnas:worker"
 HOST = socket.gethostname()
 
@@ -105,8 +107,11 @@ def retry_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial, max_retry:
     history = [*trial.system_attrs.get("retry_history", []), trial.number]
     if len(history) > max_retry:
         return None
+    # A promotion or a re-evaluation is retried as what it was enqueued as (kdnas/study/_rung_trial.py).
+    carried = CARRIED if PROMOTED_FROM in trial.user_attrs else (KEY, INTENSIFY) if INTENSIFY in trial.user_attrs else ()
     template = optuna.create_trial(
         state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        user_attrs={k: trial.user_attrs[k] for k in carried if k in trial.user_attrs},
         system_attrs={"failed_trial": trial.system_attrs.get("failed_trial", trial.number), "retry_history": history},
     )
     trial_id = study._storage.create_new_trial(study._study_id, template_trial=template)

@@ -32,6 +32,8 @@ def recipe(cfg: StudyConfig) -> dict[str, dict[str, Any]]:
     of every trial."""
     study: dict[str, Any] = {}
     _flatten("student.train", cfg.student.train.to_dict(), study)
+    if cfg.search.rungs.enabled:  # where trials end and are compared; absent without rungs (older studies' keys)
+        study["search.rungs.epochs"] = list(cfg.search.rungs.epochs)
     a = cfg.assistants
     if cfg.space.chain.max_assistants:  # a trial's assistants are trained with these: they shape its student too
         _flatten("assistants", {"train": a.train.to_dict(), "method": a.method, "drop_rate": a.drop_rate,
@@ -125,6 +127,8 @@ def record(study: optuna.Study, cfg: StudyConfig, teacher_info: dict[str, Any], 
     study.set_user_attr("data", {"dataset": cfg.data.dataset, **split.sizes(), "fingerprint": split.fingerprint,
                                  "input_shape": list(split.input_shape), "num_classes": split.num_classes})
     study.set_user_attr("preprocess", split.preprocess)  # what `kdnas export` writes to preprocess.json
+    if cfg.search.rungs.enabled:  # the report ranks each rung as the search did
+        study.set_user_attr("rungs_keep", cfg.search.rungs.keep)
 
 
 class _Absent:

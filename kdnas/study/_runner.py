@@ -8,12 +8,13 @@ from typing import Callable
 
 import optuna
 
-from kdnas.candidates import INTENSIFY, KEY, REUSED, CandidateTable, choose, due
+from kdnas.candidates import INTENSIFY, KEY, REUSED, CandidateTable, Ladder, Merged, choose, due, rung_of
 from kdnas.config import StudyConfig
 from kdnas.core import KdnasError
 from kdnas.costs import DIRECTIONS, METRIC_NAMES
 from kdnas.study import _resume as resume
 from kdnas.study._liveness import WorkerLock, sweep
+from kdnas.study._rung_trial import DUPLICATE, promote
 from kdnas.study._runtime import Runtime, prepare
 from kdnas.study._sampling import process_sampler
 from kdnas.study._storage import check_storage, is_local, mask_url, open_storage, read_trials
@@ -51,12 +52,22 @@ def open_study(cfg: StudyConfig, create: bool, storage: optuna.storages.BaseStor
 REUSED_IN_A_ROW = 12
 
 
-def candidates_of(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> CandidateTable:
-    """The study's candidate table (kdnas/candidates/_table.py), from ``trials`` (default: read now)."""
+def ladder_of(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None) -> Ladder:
+    """The study's candidates at each of its rungs (kdnas/candidates/_rungs.py; one rung for a study without
+    them), from ``trials`` (default: read now)."""
     attrs = study.user_attrs
     n_val = (attrs.get("data") or {}).get("val") or 1  # unknown: an interval as wide as it can be
-    table = CandidateTable(n_val, attrs["objectives"], (attrs.get("comparable") or {}).get("study"))
-    return table.update(read_trials(study) if trials is None else trials)
+    recipe = (attrs.get("comparable") or {}).get("study")
+    epochs = (recipe or {}).get("search.rungs.epochs") or ()
+    ladder = Ladder(n_val, attrs["objectives"], recipe, epochs, float(attrs.get("rungs_keep", 1 / 3)))
+    return ladder.update(read_trials(study) if trials is None else trials)
+
+
+def candidates_of(study: optuna.Study, trials: list[optuna.trial.FrozenTrial] | None = None
+                  ) -> CandidateTable | Merged:
+    """The study's candidates (kdnas/candidates/_table.py): its table, or with rungs each candidate at its highest
+    rung, compared with another at the highest budget both reached (kdnas/candidates/_rungs.py, ``Merged``)."""
+    return ladder_of(study, trials).view()
 
 
 def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
@@ -149,7 +160,7 @@ def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: Worker
     study.sampler = process_sampler(cfg)  # seeded by this process's first trial (kdnas/study/_sampling.py)
     study.pruner = cfg.search.early_stopping.pruner()  # used by single-objective studies only
     n_new = cfg.search.trials
-    table = rt.table
+    ladder = rt.ladder
     reused_in_a_row = 0
     # The study as on_trial read it, for before_trial, which runs right after: one read of the study between two
     # trials, not one per step (each costs milliseconds at thousands of trials: benchmarks/bookkeeping.py).
@@ -159,18 +170,18 @@ def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: Worker
         nonlocal reused_in_a_row, snapshot
         ua = trial.user_attrs
         reused = bool(ua.get(REUSED))
-        if reused:
+        if reused or ua.get(DUPLICATE):
             tickets.give_back()  # `search.trials` counts trainings: an answer from replicates is free
         reused_in_a_row = reused_in_a_row + 1 if reused else 0
         # This command's trainings: another command may add to the study meanwhile.
-        done = tickets.finished() if reused else tickets.finished_one()
+        done = tickets.finished() if reused or ua.get(DUPLICATE) else tickets.finished_one()
         elapsed = time.time() - started
         head = f"{prefix}[{done:>3}/{n_new} {elapsed:6.1f}s] trial {trial.number:>3}"
         if trial.state == optuna.trial.TrialState.COMPLETE:
             snapshot = study.get_trials(deepcopy=False)
-            table.update(snapshot)
-            progress(f"{head} {_complete_line(cfg, study, table, trial)}")
-            stop = when_stuck(cfg, study, table, reused_in_a_row)
+            ladder.update(snapshot)
+            progress(f"{head} {_complete_line(cfg, study, ladder, trial)}")
+            stop = when_stuck(cfg, study, ladder, reused_in_a_row)
             if reused_in_a_row >= REUSED_IN_A_ROW:
                 snapshot = None  # when_stuck may have enqueued a trial the snapshot lacks: before_trial reads again
             if stop:
@@ -188,51 +199,77 @@ def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: Worker
         lines = sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry, trials)
         for line in lines:
             progress(prefix + line)
-        intensify(cfg, study, table, None if lines else trials)  # a trial the sweep failed: read again
+        trials = study.get_trials(deepcopy=False) if lines or trials is None else trials  # the sweep failed one: read again
+        ladder.update(trials)
+        if not promote(cfg, study, ladder):  # a run going on to a longer budget first (ASHA), else maybe a re-evaluation
+            intensify(cfg, study, ladder, trials)
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's per-trial logs
     optimize(study, make_objective(rt, lock), tickets, deadline, on_trial, before_trial)
 
 
-def intensify(cfg: StudyConfig, study: optuna.Study, table: CandidateTable,
+def _first_and_top(candidates: CandidateTable | Ladder, trials: list | None, study: optuna.Study
+                   ) -> tuple[CandidateTable, CandidateTable, int]:
+    """The first rung's table (new runs, the cap), the top rung's (the front) and the waiting trials."""
+    candidates.update(study.get_trials(deepcopy=False) if trials is None else trials)
+    if isinstance(candidates, Ladder):
+        return candidates.first, candidates.view(), candidates.waiting
+    return candidates, candidates, candidates.waiting
+
+
+def intensify(cfg: StudyConfig, study: optuna.Study, candidates: CandidateTable | Ladder,
               trials: list[optuna.trial.FrozenTrial] | None = None) -> None:
     """Before a trial: when a re-evaluation is due (kdnas/candidates/_intensify.py), enqueue it. ``trials``: the
-    study's trials, read just now (default: read here)."""
+    study's trials, read just now (default: read here). With rungs, the front is the top rung's, and a
+    re-evaluation is a new run of the candidate: it starts at the first rung and climbs as its candidate is kept."""
     rule = cfg.search.intensify
     if not rule.enabled:
         return
-    table.update(study.get_trials(deepcopy=False) if trials is None else trials)
-    if table.waiting or not due(table, rule.after, rule.share):
+    first, top, waiting = _first_and_top(candidates, trials, study)
+    if waiting or not due(first, rule.after, rule.share):
         return
-    choice = choose(table, cfg.search.replicates)
-    if choice is not None:
-        study.enqueue_trial(choice.entry.params, user_attrs={KEY: choice.entry.key, INTENSIFY: choice.why})
+    _enqueue(study, choose(top, cfg.search.replicates, _cap_count(first, top)))
 
 
-def when_stuck(cfg: StudyConfig, study: optuna.Study, table: CandidateTable, in_a_row: int) -> str | None:
+def _cap_count(first: CandidateTable, top: CandidateTable):
+    return None if first is top else (lambda e: first.replicates(e.key))
+
+
+def _enqueue(study: optuna.Study, choice) -> bool:
+    if choice is None:
+        return False
+    study.enqueue_trial(choice.entry.params, user_attrs={KEY: choice.entry.key, INTENSIFY: choice.why})
+    return True
+
+
+def when_stuck(cfg: StudyConfig, study: optuna.Study, candidates: CandidateTable | Ladder, in_a_row: int) -> str | None:
     """After ``REUSED_IN_A_ROW`` answers from replicates in a row, the sampler is stuck on what the study knows:
     the next training re-evaluates the candidate intensification would choose (whether or not it is due, or
     enabled: it is the best use of a training the sampler would waste). With none left under the cap, the
     study has measured all it can of what this sampler proposes: returns the reason to stop."""
-    if in_a_row < REUSED_IN_A_ROW or table.waiting:
+    first, top, waiting = _first_and_top(candidates, [], study)
+    if in_a_row < REUSED_IN_A_ROW or waiting:
         return None
-    choice = choose(table, cfg.search.replicates)
-    if choice is not None:
-        study.enqueue_trial(choice.entry.params, user_attrs={KEY: choice.entry.key, INTENSIFY: choice.why})
+    if _enqueue(study, choose(top, cfg.search.replicates, _cap_count(first, top))):
         return None
     return (f"stopping: the last {in_a_row} proposals were candidates at their {cfg.search.replicates} "
             f"replicates (search.replicates), and every candidate on the front or challenging it has them too")
 
 
-def _complete_line(cfg: StudyConfig, study: optuna.Study, table: CandidateTable,
+def _complete_line(cfg: StudyConfig, study: optuna.Study, candidates: CandidateTable | Ladder,
                    trial: optuna.trial.FrozenTrial) -> str:
-    """A completed trial's progress line: its figures, its candidate's estimate, the front of the means."""
+    """A completed trial's progress line: its figures, its candidate's estimate (at its rung), the front of the
+    means (at the highest rung reached)."""
     ua = trial.user_attrs
+    ladder = candidates if isinstance(candidates, Ladder) else None
+    table = ladder.tables[rung_of(ua)] if ladder is not None and rung_of(ua) < ladder.rungs else ladder.first if ladder else candidates
+    top = ladder.view() if ladder is not None else candidates
     entry = table.entries.get(ua.get(KEY, ""))
     table.estimates()
-    front = table.front()
+    front = top.front()
     best = max(front, key=lambda e: e.estimate.mean) if front else None
-    tail = f"front {len(front)}" + (f", best val {best.estimate.text()}" if best else "")
+    at = f" @{ladder.epochs[best.rung]} ep" if best is not None and ladder is not None and ladder.epochs else ""
+    tail = f"front {len(front)}" + (f", best val {best.estimate.text()}{at}" if best else "")
     if cfg.score.mode == "score":
         tail = f"score {ua['score']:.4f}, best {study.best_value:.4f} | {tail}"
     what = f"{ua['student']} {ua['method']} {ua['chain']}"
@@ -241,5 +278,7 @@ def _complete_line(cfg: StudyConfig, study: optuna.Study, table: CandidateTable,
                 f"val {entry.estimate.text() if entry else ''} | {tail}")
     mean = f" -> {entry.estimate.text()}" if entry is not None and entry.n > 1 else ""
     again = f" re-evaluation ({ua[INTENSIFY]})" if ua.get(INTENSIFY) else ""
+    rung = (f" rung {rung_of(ua) + 1}/{ladder.rungs} ({ua.get('epochs')} ep)"
+            if ladder is not None and ladder.epochs else "")
     return (f"val {ua['val_accuracy']:6.1%}{mean}  {ua['params']:>9,} params  {ua['latency_ms']:7.3f} ms  {what}"
-            f"{again}  ({ua['trial_seconds']:.1f}s) | {tail}")
+            f"{again}{rung}  ({ua['trial_seconds']:.1f}s) | {tail}")

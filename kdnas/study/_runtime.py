@@ -8,10 +8,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from kdnas.candidates import CandidateTable
+from kdnas.candidates import CandidateTable, Ladder
 from kdnas.config import StudyConfig
 from kdnas.core import ArtifactStore
-from kdnas.costs import AFTER, HERE, Counts, LatencyCache, LatencyService, count, measuring_place, resolve_device
+from kdnas.costs import (AFTER, HERE, Counts, LatencyCache, LatencyService, combined_score, count, measuring_place,
+                         resolve_device)
 from kdnas.data import DataSplit, load_split
 from kdnas.distill import AssistantPool, Guide, MethodSpec, teacher_logits
 from kdnas.models import ArchSpec
@@ -32,8 +33,13 @@ class Runtime:
     teacher_info: dict
     assistants: AssistantPool
     recipe: dict  # the study's training recipe: part of every candidate's key
-    table: CandidateTable  # the study's candidates, updated from its trials (replicates, intensification, progress)
+    ladder: Ladder  # the study's candidates at each rung (one rung without search.rungs), updated from its trials
     _counts: dict = field(default_factory=dict)
+
+    @property
+    def table(self) -> CandidateTable:
+        """The candidates at the first budget: where every run starts, and what the replicate cap counts."""
+        return self.ladder.first
 
     def close(self) -> None:
         self.latency.close()
@@ -83,5 +89,15 @@ def _prepare(cfg: StudyConfig, device: torch.device, latency: LatencyCache, resu
     pool = AssistantPool(split, store, device, a.train, MethodSpec.from_dict(a.method), a.drop_rate, a.seed,
                          random_augment=augment)
     recipe = resume.recipe(cfg)["study"]
-    table = CandidateTable(len(split.val), cfg.objectives, recipe)
-    return Runtime(cfg, split, device, store, latency, guide, info, pool, recipe, table)
+    return Runtime(cfg, split, device, store, latency, guide, info, pool, recipe, ladder_for(cfg, len(split.val), recipe))
+
+
+def ladder_for(cfg: StudyConfig, n_val: int, recipe: dict | None) -> Ladder:
+    """The study's :class:`Ladder`: its rungs, and in score mode the combined score as the ranking at a rung."""
+    rungs = cfg.search.rungs
+    scalar = None
+    if cfg.score.mode == "score":
+        def scalar(e) -> float:
+            costs = {k: e.attrs[k] for k in ("params", "macs", "latency_ms")}
+            return combined_score(e.estimate.mean, costs, cfg.score)
+    return Ladder(n_val, cfg.objectives, recipe, rungs.epochs if rungs.enabled else (), rungs.keep, scalar)

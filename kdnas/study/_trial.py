@@ -20,12 +20,13 @@ from typing import Callable
 import optuna
 import torch
 
-from kdnas.candidates import KEY, REUSED, Entry, candidate_key
+from kdnas.candidates import CHECKPOINT, EPOCHS, KEY, PROMOTED_FROM, REUSED, RUN, RUNG, Entry, candidate_key
 from kdnas.config import Candidate, screen
 from kdnas.core import TrialFailure
 from kdnas.costs import METRIC_NAMES, Counts, Pending, combined_score, constraints
 from kdnas.distill import Guide, guided_loss, resolve_hyperparameters
 from kdnas.models import KDNet, build, digest
+from kdnas.study import _rung_trial as rungs
 from kdnas.study._liveness import WorkerLock, mark, retry_interrupted
 from kdnas.study._runtime import Runtime
 from kdnas.study._storage import read_trials
@@ -45,6 +46,9 @@ class Sampled:
     latency: Pending | None
     seed: int
     reuse: Entry | None = None  # the candidate is at its replicate cap: answered from its replicates
+    rung: int = 0  # the budget it trains to (kdnas/study/_rung_trial.py)
+    run: int | None = None  # the trial that started its run (None: this one)
+    resume: str | None = None  # the checkpoint a promotion continues from
 
     def costs(self) -> dict[str, float]:
         """The cost objectives, keyed like the trial attributes (waits for the latency figure)."""
@@ -70,7 +74,7 @@ def run_trial(rt: Runtime, trial: optuna.Trial) -> tuple[float, ...]:
     s = sample(rt, trial)
     if s.reuse is not None:
         return answer_from_replicates(rt, trial, s)
-    trained = train(rt, trial, s, guides(rt, trial, s))
+    trained = train(rt, trial, s, guides(rt, trial, s))  # to its budget: the study's, or its rung's
     return record(rt, trial, s, trained, evaluate(rt, s, trained), started)
 
 
@@ -92,14 +96,22 @@ def sample(rt: Runtime, trial: optuna.Trial) -> Sampled:
         trial.set_user_attr("prune_reason", screened.reason)
         raise optuna.TrialPruned(screened.reason)
     seed = trial_seed(cfg.seed, trial.number)  # every replicate's own: trial numbers are never reused
-    full = replicates(rt, trial, cand)
-    if full is not None:
-        return Sampled(cand, counts, None, seed, reuse=full)
+    promotion = rungs.continuation(trial)
+    if promotion is not None:  # a run going on to the next rung: its seed, its checkpoint, no replicate count
+        trial.set_user_attr(KEY, candidate_key(cand.to_dict(), rt.recipe))
+        rungs.check_duplicate(trial, promotion[PROMOTED_FROM])
+        seed = promotion["seed"]
+        where = dict(rung=promotion[RUNG], run=promotion[RUN], resume=promotion[CHECKPOINT])
+    else:
+        full = replicates(rt, trial, cand)
+        if full is not None:
+            return Sampled(cand, counts, None, seed, reuse=full)
+        where = {}
     # Latency does not depend on the weights: measured in the child process beside the training, or when first
     # needed (in the child process while this one waits, or in this process; kdnas/costs/_background.py). With
     # a latency limit it is needed now, so that a candidate over the limit is never trained.
     pending = rt.latency.request(cand.student, split.input_shape, split.num_classes, cfg.costs.latency)
-    s = Sampled(cand, counts, pending, seed)
+    s = Sampled(cand, counts, pending, seed, **where)
     if cfg.score.limits.max_latency_ms is not None:
         _check_limits(trial, s.costs(), cfg.score.limits)
     trial.set_user_attr("seed", s.seed)
@@ -176,19 +188,33 @@ def guides(rt: Runtime, trial: optuna.Trial, s: Sampled) -> list[Guide]:
 
 
 def train(rt: Runtime, trial: optuna.Trial, s: Sampled, chain: list[Guide]) -> Trained:
-    """The brief training of the student; the early-stopping rule may end it after any epoch (TrialPruned)."""
+    """The student's training to its budget (its rung's, in a study with rungs, continuing its run's checkpoint);
+    without rungs, the early-stopping rule may end it after any epoch (TrialPruned)."""
     cfg, split, cand = rt.cfg, rt.split, s.candidate
     torch.manual_seed(s.seed)
     model = build(cand.student, split.input_shape, split.num_classes).to(rt.device)
     hp = resolve_hyperparameters(cand.method.name, cand.method.hyperparameters)
     trial.set_user_attr("method_hyperparameters", hp)  # defaults included: the values the run used
-    score = (lambda acc: combined_score(acc, s.costs(), cfg.score)) if cfg.score.mode == "score" else None
-    stop = checkpoint_hook(cfg.search.early_stopping, trial, cfg.student.train.epochs, s.counts.params,
-                           lambda: accuracy(model, split.val), score)
+    budgets = rungs.budgets(cfg)
+    until, laddered = budgets[s.rung], cfg.search.rungs.enabled
+    trial.set_user_attr(EPOCHS, until)
+    if laddered:
+        trial.set_user_attr(RUNG, s.rung)
+        trial.set_user_attr(RUN, trial.number if s.run is None else s.run)
+        stop = None  # rungs replace early stopping: candidates are compared at the ends of rungs
+    else:
+        score = (lambda acc: combined_score(acc, s.costs(), cfg.score)) if cfg.score.mode == "score" else None
+        stop = checkpoint_hook(cfg.search.early_stopping, trial, cfg.student.train.epochs, s.counts.params,
+                               lambda: accuracy(model, split.val), score)
+    drops = torch.Generator().manual_seed(s.seed)  # DGKD's guide drops: part of the run's state
+    state = None if s.resume is None else rungs.load_run(rt.store, s.resume, drops)
+    last: dict = {}
+    keep = last.update if laddered and s.rung < len(budgets) - 1 else None  # fit's state at the end of the rung
     started = time.perf_counter()
     try:
-        with guided_loss(cand.method, model, chain, split.train, cfg.assistants.drop_rate, s.seed) as (loss_fn, adapters):
-            history = fit(model, split.train, cfg.student.train, loss_fn, s.seed, on_epoch=stop, extra=adapters)
+        with guided_loss(cand.method, model, chain, split.train, cfg.assistants.drop_rate, s.seed, drops) as (loss_fn, adapters):
+            history = fit(model, split.train, cfg.student.train, loss_fn, s.seed, on_epoch=stop, extra=adapters,
+                          checkpoint=keep, resume=state, until=until)
     except optuna.TrialPruned:
         # A stopped trial keeps its latency when the figure is in hand (cached, or measured beside the training).
         # Measuring it now, for a trial that can no longer be on the front, would cost the study seconds for
@@ -196,6 +222,10 @@ def train(rt: Runtime, trial: optuna.Trial, s: Sampled, chain: list[Guide]) -> T
         if not s.latency.costs_a_measurement:
             _record_latency(trial, s.latency())
         raise
+    if keep is not None:
+        key = rungs.checkpoint_key(trial.user_attrs[KEY], s.seed, s.rung)
+        rungs.save_run(rt.store, key, last, drops)
+        trial.set_user_attr(CHECKPOINT, key)
     return Trained(model, history, time.perf_counter() - started)
 
 

@@ -100,6 +100,7 @@ def fit(
     extra: nn.Module | None = None,
     checkpoint: Callable[[dict], None] | None = None,
     resume: dict | None = None,
+    until: int | None = None,
 ) -> list[float]:
     """Train ``model`` in place on the batches of ``data``; return the mean loss of each epoch.
 
@@ -109,7 +110,8 @@ def fit(
 
     ``checkpoint(state)``, when given, is called after every epoch with everything needed to continue (model,
     adapters, optimizer, shuffling generator, progress); ``resume=state`` continues from such a state, and
-    the run then ends exactly as an uninterrupted one would.
+    the run then ends exactly as an uninterrupted one would. ``until`` ends the run after that many epochs (a
+    rung's budget), mid-schedule: the learning rate follows ``recipe.epochs`` whatever ``until`` is.
 
     Raises :class:`TrialFailure` when the loss stops being finite. The check runs once per epoch on the
     summed loss, so it costs no device synchronisation per step.
@@ -117,7 +119,8 @@ def fit(
     gen = torch.Generator(device="cpu").manual_seed(seed)
     trained = model if extra is None else nn.ModuleList([model, extra])
     with fast_layout(trained, data.device) as layout:
-        return _fit(model, trained, data, recipe, loss_fn, gen, layout, on_epoch, extra, checkpoint, resume)
+        return _fit(model, trained, data, recipe, loss_fn, gen, layout, on_epoch, extra, checkpoint, resume,
+                    recipe.epochs if until is None else until)
 
 
 def fast_memory_format(device: torch.device) -> torch.memory_format:
@@ -151,7 +154,7 @@ def fast_layout(module: nn.Module, device: torch.device) -> Iterator[torch.memor
         module.to(memory_format=torch.contiguous_format)
 
 
-def _fit(model, trained, data, recipe, loss_fn, gen, layout, on_epoch, extra, checkpoint, resume) -> list[float]:
+def _fit(model, trained, data, recipe, loss_fn, gen, layout, on_epoch, extra, checkpoint, resume, until) -> list[float]:
     opt = make_optimizer(trained, recipe)
     n = len(data)
     steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
@@ -167,7 +170,7 @@ def _fit(model, trained, data, recipe, loss_fn, gen, layout, on_epoch, extra, ch
         gen.set_state(resume["generator"])
         history, step, start = list(resume["history"]), int(resume["step"]), int(resume["epoch"])
     trained.train()
-    for epoch in range(start, recipe.epochs):
+    for epoch in range(start, until):
         loss_sum = torch.zeros((), device=data.device)
         for xb, idx in data.batches(recipe.batch_size, torch.randperm(n, generator=gen)):
             if len(idx) < 2 and n >= 2:  # a batch of one breaks BatchNorm; fold it away
