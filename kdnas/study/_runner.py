@@ -199,13 +199,21 @@ def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: Worker
         lines = sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry, trials)
         for line in lines:
             progress(prefix + line)
-        trials = study.get_trials(deepcopy=False) if lines or trials is None else trials  # the sweep failed one: read again
-        ladder.update(trials)
-        if not promote(cfg, study, ladder):  # a run going on to a longer budget first (ASHA), else maybe a re-evaluation
-            intensify(cfg, study, ladder, trials)
+        plan_next(cfg, study, ladder, None if lines else trials)  # a trial the sweep failed: read again
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # our progress lines replace Optuna's per-trial logs
     optimize(study, make_objective(rt, lock), tickets, deadline, on_trial, before_trial)
+
+
+def plan_next(cfg: StudyConfig, study: optuna.Study, ladder: Ladder,
+              trials: list[optuna.trial.FrozenTrial] | None = None) -> None:
+    """Before a trial: enqueue a promotion when a run has earned one (kdnas/candidates/_rungs.py: a free worker
+    continues a run before it starts a new one), else a re-evaluation when one is due. ``trials``: the study's
+    trials read just now (default: read here)."""
+    trials = study.get_trials(deepcopy=False) if trials is None else trials
+    ladder.update(trials)
+    if not promote(cfg, study, ladder):
+        intensify(cfg, study, ladder, trials)
 
 
 def _first_and_top(candidates: CandidateTable | Ladder, trials: list | None, study: optuna.Study
