@@ -82,15 +82,19 @@ def crowding(points: np.ndarray) -> np.ndarray:
 
 def rank(keys: Sequence[str], points: np.ndarray) -> list[int]:
     """Indices of ``keys`` best first: by front, then by decreasing crowding distance in it, then by key."""
-    points = np.asarray(points, float).reshape(len(keys), -1)
     if not len(keys):
         return []
+    # In key order first: crowding sorts each objective stably, so which of equal points count as a front's ends
+    # must not depend on the order the trials finished in.
+    by_key = sorted(range(len(keys)), key=keys.__getitem__)
+    points = np.asarray(points, float).reshape(len(keys), -1)[by_key]
+    keys = [keys[i] for i in by_key]
     fronts = nondominated_ranks(points)
     dist = np.zeros(len(keys))
     for level in set(fronts.tolist()):
         members = np.flatnonzero(fronts == level)
         dist[members] = crowding(points[members])
-    return sorted(range(len(keys)), key=lambda i: (fronts[i], -dist[i], keys[i]))
+    return [by_key[i] for i in sorted(range(len(keys)), key=lambda i: (fronts[i], -dist[i], keys[i]))]
 
 
 def kept_count(n: int, keep: float) -> int:
