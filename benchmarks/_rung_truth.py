@@ -5,7 +5,10 @@ promoted candidate of a study with ``search.rungs`` is: docs/search.md), and its
 every rung's epoch on the way. A search with rungs is then replayed exactly from these curves: a candidate
 promoted from rung r continues the very run whose rung-r figure ranked it. A second table, every candidate
 trained for the first rung's epochs alone (its own schedule, annealed to zero), is what a flat brief search of
-that budget would see: the two schedules compared at equal epochs decide which one rungs use.
+that budget would see: the two schedules compared at equal epochs decide which one rungs use. A third
+(``--restarts``) trains each rung's stretch under its own schedule, annealed to zero at the rung's end and
+restarted (new optimizer, new order) for the next: what rungs with "an annealed schedule per rung" would train;
+its figures at the last rung say what that choice costs a promoted candidate.
 
 Seeds are kdnas's own (``trial_seed(study seed, candidate index)``); caches per seed beside the 3-epoch ones.
 
@@ -46,18 +49,37 @@ def mnist_cfg(cache: Path, seed: int, epochs: int):
     return load_study(_studies.derive(_studies.STUDIES / "mnist5k.yaml", run_dir, overrides))
 
 
-def cache_file(cache: Path, seed: int, rungs: list[int], curve: bool) -> Path:
-    tag = "curve" + "-".join(map(str, rungs)) if curve else f"annealed{rungs[0]}"
+def cache_file(cache: Path, seed: int, rungs: list[int], curve: bool, restarts: bool = False) -> Path:
+    joined = "-".join(map(str, rungs))
+    tag = f"restarts{joined}" if restarts else f"curve{joined}" if curve else f"annealed{rungs[0]}"
     return cache / _enumerated.MNIST_NAME / f"candidates_{tag}_seed{seed}.json"
 
 
-def train(cache: Path, seed: int, rungs: list[int], curve: bool) -> None:
+def _restarting_fit(rungs: list[int], split, real_fit, curve_now: dict):
+    """``fit`` as rungs with a schedule per rung would run it: each rung's stretch its own annealed run (a fresh
+    optimizer and order each time; the weights carried over), the validation accuracy read at each rung's end."""
+    import dataclasses
+
+    from kdnas.train import accuracy
+
+    def fit(model, data, recipe, loss_fn, seed, on_epoch=None, extra=None, checkpoint=None, resume=None, until=None):
+        history, start = [], 0
+        for k, end in enumerate(rungs):
+            part = dataclasses.replace(recipe, epochs=end - start)
+            history += real_fit(model, data, part, loss_fn, seed + k, extra=extra)
+            curve_now[str(end)] = accuracy(model, split.val)
+            start = end
+        return history
+    return fit
+
+
+def train(cache: Path, seed: int, rungs: list[int], curve: bool, restarts: bool = False) -> None:
     """Train every candidate not yet in the cache: for ``rungs[-1]`` epochs reading the rungs on the way
-    (``curve``), or for ``rungs[0]`` epochs alone."""
-    epochs = rungs[-1] if curve else rungs[0]
+    (``curve``), or for ``rungs[0]`` epochs alone, or rung by rung with restarts."""
+    epochs = rungs[-1] if curve or restarts else rungs[0]
     cfg = mnist_cfg(cache, seed, epochs)
     grid = _enumerated.enumerate_space(cfg.space)
-    path = cache_file(cache, seed, rungs, curve)
+    path = cache_file(cache, seed, rungs, curve, restarts)
     data = json.loads(path.read_text()) if path.exists() else {"rungs": rungs, "candidates": {}}
     done = data["candidates"]
     rt = prepare(cfg)
@@ -71,6 +93,8 @@ def train(cache: Path, seed: int, rungs: list[int], curve: bool) -> None:
         return on_epoch
 
     _trial.checkpoint_hook = recorder  # reads the validation accuracy mid-run; no draw from any generator
+    if restarts:
+        _trial.fit = _restarting_fit(rungs, rt.split, _trial.fit, curve_now)
     objective = _trial.make_objective(rt)
     t0 = time.perf_counter()
     for i, params in enumerate(grid):
@@ -89,7 +113,7 @@ def train(cache: Path, seed: int, rungs: list[int], curve: bool) -> None:
         rec.update(index=i, student=trial.user_attrs.get("student"), method=trial.user_attrs.get("method"))
         done[key] = rec
         path.write_text(json.dumps(data, indent=1))
-        print(f"[seed {seed} {'curve' if curve else 'annealed'} {i + 1}/{len(grid)} {time.perf_counter() - t0:6.0f}s] "
+        print(f"[seed {seed} {'restarts' if restarts else 'curve' if curve else 'annealed'} {i + 1}/{len(grid)} {time.perf_counter() - t0:6.0f}s] "
               f"{rec['student']} {rec['method']}: {rec.get('curve') or rec.get('failed')}", flush=True)
     rt.close()
 
@@ -100,10 +124,11 @@ def main() -> None:
     ap.add_argument("--seeds", default="0")
     ap.add_argument("--rungs", default=",".join(map(str, RUNGS)))
     ap.add_argument("--annealed", action="store_true", help="the first rung's budget alone (its own schedule)")
+    ap.add_argument("--restarts", action="store_true", help="rung by rung, a schedule annealed within each rung")
     args = ap.parse_args()
     rungs = [int(r) for r in args.rungs.split(",")]
     for s in (int(x) for x in args.seeds.split(",")):
-        train(args.cache.resolve(), s, rungs, curve=not args.annealed)
+        train(args.cache.resolve(), s, rungs, curve=not (args.annealed or args.restarts), restarts=args.restarts)
 
 
 if __name__ == "__main__":
