@@ -235,3 +235,19 @@ def test_student_epochs_must_match_the_last_rung(tmp_path: Path, capsys) -> None
     path.write_text(path.read_text().replace("epochs: 4}", "epochs: 3}"))
     cfg = load_study(path)
     assert cfg.student.train.epochs == 3 and cfg.search.rungs.keep == pytest.approx(0.5)
+
+
+@pytest.mark.slow
+def test_two_workers_promote_each_run_once(tmp_path: Path) -> None:
+    with working_dir(tmp_path):
+        path = write(tmp_path)
+        assert main(["search", str(path), "--trials", "10", "--workers", "2"]) == 0
+        trials = stored_trials("rungs")
+        assert not [t for t in trials if t.state.name in ("RUNNING", "WAITING")]
+        trained = [t for t in trials if t.state.name == "COMPLETE" and not t.user_attrs.get("reused")]
+        assert len(trained) == 10  # `--trials` counts trainings; a pruned duplicate gave its ticket back
+        sources = [t.user_attrs["promoted_from"] for t in trained if "promoted_from" in t.user_attrs]
+        assert sources and len(sources) == len(set(sources))  # every run went on at most once
+        by_number = {t.number: t for t in trials}
+        for s in sources:
+            assert by_number[s].state.name == "COMPLETE" and by_number[s].user_attrs["rung"] == 0
