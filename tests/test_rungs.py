@@ -218,6 +218,7 @@ def test_a_duplicate_promotion_is_pruned_and_gives_its_training_back(searched: P
     ("{epochs: [3, 2]}", "search.rungs.epochs: budgets must increase strictly"),
     ("{epochs: [1, 3], keep: 1.5}", "search.rungs.keep: `0 < keep < 1`"),
     ("{epochs: [4]}", "search.rungs.epochs: needs at least two budgets"),
+    ("{epochs: [1, 3]}\n  early_stopping: {enabled: true}", "search.early_stopping: rungs replace early stopping"),
 ])
 def test_bad_rungs_are_one_clear_error(tmp_path: Path, capsys, rungs: str, message: str) -> None:
     path = write(tmp_path)

@@ -283,10 +283,15 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None,
 
 def _rung_budget(cfg: StudyConfig, raw: dict, problems: Collector) -> None:
     """With rungs, the student's schedule spans the last rung: ``student.train.epochs`` is that budget when the
-    file leaves it out, and a different value is refused (it would say one budget and train another)."""
+    file leaves it out, and a different value is refused (it would say one budget and train another). Rungs are
+    the study's stopping rule: early stopping, asked for explicitly beside them, is refused (off otherwise)."""
     rungs = cfg.search.rungs
     if not rungs.enabled:
         return
+    stopping = ((raw.get("search") or {}).get("early_stopping") or {})
+    if isinstance(stopping, dict) and stopping.get("enabled") is True:
+        problems.add("search.early_stopping", "rungs replace early stopping (candidates are compared at the end of "
+                     "each rung, and only the best go on): remove `early_stopping` or `rungs`")
     given = ((raw.get("student") or {}).get("train") or {}).get("epochs")
     if given is not None and given != rungs.epochs[-1]:
         problems.add("student.train.epochs", f"is {given}, but search.rungs.epochs ends at {rungs.epochs[-1]}: with "
