@@ -33,6 +33,26 @@ def test_digits_methods_study_samples_every_method() -> None:
     assert sorted(counts) == METHODS.names() and min(counts.values()) >= 2, counts
 
 
+@pytest.mark.slow
+def test_digits_methods_study_completes_every_methods_replicates(tmp_path: Path, capsys) -> None:
+    # The study file's promise, run for real on a cheaper budget (a small teacher, 1-epoch students): its 45
+    # trainings give each of the 9 methods its 5 replicates, whatever the sampler prefers.
+    from tests._util import QUICK_LATENCY, working_dir
+
+    text = (REPO / "studies/digits_methods.yaml").read_text()
+    text = text.replace("../search_spaces/digits_methods.yaml", str(REPO / "search_spaces/digits_methods.yaml"))
+    text = text.replace("arch: {family: resnet_cifar, depth: 20, width: 1.0}", "arch: {family: plain_cnn, channels: [16, 32]}")
+    text = text.replace("train: {epochs: 15,", "train: {epochs: 2,").replace("train: {epochs: 4,", "train: {epochs: 1,")
+    text = text.replace("latency: {device: cpu, batch_size: 1, threads: 1}", f"latency: {QUICK_LATENCY}")
+    (tmp_path / "m.yaml").write_text(text)
+    with working_dir(tmp_path):
+        assert main(["search", str(tmp_path / "m.yaml")]) == 0
+        trials = optuna.load_study(study_name="digits_methods", storage="sqlite:///runs/digits_methods/study.db").trials
+    trained = collections.Counter(t.user_attrs["method"].split("(")[0] for t in trials
+                                  if t.state.name == "COMPLETE" and not t.user_attrs.get("reused"))
+    assert trained == {m: 5 for m in METHODS.names()}, trained
+
+
 def test_space_rules_for_method_hyperparameters(tmp_path: Path) -> None:
     study = write_tiny_study(tmp_path)
     space = tmp_path / "space.yaml"

@@ -30,7 +30,7 @@ from kdnas.candidates._table import CandidateTable, Entry
 @dataclass(frozen=True)
 class Choice:
     entry: Entry
-    why: str  # "front" or "challenger"
+    why: str  # "front", "challenger", or "rest" (any candidate under the cap: see ``choose(..., rest=True)``)
 
 
 def due(table: CandidateTable, after: int, share: float) -> bool:
@@ -42,14 +42,18 @@ def due(table: CandidateTable, after: int, share: float) -> bool:
     return table.reevaluations + table.reevaluations_running < share * (trainings - after + 1)
 
 
-def choose(table: CandidateTable, cap: int, count: Callable[[Entry], int] | None = None) -> Choice | None:
+def choose(table: CandidateTable, cap: int, count: Callable[[Entry], int] | None = None,
+           rest: bool = False) -> Choice | None:
     """The candidate to re-evaluate among the front and its challengers under ``cap`` (module docstring).
     ``count``: a candidate's replicates, done and running (default: in ``table``; in a study with rungs, its
-    runs at the first rung, where a re-evaluation starts)."""
+    runs at the first rung, where a re-evaluation starts). ``rest``: when none of those is under the cap, any
+    candidate that is (fewest replicates first): a sampler stuck on what it knows still has arms to complete."""
     count = count or (lambda e: e.n + e.running)
     front = table.front()
     pool = [Choice(e, "front") for e in front] + [Choice(e, "challenger") for e in table.challengers()]
     pool = [c for c in pool if count(c.entry) < cap]
+    if not pool and rest:
+        pool = [Choice(e, "rest") for e in table.estimates() if count(e) < cap]
     if not pool:
         return None
     return min(pool, key=lambda c: (count(c.entry), c.why != "front", -c.entry.estimate.se))

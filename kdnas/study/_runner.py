@@ -253,15 +253,17 @@ def _enqueue(study: optuna.Study, choice) -> bool:
 def when_stuck(cfg: StudyConfig, study: optuna.Study, candidates: CandidateTable | Ladder, in_a_row: int) -> str | None:
     """After ``REUSED_IN_A_ROW`` answers from replicates in a row, the sampler is stuck on what the study knows:
     the next training re-evaluates the candidate intensification would choose (whether or not it is due, or
-    enabled: it is the best use of a training the sampler would waste). With none left under the cap, the
-    study has measured all it can of what this sampler proposes: returns the reason to stop."""
+    enabled: it is the best use of a training the sampler would waste), or, with none of those under the cap,
+    any candidate that is, fewest replicates first (a study comparing arms completes every arm's replicates
+    whatever the sampler prefers). With none left under the cap, the study has measured all it can of what
+    this sampler proposes: returns the reason to stop."""
     first, top, waiting = _first_and_top(candidates, [], study)
     if in_a_row < REUSED_IN_A_ROW or waiting:
         return None
-    if _enqueue(study, choose(top, cfg.search.replicates, _cap_count(first, top))):
+    if _enqueue(study, choose(top, cfg.search.replicates, _cap_count(first, top), rest=True)):
         return None
     return (f"stopping: the last {in_a_row} proposals were candidates at their {cfg.search.replicates} "
-            f"replicates (search.replicates), and every candidate on the front or challenging it has them too")
+            f"replicates (search.replicates), and every candidate the study has has them too")
 
 
 def _complete_line(cfg: StudyConfig, study: optuna.Study, candidates: CandidateTable | Ladder,
