@@ -129,6 +129,9 @@ class Ladder:
         return len(self.tables)
 
     def update(self, trials: Iterable[Any]) -> "Ladder":
+        if self.rungs == 1:  # no promotions to track: the table alone (its own pass skips what it has read)
+            self.tables[0].update(trials)
+            return self
         trials = list(trials)
         for t in trials:
             if t.number in self._seen:
