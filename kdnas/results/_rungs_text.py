@@ -17,15 +17,18 @@ from kdnas.candidates import Entry, Ladder, kept_count
 def kendall_tau(x, y) -> float:
     """Kendall's tau-b of two equally long sequences (ties counted as scipy.stats.kendalltau counts them); NaN
     when fewer than two pairs or one side is constant. In numpy: importing SciPy's statistics costs a report
-    seconds on a small machine, and a ladder's rungs hold at most a few thousand candidates."""
+    seconds on a small machine, and a rung holds at most a few thousand candidates (O(n^2) pairs, row by row)."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     if len(x) < 2:
         return float("nan")
-    iu = np.triu_indices(len(x), 1)
-    sx = np.sign(x[:, None] - x[None, :])[iu]
-    sy = np.sign(y[:, None] - y[None, :])[iu]
-    denom = np.sqrt(float(np.count_nonzero(sx)) * float(np.count_nonzero(sy)))
-    return float("nan") if denom == 0 else float((sx * sy).sum() / denom)
+    num = untied_x = untied_y = 0.0
+    for i in range(len(x) - 1):  # one row of pairs at a time: memory linear in the candidates, not quadratic
+        sx, sy = np.sign(x[i + 1:] - x[i]), np.sign(y[i + 1:] - y[i])
+        num += float((sx * sy).sum())
+        untied_x += np.count_nonzero(sx)
+        untied_y += np.count_nonzero(sy)
+    denom = np.sqrt(untied_x * untied_y)
+    return float("nan") if denom == 0 else num / denom
 
 
 def epochs(n: int) -> str:
