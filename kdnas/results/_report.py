@@ -281,8 +281,8 @@ def write_report(study: optuna.Study, out_dir: Path, fidelity_csv: Path | None =
     ]
     hv = hypervolume_series(study, df)
     if hv is not None:
-        figures.insert(1, ("Hypervolume over trials (front of means" + (
-            "; each candidate at the highest budget it reached so far" if snap.rungs else "") + ")", plots.plot_hypervolume(
+        at = "; each candidate at the highest budget it reached so far" if snap.rungs else ""
+        figures.insert(1, (f"Hypervolume over trials (front of means{at})", plots.plot_hypervolume(
             hv, study.user_attrs["objectives"], out_dir / "hypervolume.png", f"{name}: hypervolume")))
     fid = fidelity.read_fidelity(fidelity_csv if fidelity_csv is not None else out_dir / fidelity.CSV_NAME)
     if fid is not None:
@@ -291,8 +291,8 @@ def write_report(study: optuna.Study, out_dir: Path, fidelity_csv: Path | None =
     summary = summary_markdown(snap, df, hv, fid)
     md = out_dir / "summary.md"
     atomic_write_bytes(md, summary.encode())
-    intro = [line.replace("**", "").replace("`", "") for line in summary.splitlines()[1:8]
-             if line and not line.startswith("#")]
+    head = summary.split("\n## ", 1)[0].splitlines()[1:]  # the lines above the first section (a rungs line too)
+    intro = [line.replace("**", "").replace("`", "") for line in head if line and not line.startswith("#")]
     # With rungs, the page shows how rankings changed between them as summary.md does (and the effects' budgets).
     sections = rungs.ladder_lines(snap.ladder) + effects.summary_lines(snap.table) if snap.rungs else []
     page = write_html(out_dir / "report.html", f"kdnas study {name}", intro, df, cands, figures, sections)
