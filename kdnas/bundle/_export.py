@@ -68,17 +68,19 @@ class Pick:
 
     def lines(self, expr: str) -> list[str]:
         """What ``kdnas export --pick`` says: the choice, and each runner-up it is within noise of."""
-        out = [f"--pick {expr!r}: trial {self.trial.number}, {_describe(self.entry)}: the highest mean validation "
-               f"accuracy of the {self.within} candidate{'s' * (self.within != 1)} on the front of means within the "
-               "budget"]
+        out = [f"--pick {expr!r}: trial {self.trial.number}, {_describe(self.entry, self.trial)}: the highest mean "
+               f"validation accuracy of the {self.within} candidate{'s' * (self.within != 1)} on the front of means "
+               "within the budget"]
         for t, e in self.close:
-            out.append(f"within noise of trial {t.number}: {_describe(e)} (the 90 % intervals overlap: after the "
+            out.append(f"within noise of trial {t.number}: {_describe(e, t)} (the 90 % intervals overlap: after the "
                        "search's brief training the study cannot tell which is more accurate)")
         return out
 
 
-def _describe(e: Entry) -> str:
-    return (f"val {e.estimate.text()}, {int(e.attrs['params']):,} params, "
+def _describe(e: Entry, t: optuna.trial.FrozenTrial) -> str:
+    """The candidate's figures; with rungs (``search.rungs``), at which budget (`@18 ep`: its trial's)."""
+    at = f" @{t.user_attrs['epochs']} ep" if "rung" in t.user_attrs and "epochs" in t.user_attrs else ""
+    return (f"val {e.estimate.text()}{at}, {int(e.attrs['params']):,} params, "
             f"{float(e.attrs['latency_ms']):.3f} ms, {e.attrs.get('student')} {e.attrs.get('method')}")
 
 

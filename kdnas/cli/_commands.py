@@ -65,14 +65,17 @@ def search_summary(name: str, snap) -> list[str]:
     reused = sum(t.state.name == "COMPLETE" and bool(t.user_attrs.get("reused")) for t in snap.trials)
     front = snap.front()
     frame = snap.candidates().set_index("candidate")
+    # With rungs each member's figures say their budget (@18 ep): members may stand at different ones.
+    at = (", @E ep: the budget of the figures; two members compared at the highest budget both reached"
+          if snap.rungs else "")
     lines = [f"\n{table.trainings} trainings, {reused} answered from replicates in study {name!r}; "
              f"front of {len(front)} candidates (val: mean ± 90 % half-width (replicates), trial: the replicate "
-             "closest to the mean):"]
+             f"closest to the mean{at}):"]
     for e in front:  # by increasing parameters
         row = frame.loc[e.key]
         loose = str(row["not_separable_from"] or "").split()
         note = f"  not separable from {', '.join(f'#{n}' for n in loose)}" if loose else ""
-        lines.append(f"  trial {int(row['representative']):>3}: val {e.estimate.text()} test "
+        lines.append(f"  trial {int(row['representative']):>3}: val {e.estimate.text()}{snap.budget(e)} test "
                      f"{pm(test_estimate(e, snap.n_test))}  {int(e.attrs['params']):>9,} params  "
                      f"{float(e.attrs['latency_ms']):.3f} ms  {e.attrs['student']} {e.attrs['method']}{note}")
     return lines

@@ -17,8 +17,8 @@ from typing import Any
 import optuna
 import pandas as pd
 
-from kdnas.candidates import CandidateTable, Entry, Estimate, binomial_variance
-from kdnas.study import candidates_of, read_trials
+from kdnas.candidates import CandidateTable, Entry, Estimate, Ladder, Merged, binomial_variance
+from kdnas.study import ladder_of, read_trials
 
 Trials = list[optuna.trial.FrozenTrial]
 
@@ -40,17 +40,30 @@ def pm(est: Estimate | None) -> str:
 
 @dataclass
 class Snapshot:
-    """The study's trials read once, and the candidate table built from them once."""
+    """The study's trials read once, and the candidate table built from them once: its ladder of rungs
+    (kdnas/candidates/_rungs.py; one rung without ``search.rungs``) and what a report shows of it (``table``: the
+    one table, or with rungs each candidate at its highest rung, a ``Merged``)."""
 
     study: optuna.Study
     trials: Trials
-    table: CandidateTable
+    table: CandidateTable | Merged
+    ladder: Ladder | None = None
     _frame: pd.DataFrame | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, study: optuna.Study, trials: Trials | None = None) -> "Snapshot":
         trials = read_trials(study) if trials is None else trials
-        return cls(study, trials, candidates_of(study, trials))
+        ladder = ladder_of(study, trials)
+        return cls(study, trials, ladder.view(), ladder)
+
+    @property
+    def rungs(self) -> bool:
+        """Whether the study has rungs: then every figure says its budget (``@18 ep``)."""
+        return isinstance(self.table, Merged)
+
+    def budget(self, e: Entry) -> str:
+        """`` @18 ep``: the budget ``e``'s figures are from, in a study with rungs; empty without them."""
+        return f" @{self.table.ladder.epochs[e.rung]} ep" if isinstance(self.table, Merged) else ""
 
     @property
     def n_test(self) -> int:
@@ -61,7 +74,8 @@ class Snapshot:
         return {e.key for e in self.table.front()}
 
     def candidates(self) -> pd.DataFrame:
-        """``candidates.csv``: ``CandidateTable.rows()`` (by decreasing mean) with the representative trial (the
+        """``candidates.csv``: ``CandidateTable.rows()`` (by decreasing mean; with rungs ``Merged.rows()``, by
+        decreasing budget, then mean) with the representative trial (the
         one ``--pick`` and ``--trial`` export, closest to the mean), the test interval, and which front members
         each is not separable from (their representative trials)."""
         if self._frame is None:
@@ -70,7 +84,8 @@ class Snapshot:
             rep = {e.key: e.representative() for e in table.estimates()}
             n_test = self.n_test  # once: each read of the study's attributes is a storage query and a deep copy
             rows: list[dict[str, Any]] = []
-            for r in table.rows():
+            made = table.rows()
+            for r in made:
                 e = table.entries[r["candidate"]]
                 test = test_estimate(e, n_test)
                 rows.append({"candidate": r["candidate"], "representative": rep[e.key],
@@ -78,7 +93,14 @@ class Snapshot:
                              "val_accuracy_half_width": e.estimate.half_width,
                              "test_accuracy_half_width": None if test is None else test.half_width,
                              "not_separable_from": " ".join(str(rep[k]) for k in loose.get(e.key, []))})
-            self._frame = pd.DataFrame(rows, columns=CANDIDATE_COLUMNS)
+            # With rungs, Merged.rows() adds each candidate's rung, budget and mean at every rung (after the rest),
+            # and the rows go by budget first: a mean after 2 epochs does not rank against one after 18.
+            extra = [] if not self.rungs else ["rung", "epochs",
+                                               *(f"val_at_{n}_epochs" for n in self.table.ladder.epochs)]
+            frame = pd.DataFrame(rows, columns=CANDIDATE_COLUMNS + extra)
+            if self.rungs and len(frame):
+                frame = frame.sort_values(["epochs", "val_accuracy_mean"], ascending=False, kind="stable")
+            self._frame = frame.reset_index(drop=True)
         return self._frame
 
     def front(self) -> list[Entry]:

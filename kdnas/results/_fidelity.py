@@ -158,7 +158,9 @@ def _row(c: Chosen, index: int, recipe: dict | None, bundle: Path, seed: int, re
         "full_val_accuracy": full.get("val_accuracy"), "brief_test_accuracy": c.entry.test_mean(),
         "full_test_accuracy": full.get("test_accuracy"),
         "params": ua.get("params"), "student": ua.get("student"), "method": ua.get("method"), "chain": ua.get("chain"),
-        "brief_epochs": (recipe or {}).get("student_train", {}).get("epochs"), "epochs": full.get("epochs"),
+        # The budget the brief figure is from: the trial's (with rungs, the rung its candidate reached).
+        "brief_epochs": ua.get("epochs", (recipe or {}).get("student_train", {}).get("epochs")),
+        "epochs": full.get("epochs"),
         "assistant_epochs": full.get("assistant_epochs"), "seed": seed, "device": full.get("device"),
         "reason": reason, "bundle": str(bundle),
     }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -27,8 +28,10 @@ TABLE_COLUMNS = [("number", "trial"), ("state", "state"), ("val_accuracy", "val 
                  ("candidate_val", "candidate val acc (90 %)"), ("replicate", "replicate"),
                  ("test_accuracy", "test acc (this trial)"), ("params", "params"), ("macs", "MACs"),
                  ("latency_ms", "latency (ms)"), ("student", "student"), ("method", "method"), ("chain", "chain"),
-                 ("reason", "reason")]
-FRONT_COLUMNS = [("representative", "trial"), ("candidate_val", "val acc (90 %)"), ("replicates", "replicates"),
+                 ("rung", "rung"), ("epochs", "epochs"), ("reason", "reason")]
+# ``epochs`` is in a study with rungs' candidates only: the budget a member's figures are from.
+FRONT_COLUMNS = [("representative", "trial"), ("epochs", "budget (epochs)"), ("candidate_val", "val acc (90 %)"),
+                 ("replicates", "replicates"),
                  ("candidate_test", "test acc (90 %)"), ("params", "params"), ("macs", "MACs"),
                  ("latency_ms", "latency (ms)"), ("student", "student"), ("method", "method"), ("chain", "chain"),
                  ("separable", "separable")]
@@ -36,13 +39,13 @@ _TEXT = {"state", "student", "method", "chain", "reason", "separable"}
 
 
 def _cell(col: str, v) -> str:
-    if v is None or (isinstance(v, float) and pd.isna(v)):
+    if v is None or v is pd.NA or (isinstance(v, float) and pd.isna(v)):  # NA: a gap in a whole-number column
         return ""
     if isinstance(v, str):
         return html.escape(v)
     if col in ("val_accuracy", "test_accuracy"):
         return f"{100 * float(v):.1f}%"
-    if col in ("params", "macs", "number", "representative", "replicates", "replicate"):
+    if col in ("params", "macs", "number", "representative", "replicates", "replicate", "rung", "epochs"):
         return f"{int(v):,}"
     if col == "latency_ms":
         return f"{float(v):.3f}"
@@ -80,14 +83,59 @@ def _with_figures(df: pd.DataFrame, cands: pd.DataFrame) -> tuple[pd.DataFrame, 
     return trials, cands
 
 
+def markdown(lines: list[str]) -> str:
+    """The few forms the summary's sections use (paragraphs, ``- `` items, pipe tables, `code`, **bold**) as
+    HTML: so that a section of ``summary.md`` reads the same in ``report.html``."""
+    def inline(text: str) -> str:
+        text = html.escape(text)
+        text = re.sub(r"`([^`]*)`", r"<code>\1</code>", text)
+        return re.sub(r"\*\*([^*]*)\*\*", r"<b>\1</b>", text)
+
+    parts: list[str] = []
+    rows: list[list[str]] = []
+    items: list[str] = []
+
+    def flush() -> None:
+        if rows:
+            head, *body = rows
+            parts.append("<table><tr>" + "".join(f"<th>{c}</th>" for c in head) + "</tr>" + "".join(
+                "<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in body) + "</table>")
+        if items:
+            parts.append("<ul>" + "".join(f"<li>{i}</li>" for i in items) + "</ul>")
+        rows.clear()
+        items.clear()
+
+    for line in lines:
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= set("-:") for c in cells):  # not the separator row
+                rows.append([inline(c) for c in cells])
+            continue
+        if line.startswith("- "):
+            if rows:
+                flush()
+            items.append(inline(line[2:]))
+            continue
+        flush()
+        if line.startswith("## "):
+            parts.append(f"<h2>{inline(line[3:])}</h2>")
+        elif line.strip():
+            parts.append(f"<p>{inline(line)}</p>")
+    flush()
+    return "".join(parts)
+
+
 def image(path: Path, alt: str) -> str:
     data = base64.b64encode(path.read_bytes()).decode()
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
 
 
 def write_html(path: Path, title: str, intro: list[str], df: pd.DataFrame, cands: pd.DataFrame,
-               figures: list[tuple[str, Path]]) -> Path:
+               figures: list[tuple[str, Path]], sections: list[str] = ()) -> Path:
+    """``sections``: lines of ``summary.md`` to show after the front (markdown, see ``markdown``)."""
     trials, cands = _with_figures(df, cands)
+    if "rung" in trials and not trials["rung"].notna().any():  # no rungs: every trial at one budget, said once
+        trials = trials.drop(columns=["rung", "epochs"])
     front = cands[cands["pareto"].astype(bool)].sort_values(["params", "representative"])
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]
@@ -96,6 +144,8 @@ def write_html(path: Path, title: str, intro: list[str], df: pd.DataFrame, cands
     parts.append("<p class='muted'>± is the half-width of the 90 % interval of the candidate's mean over its "
                  "replicates; trial: the replicate closest to the mean. Every candidate: "
                  "<a href='candidates.csv'>candidates.csv</a>; every trial: <a href='trials.csv'>trials.csv</a>.</p>")
+    if sections:
+        parts.append(markdown(list(sections)))
     for caption, fig in figures:
         parts.append(f"<h2>{html.escape(caption)}</h2>{image(fig, caption)}")
     parts.append(f"<h2>All trials ({len(df)})</h2>" + table(trials.sort_values("number")))

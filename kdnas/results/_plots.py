@@ -80,6 +80,16 @@ def _errorbar(ax, df: pd.DataFrame, cost: str, **kw) -> None:
     ax.errorbar(df[cost].to_numpy(float), y, yerr=err, ls="none", **kw)
 
 
+_MARKERS = ("o", "s", "^", "v", "D", "P", "X", "<", ">")
+
+
+def _budgets(cands: pd.DataFrame) -> list[int]:
+    """The budgets (epochs) of a study with rungs' candidates, longest first; [] without rungs."""
+    if "epochs" not in cands or "rung" not in cands or not cands["rung"].notna().any():
+        return []
+    return sorted({int(n) for n in cands["epochs"].dropna()}, reverse=True)
+
+
 def plot_pareto(studies: Sequence[tuple[str, pd.DataFrame, dict | None]], path: Path, title: str) -> Path:
     """Mean validation accuracy against each cost, one panel per cost, with 90 % intervals as error bars.
     ``studies``: (name, candidates, teacher) per study; candidates as ``candidates.csv`` holds them.
@@ -96,9 +106,14 @@ def plot_pareto(studies: Sequence[tuple[str, pd.DataFrame, dict | None]], path: 
         for i, (name, cands, teacher) in enumerate(studies):
             color = f"C{i}"
             done = cands[cands[cost].notna() & cands[ACC].notna()]
-            if not overlay and len(done):
+            budgets = _budgets(done)
+            if not overlay and len(done) and not budgets:
                 _errorbar(ax, done, cost, marker="o", ms=4, color="0.7", alpha=0.5, elinewidth=0.8,
                           label="other candidates (mean, 90 % interval)")
+            elif not overlay and len(done):  # rungs: one marker per budget, the longest a plain dot
+                for n, marker in zip(budgets, _MARKERS):
+                    _errorbar(ax, done[done["epochs"] == n], cost, marker=marker, ms=4, color="0.7", alpha=0.5,
+                              elinewidth=0.8, label=f"candidates stopped at {n} ep (mean, 90 % interval)")
                 baseline = done[done["method"].fillna("").str.startswith("none")]
                 if len(baseline):
                     ax.scatter(baseline[cost], 100 * baseline[ACC], s=40, facecolors="none",
@@ -119,6 +134,7 @@ def plot_pareto(studies: Sequence[tuple[str, pd.DataFrame, dict | None]], path: 
                     for (x, acc), group in front.groupby([cost, ACC], sort=False):
                         text = ",".join(f"#{int(r['representative'])}" + (f" ({int(r['replicates'])}x)"
                                                                           if r["replicates"] > 1 else "")
+                                        + (f" @{int(r['epochs'])}ep" if budgets else "")
                                         for _, r in group.sort_values("representative").iterrows())
                         ax.annotate(text, (x, 100 * acc), textcoords="offset points", xytext=(4, -10), fontsize=7,
                                     color=color)
@@ -134,7 +150,10 @@ def plot_pareto(studies: Sequence[tuple[str, pd.DataFrame, dict | None]], path: 
         ax.set_ylabel("validation accuracy (%), mean of replicates")
         ax.grid(True, which="both", alpha=0.25)
         ax.legend(loc="lower right", fontsize=7)
-    fig.suptitle(f"{title}\nerror bars: 90 % intervals; #N (kx): representative trial, replicates", fontsize=10)
+    rungs = not overlay and any(_budgets(c) for _, c, _ in studies)
+    fig.suptitle(f"{title}\nerror bars: 90 % intervals; #N (kx): representative trial, replicates" +
+                 ("; @E ep: the budget (epochs) of the figure: each candidate at the highest rung it reached, two "
+                  "compared at the highest budget both reached" if rungs else ""), fontsize=10)
     return save(fig, path)
 
 
@@ -142,7 +161,10 @@ def plot_effects(table, path: Path, title: str) -> Path:
     """Did distillation help, and did assistants help? Gain over the label-only baseline of the same
     architecture (kdnas/results/_effects.py), by method and by chain length: each architecture's paired
     difference and the mean over architectures, with 90 % intervals; *within noise* where an interval holds 0.
-    Without baselines, the candidates' mean accuracies are shown (and said)."""
+    With rungs, each gain at the highest budget with both arms, which its label says. Without baselines, the
+    candidates' mean accuracies are shown (and said; with rungs, at the first budget, which every candidate
+    reached)."""
+    from kdnas.candidates import Merged
     from kdnas.results._effects import gains, method_name
 
     plt = _plt()
@@ -150,12 +172,13 @@ def plot_effects(table, path: Path, title: str) -> Path:
     panels = [("method", "distillation method"), ("chain_length", "assistants in the chain")]
     found = {by: gains(table, by) for by, _ in panels}
     use_gain = any(found.values())
+    rungs = isinstance(table, Merged)
     for ax, (by, xlabel) in zip(axes, panels):
         if use_gain:
             groups = found[by]
             for i, g in enumerate(groups, start=1):
                 offsets = np.linspace(-0.2, 0.2, len(g.by_arch)) if len(g.by_arch) > 1 else np.zeros(1)
-                ds = [d for _, d, _ in g.by_arch]
+                ds = [a.diff for a in g.by_arch]
                 y = np.array([100 * d.mean for d in ds])
                 ax.errorbar(i + offsets, y, yerr=[y - [100 * d.lo for d in ds], [100 * d.hi for d in ds] - y],
                             fmt="o", ms=3, color="0.6", elinewidth=0.8, alpha=0.8)  # one call: one artist per group
@@ -166,12 +189,13 @@ def plot_effects(table, path: Path, title: str) -> Path:
                 ax.annotate("within noise" if d.within_noise else f"{100 * d.mean:+.1f}", (i, 100 * d.hi),
                             textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8, color=color)
             ax.set_xticks(range(1, len(groups) + 1),
-                          [f"{g.group}\n({len(g.by_arch)} arch., {g.candidates} cand.)" for g in groups])
+                          [f"{g.group}\n({len(g.by_arch)} arch., {g.candidates} cand.)"
+                           + (f"\n@{g.budget}" if g.budget else "") for g in groups])
             ax.set_xlim(0.5, max(len(groups), 1) + 0.5)
             ax.axhline(0, color="C3", lw=1, ls="--")
             ax.set_ylabel("gain over labels-only, same architecture (points)")
         else:
-            entries = table.estimates()
+            entries = table.ladder.first.estimates() if rungs else table.estimates()
             key = method_name if by == "method" else (lambda e: str(e.attrs.get("chain_length")))
             names = sorted({key(e) for e in entries})
             for i, name in enumerate(names, start=1):
@@ -181,13 +205,16 @@ def plot_effects(table, path: Path, title: str) -> Path:
                 ax.errorbar(i + np.linspace(-0.2, 0.2, len(ests)) if len(ests) > 1 else [i], y, yerr=err, fmt="o",
                             ms=3, color="C0", elinewidth=0.8, alpha=0.7)
             ax.set_xticks(range(1, len(names) + 1), names)
-            ax.set_ylabel("validation accuracy (%), candidates' means")
+            ax.set_ylabel("validation accuracy (%), candidates' means" +
+                          (f" @{table.ladder.epochs[0]} ep" if rungs else ""))
         ax.set_xlabel(xlabel)
         ax.grid(True, axis="y", alpha=0.25)
     note = ("gain over the no-distillation baseline: grey points, each architecture; diamonds, the mean over "
             "architectures; bars, 90 % intervals" if use_gain else
             "raw accuracy: this study has no label-only (method 'none') candidate of the same architectures to "
             "compare with")
+    if use_gain and rungs:
+        note += "\n@E ep: each architecture at the highest budget where both it and labels-only were trained"
     fig.suptitle(f"{title}\n{note}", fontsize=10)
     return save(fig, path)
 

@@ -26,10 +26,10 @@ import numpy as np
 import optuna
 import pandas as pd
 
-from kdnas.candidates import INTENSIFY, REUSED, trial_key
+from kdnas.candidates import EPOCHS, INTENSIFY, PROMOTED_FROM, REUSED, RUN, RUNG, trial_key
 from kdnas.core import atomic_write_bytes
 from kdnas.costs import METRIC_NAMES, feasible, hypervolume, normalise, pareto_mask
-from kdnas.results import _fidelity_text as fidelity, _plots as plots
+from kdnas.results import _effects as effects, _fidelity_text as fidelity, _plots as plots, _rungs_text as rungs
 from kdnas.results._candidates import Snapshot
 from kdnas.results._html import write_html
 from kdnas.results._summary import summary_markdown
@@ -38,7 +38,7 @@ COLUMNS = [
     "number", "state", "val_accuracy", "test_accuracy", "params", "macs", "latency_ms", "latency_iqr_ms",
     "student", "method", "chain", "chain_length", "duration_s", "seed", "pareto", "reason", "architecture",
     "method_params", "chain_spec", "score", "latency_median_ms", "latency_stable", "feasible",
-    "candidate", "replicate", "reused", "intensify",
+    "candidate", "replicate", "reused", "intensify", "rung", "epochs", "run", "promoted_from",
 ]
 
 
@@ -52,11 +52,17 @@ def trials_frame(study: optuna.Study, trials: Trials | None = None, snap: Snapsh
     replicate it is, ``reused`` whether it was answered from the candidate's replicates without training (its
     ``val_accuracy`` is then the candidate's mean), ``intensify`` why it re-evaluated a candidate. ``pareto``:
     the trial's candidate is on the front of the candidates' means (every replicate of a front candidate is
-    marked), over the study's measured objectives. ``snap``: the report's snapshot (built here when absent)."""
+    marked), over the study's measured objectives. ``snap``: the report's snapshot (built here when absent).
+
+    Every figure says its budget: ``epochs``, the epochs the trial trained to. With rungs (``search.rungs``) also
+    ``rung`` (1-based, as ``candidates.csv`` and the progress lines count them), ``run`` (the trial that started
+    the run: one replicate's trials across rungs share it) and ``promoted_from`` (the trial whose checkpoint it
+    continued); ``pareto`` then marks only the trials at the rung its candidate's front figures are from."""
     snap = snap or Snapshot.of(study, trials)
     trials = snap.trials
     front = snap.front_keys
     recipe = snap.table.recipe
+    at = {e.key: e.rung for e in snap.table.estimates()} if snap.rungs else {}
     rows = []
     # A dead worker's trial is retried as a new trial that records the original's number.
     retried = {t.system_attrs["retry_history"][-1]: t.number for t in trials if t.system_attrs.get("retry_history")}
@@ -85,7 +91,7 @@ def trials_frame(study: optuna.Study, trials: Trials | None = None, snap: Snapsh
             "chain_length": ua.get("chain_length"),
             "duration_s": t.duration.total_seconds() if t.duration else None,
             "seed": ua.get("seed"),
-            "pareto": bool(ok and key in front),
+            "pareto": bool(ok and key in front and (not at or int(ua.get(RUNG, 0)) == at.get(key))),
             "reason": reason,
             "architecture": json.dumps(cand.get("student")) if cand else None,
             "method_params": json.dumps(cand.get("method")) if cand else None,
@@ -98,8 +104,13 @@ def trials_frame(study: optuna.Study, trials: Trials | None = None, snap: Snapsh
             "replicate": ua.get("replicate"),
             "reused": bool(ua.get(REUSED)),
             "intensify": ua.get(INTENSIFY),
+            "rung": int(ua[RUNG]) + 1 if snap.rungs and RUNG in ua else None,
+            "epochs": ua.get(EPOCHS),
+            "run": ua.get(RUN) if snap.rungs else None,
+            "promoted_from": ua.get(PROMOTED_FROM),
         })
-    return pd.DataFrame(rows, columns=COLUMNS)
+    # Whole numbers stay whole in the CSV (a column with gaps would be written as 1.0, 2.0).
+    return pd.DataFrame(rows, columns=COLUMNS).astype({c: "Int64" for c in ("rung", "epochs", "run", "promoted_from")})
 
 
 def hypervolume_series(study: optuna.Study, df: pd.DataFrame) -> pd.Series | None:
@@ -109,7 +120,8 @@ def hypervolume_series(study: optuna.Study, df: pd.DataFrame) -> pd.Series | Non
     On means, so that the last value is the hypervolume of the front the report shows (a front of single
     measurements would reward the luckiest draws): a trial that trains a candidate again moves its mean, which
     can also shrink the front. Trials answered from replicates change no mean; a trial without a candidate
-    (a study made outside kdnas) is a candidate of its own."""
+    (a study made outside kdnas) is a candidate of its own. With rungs (a ``rung`` column), each candidate counts
+    with its mean at the highest rung it reached so far (a brief figure never pooled with a longer one)."""
     objectives = study.user_attrs["objectives"]
     teacher = study.user_attrs.get("teacher") or {}
     if any(o != "accuracy" and teacher.get(METRIC_NAMES[o]) is None for o in objectives):
@@ -118,26 +130,40 @@ def hypervolume_series(study: optuna.Study, df: pd.DataFrame) -> pd.Series | Non
     ok = (df["state"] == "COMPLETE") & df["feasible"] & df["val_accuracy"].notna() & ~reused
     rows = df.loc[ok].to_dict("records")  # the table's trials, in its order: one history entry per row
     keys = [r.get("candidate") if isinstance(r.get("candidate"), str) else f"#{r['number']}" for r in rows]
-    history = means_history(keys, normalise(rows, objectives, teacher)) if rows else []
+    rungs = None
+    if "rung" in df and df.loc[ok, "rung"].notna().any():
+        rungs = [0 if pd.isna(r["rung"]) else int(r["rung"]) for r in rows]
+    history = means_history(keys, normalise(rows, objectives, teacher), rungs) if rows else []
     series = pd.Series(float("nan"), index=df["number"].to_numpy(), name="hypervolume")
     series[df.loc[ok, "number"].to_numpy()] = history
     return series.ffill().fillna(0.0)
 
 
-def means_history(keys: list[str], points: np.ndarray) -> list[float]:
+def means_history(keys: list[str], points: np.ndarray, rungs: list[int] | None = None) -> list[float]:
     """``h[n]``: hypervolume of the front of the per-key means of normalised ``points`` 0..n (to minimise).
 
     A key's points differ only in the accuracy coordinate, so a mean that improves (or a new key) only needs the
     running front and the new point; only a front member whose mean worsens makes the front be found again from
-    every key (what it dominated may come back): O(front) per trial, and O(keys) for those."""
+    every key (what it dominated may come back): O(front) per trial, and O(keys) for those.
+
+    ``rungs`` (by point): a key's mean is that of its points at the highest rung it reached; a point at a lower
+    rung changes nothing, one at a higher rung starts the mean anew."""
     sums: dict[str, np.ndarray] = {}
     counts: dict[str, int] = {}
     means: dict[str, np.ndarray] = {}
+    level: dict[str, int] = {}
     front: list[str] = []
     out = []
     minimise = ["minimize"] * points.shape[1]
-    for key, p in zip(keys, points):
+    for i, (key, p) in enumerate(zip(keys, points)):
         old = means.get(key)
+        if rungs is not None:
+            if key in level and rungs[i] < level[key]:
+                out.append(out[-1])  # a new run's brief figure: the key is known at a longer budget
+                continue
+            if key in level and rungs[i] > level[key]:
+                del sums[key], counts[key]
+            level[key] = rungs[i]
         sums[key] = sums[key] + p if key in sums else p.astype(float)
         counts[key] = counts.get(key, 0) + 1
         means[key] = sums[key] / counts[key]
@@ -188,9 +214,11 @@ def importances(study: optuna.Study, trials: Trials | None = None) -> dict[str, 
     """Parameter importances for validation accuracy by Optuna's default evaluator (PED-ANOVA), normalised
     to sum to 1 as ``optuna.importance.get_param_importances`` does; {} when too few trials. With ``trials``
     (a snapshot), of those trials only."""
-    # An answer from replicates is no new measurement: it would count its candidate's mean once more.
+    # An answer from replicates is no new measurement: it would count its candidate's mean once more. Nor is a
+    # promotion (rungs): the same run at a longer budget; every candidate is compared at the first one.
     done = [t for t in (study.get_trials(deepcopy=False) if trials is None else trials)
-            if t.state == optuna.trial.TrialState.COMPLETE and not t.user_attrs.get(REUSED)]
+            if t.state == optuna.trial.TrialState.COMPLETE and not t.user_attrs.get(REUSED)
+            and PROMOTED_FROM not in t.user_attrs]
     if len(done) < 4:
         return {}
     if trials is not None:
@@ -237,17 +265,24 @@ def write_report(study: optuna.Study, out_dir: Path, fidelity_csv: Path | None =
     atomic_write_bytes(csv, df.to_csv(index=False).encode())
     atomic_write_bytes(ccsv, cands.to_csv(index=False).encode())
     teacher = study.user_attrs.get("teacher")
+    # With rungs every figure says its budget: the front's members their own, the effects the highest budget with
+    # both arms, the importances the first rung's (where every candidate is measured).
+    first = f" at the first budget, {snap.ladder.epochs[0]} epochs" if snap.rungs else ""
     figures = [
-        ("Validation accuracy against each cost (candidates' means, 90 % intervals)", plots.plot_pareto(
+        ("Validation accuracy against each cost (candidates' means, 90 % intervals" +
+         ("; @E ep: the budget of the figure" if snap.rungs else "") + ")", plots.plot_pareto(
             [(name, cands, teacher)], out_dir / "pareto.png", f"{name}: validation accuracy vs cost")),
-        ("Did distillation and assistants help? (gain over labels-only, 90 % intervals)", plots.plot_effects(
+        ("Did distillation and assistants help? (gain over labels-only, 90 % intervals" +
+         ("; at the highest budget with both" if snap.rungs else "") + ")", plots.plot_effects(
             snap.table, out_dir / "effects.png", f"{name}: effects")),
-        ("Parameter importances", plots.plot_importances(importances(study, snap.trials), out_dir / "importances.png",
-                                                         f"{name}: what matters for validation accuracy")),
+        (f"Parameter importances{first}", plots.plot_importances(
+            importances(study, snap.trials), out_dir / "importances.png",
+            f"{name}: what matters for validation accuracy{first}")),
     ]
     hv = hypervolume_series(study, df)
     if hv is not None:
-        figures.insert(1, ("Hypervolume over trials (front of means)", plots.plot_hypervolume(
+        at = "; each candidate at the highest budget it reached so far" if snap.rungs else ""
+        figures.insert(1, (f"Hypervolume over trials (front of means{at})", plots.plot_hypervolume(
             hv, study.user_attrs["objectives"], out_dir / "hypervolume.png", f"{name}: hypervolume")))
     fid = fidelity.read_fidelity(fidelity_csv if fidelity_csv is not None else out_dir / fidelity.CSV_NAME)
     if fid is not None:
@@ -256,9 +291,11 @@ def write_report(study: optuna.Study, out_dir: Path, fidelity_csv: Path | None =
     summary = summary_markdown(snap, df, hv, fid)
     md = out_dir / "summary.md"
     atomic_write_bytes(md, summary.encode())
-    intro = [line.replace("**", "").replace("`", "") for line in summary.splitlines()[1:8]
-             if line and not line.startswith("#")]
-    page = write_html(out_dir / "report.html", f"kdnas study {name}", intro, df, cands, figures)
+    head = summary.split("\n## ", 1)[0].splitlines()[1:]  # the lines above the first section (a rungs line too)
+    intro = [line.replace("**", "").replace("`", "") for line in head if line and not line.startswith("#")]
+    # With rungs, the page shows how rankings changed between them as summary.md does (and the effects' budgets).
+    sections = rungs.ladder_lines(snap.ladder) + effects.summary_lines(snap.table) if snap.rungs else []
+    page = write_html(out_dir / "report.html", f"kdnas study {name}", intro, df, cands, figures, sections)
     return [csv, ccsv, md, page, *(path for _, path in figures)]
 
 

@@ -9,7 +9,7 @@ import optuna
 import pandas as pd
 
 from kdnas.candidates import LEVEL
-from kdnas.results import _effects as effects, _fidelity_text as fidelity
+from kdnas.results import _effects as effects, _fidelity_text as fidelity, _rungs_text as rungs
 from kdnas.results._candidates import Snapshot, pm, separability
 
 
@@ -37,11 +37,17 @@ def candidates_line(snap: Snapshot) -> str:
     """How many candidates, how replicated, and the study's overdispersion ratio."""
     table = snap.table
     entries = table.estimates()
-    replicated = sum(e.n >= 2 for e in entries)
-    return (f"Candidates: {len(entries)} from {table.trainings} trainings, {replicated} of them replicated (2+ "
-            f"seeds). Overdispersion ratio {table.ratio:.2f}: the seed variance in units of the binomial variance of "
-            f"{table.n_val} validation images, pooled over the replicated candidates (1 before any is replicated). "
-            f"± is the half-width of a {100 * LEVEL:.0f} % interval; (kx): replicates.")
+    # With rungs, a promotion is a training too; replicates and the ratio are counted at the first rung.
+    first = snap.ladder.first if snap.rungs else table
+    replicated = sum(e.n >= 2 for e in first.estimates())
+    promoted, at = "", ""
+    if snap.rungs:
+        promoted = f" ({table.trainings - first.trainings} of them promotions to a longer budget)"
+        at = " at the first rung"
+    return (f"Candidates: {len(entries)} from {table.trainings} trainings{promoted}, {replicated} of them "
+            f"replicated (2+ seeds){at}. Overdispersion ratio {table.ratio:.2f}: the seed variance in units of the "
+            f"binomial variance of {table.n_val} validation images, pooled over the replicated candidates (1 before "
+            f"any is replicated). ± is the half-width of a {100 * LEVEL:.0f} % interval; (kx): replicates.")
 
 
 def front_table(snap: Snapshot, objectives: list[str]) -> list[str]:
@@ -53,17 +59,24 @@ def front_table(snap: Snapshot, objectives: list[str]) -> list[str]:
              "the study cannot yet say it is the more accurate one.", "",
              "| trial | val acc | replicates | test acc | params | MACs | latency (ms) | student | method | chain | separable |",
              "|---:|---:|---|---:|---:|---:|---:|---|---|---|---|"]
+    budget = snap.rungs  # a budget column: with rungs, members' figures are from different budgets
+    if budget:
+        lines[-4] += (" Budget: the epochs the member's figures are from (the highest rung it reached); two "
+                      "members are compared at the highest budget both reached.")
+        lines[-2] = lines[-2].replace("| val acc |", "| budget | val acc |")
+        lines[-1] = lines[-1].replace("|---:|---:|", "|---:|---:|---:|", 1)
     entries = snap.table.entries
     for _, r in front.iterrows():
         e = entries[r["candidate"]]
         trials = " ".join(f"#{n}" for n in e.trials)
         test = "–" if pd.isna(r["test_accuracy_mean"]) else \
             f"{r['test_accuracy_mean']:.1%} ± {100 * r['test_accuracy_half_width']:.1f}"
-        lines.append(f"| {int(r['representative'])} | {pm(e.estimate)} | {e.n}x ({trials}) | {test} | "
+        lines.append(f"| {int(r['representative'])} | " + (f"{int(r['epochs'])} ep | " if budget else "") +
+                     f"{pm(e.estimate)} | {e.n}x ({trials}) | {test} | "
                      f"{_fmt_int(r['params'])} | {_fmt_int(r['macs'])} | {r['latency_ms']:.3f} | `{r['student']}` | "
                      f"`{r['method']}` | `{r['chain']}` | {separability(r)} |")
     if not len(front):
-        lines.append("| – | no completed trial yet | | | | | | | | | |")
+        lines.append("| – | no completed trial yet | | | | | | | | | |" + (" |" if budget else ""))
     return lines
 
 
@@ -75,15 +88,23 @@ def method_table(df: pd.DataFrame, snap: Snapshot) -> list[str]:
     by_method: dict[str, list] = {}
     for e in snap.table.estimates():
         by_method.setdefault(effects.method_name(e), []).append(e)
-    lines = ["", "## Accuracy by method", "", "Trials answered from replicates are not counted here.", "",
+    # With rungs: the best at the longest budget any of the method's candidates reached (a mean after 2 epochs
+    # does not rank against one after 18), the median at the first budget, where every candidate is measured.
+    first = {e.key: e for e in snap.ladder.first.estimates()} if snap.rungs else {}
+    note = (f" Trials: at every rung (a promotion is a trial). Best: at the longest budget the method's candidates "
+            f"reached; median: at the first budget, {snap.ladder.epochs[0]} epochs, which every candidate "
+            "reached." if snap.rungs else "")
+    lines = ["", "## Accuracy by method", "", "Trials answered from replicates are not counted here." + note, "",
              "| method | trials | completed | candidates | best candidate val acc | median of candidates' means |",
              "|---|---:|---:|---:|---:|---:|"]
     for name, group in df.assign(method_name=names).dropna(subset=["method_name"]).groupby("method_name"):
         done = int((group["state"] == "COMPLETE").sum())
         cands = by_method.get(name, [])
         if cands:
-            best = max(cands, key=lambda e: (e.estimate.mean, -e.estimate.se)).estimate.text()
-            median = f"{pd.Series([e.estimate.mean for e in cands]).median():.1%}"
+            top = max(cands, key=lambda e: (e.rung, e.estimate.mean, -e.estimate.se))
+            best = top.estimate.text() + snap.budget(top)
+            means = [(first[e.key] if e.key in first else e).estimate.mean for e in cands]
+            median = f"{pd.Series(means).median():.1%}"
         else:
             best, median = "–", "–"
         lines.append(f"| `{name}` | {len(group)} | {done} | {len(cands)} | {best} | {median} |")
@@ -96,6 +117,8 @@ def summary_markdown(snap: Snapshot, df: pd.DataFrame, hv: pd.Series | None = No
     teacher = study.user_attrs.get("teacher") or {}
     data = study.user_attrs.get("data") or {}
     lines = [f"# Study `{study.study_name}`", "", trials_line(df), candidates_line(snap)]
+    if snap.rungs:
+        lines.append(rungs.intro_line(snap.ladder))
     if data:
         lines.append(f"Data: `{data.get('dataset')}`, {data.get('train')} train / {data.get('val')} val / "
                      f"{data.get('test')} test images. Candidates are ranked on **val**; test is only reported.")
@@ -106,7 +129,8 @@ def summary_markdown(snap: Snapshot, df: pd.DataFrame, hv: pd.Series | None = No
                      f"training).")
     objectives = study.user_attrs.get("objectives", [])
     if hv is not None and len(hv):
-        lines.append(f"Hypervolume: {hv.iloc[-1]:.4f} (of the front of means; objectives {', '.join(objectives)}, "
+        at = "; each candidate at the highest budget it reached" if snap.rungs else ""
+        lines.append(f"Hypervolume: {hv.iloc[-1]:.4f} (of the front of means{at}; objectives {', '.join(objectives)}, "
                      "each normalised: 1 - accuracy, cost / teacher's cost; reference point 1; history in "
                      "`hypervolume.png`).")
     scored = df[df["state"].eq("COMPLETE") & ~df["reused"].fillna(False).astype(bool)].dropna(subset=["score"])
@@ -116,6 +140,8 @@ def summary_markdown(snap: Snapshot, df: pd.DataFrame, hv: pd.Series | None = No
                      "one training, not a mean).")
     lines += front_table(snap, objectives)
     lines += method_table(df, snap)
+    if snap.rungs:
+        lines += rungs.ladder_lines(snap.ladder)
     lines += effects.summary_lines(snap.table)
     if fidelity_df is not None:
         lines += fidelity.summary_lines(fidelity_df)
