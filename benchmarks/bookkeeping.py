@@ -122,15 +122,16 @@ def per_trial(cfg, trials: int, rounds: int, seed: int, profile: int = 0) -> dic
 
     import optuna
 
-    from kdnas.candidates import CandidateTable
     from kdnas.candidates._table import CandidateTable as Table
     from kdnas.study import _runner, _trial
     from kdnas.study._liveness import WorkerLock
     from kdnas.study._resume import recipe
     from kdnas.study._workers import Tickets
 
-    rt = SimpleNamespace(cfg=cfg, recipe=recipe(cfg)["study"], table=CandidateTable(N_VAL, cfg.objectives,
-                                                                                    recipe(cfg)["study"]))
+    from kdnas.study._runtime import ladder_for
+
+    ladder = ladder_for(cfg, N_VAL, recipe(cfg)["study"])
+    rt = SimpleNamespace(cfg=cfg, recipe=recipe(cfg)["study"], ladder=ladder, table=ladder.first)
     ledger = Ledger()
     study = _runner.open_study(cfg, create=True)  # cfg's storage: the copy of the study
     lock = WorkerLock(cfg.run_dir)
