@@ -50,7 +50,8 @@ MAX_TRIALS = 3000  # a run ends here whatever it has spent (a sampler stuck on c
 @dataclass(frozen=True)
 class Strategy:
     """How a search spends its CPU: ``epochs`` one budget (flat) or the rungs; ``source`` the cached runs it
-    reads: ``brief`` (the flat brief search's own annealed runs) or ``curve`` (the one long schedule)."""
+    reads: ``brief`` (the flat brief search's own annealed runs), ``curve`` (the one long schedule) or
+    ``restarts`` (each rung's stretch annealed, then restarted: _rung_truth.py --restarts)."""
 
     name: str
     epochs: tuple[int, ...]
@@ -64,7 +65,8 @@ class Strategy:
 
 def strategy(spec: str, brief: int, curve: list[int]) -> Strategy:
     """``flat`` (the brief budget, its own runs), ``flatE`` (E epochs of the long schedule; E a curve epoch),
-    ``rungsA-B-C`` (rungs at those epochs of the long schedule), with an optional ``_kK`` (keep share K)."""
+    ``rungsA-B-C`` (rungs at those epochs of the long schedule), ``restarts`` (rungs at every curve epoch, a
+    schedule annealed within each rung); the last two with an optional ``_kK`` (keep share K)."""
     base, _, keep = spec.partition("_k")
     try:
         k = float(keep) if keep else 1 / 3
@@ -81,9 +83,11 @@ def strategy(spec: str, brief: int, curve: list[int]) -> Strategy:
                     or not 0 < k < 1:
                 raise ValueError
             return Strategy(spec, epochs, "curve", k)
+        if base == "restarts" and 0 < k < 1:
+            return Strategy(spec, tuple(curve), "restarts", k)
         raise ValueError
     except ValueError:
-        raise ValueError(f"strategy {spec!r}: write flat, flatE or rungsA-B-C[_kK], with epochs among the cached "
+        raise ValueError(f"strategy {spec!r}: write flat, flatE, rungsA-B-C[_kK] or restarts[_kK], epochs among the cached "
                          f"curve's {curve} (e.g. flat{curve[-1]}, rungs{'-'.join(map(str, curve))})") from None
 
 
@@ -92,13 +96,16 @@ class RungTruth:
     """``base``: the flat brief truth (``_enumerated.Truth``: costs, config, brief accuracies by seed);
     ``curve[i, s, r]``: candidate i, seed s, at epoch ``epochs[r]`` of one schedule over ``epochs[-1]``;
     ``annealed[i, s]``: ``epochs[0]`` epochs alone, annealed (None when not cached); ``epoch_cost[i]``: CPU
-    seconds per epoch."""
+    seconds per epoch; ``restarts[i, j, r]``: the restarted schedule's figures under seed ``restart_seeds[j]``
+    (None when not cached)."""
 
     base: object
     epochs: list[int]
     curve: np.ndarray
     annealed: np.ndarray | None
     epoch_cost: np.ndarray
+    restarts: np.ndarray | None = None
+    restart_seeds: tuple[int, ...] = ()
 
     @property
     def brief_epochs(self) -> int:
@@ -137,13 +144,18 @@ def simulate(rt: RungTruth, scorer, st: Strategy, seed: int, budgets: list[float
     ladder = ladder_for(cfg, t.n_val, recipe)
     runtime = types.SimpleNamespace(cfg=cfg, table=ladder.first, recipe=recipe)
     index = {k: i for i, k in enumerate(t.keys)}
-    col = [rt.epochs.index(e) for e in st.epochs] if st.source == "curve" else [0]
-    acc = rt.curve[:, :, col] if st.source == "curve" else t.acc[:, :, None]
+    col = [rt.epochs.index(e) for e in st.epochs]
+    acc = {"curve": lambda: rt.curve[:, :, col], "restarts": lambda: rt.restarts,
+           "brief": lambda: t.acc[:, :, None]}[st.source]()
+    if acc is None:
+        raise SystemExit(f"strategy {st.name}: no valid {st.source} cache")
     K, K_long = acc.shape[1], rt.curve.shape[1]
+    ids = rt.restart_seeds if st.source == "restarts" else tuple(range(K))  # position -> study seed
     gained = np.diff([0, *st.epochs]) * rt.epoch_cost[:, None]  # [i, r]: CPU of the training that reaches rung r
     rng = np.random.default_rng([seed, 20261])
     orders: dict[int, list[int]] = {}
     drawn: dict[int, list[int]] = {}
+    ran: dict[int, tuple[int, int, int]] = {}  # trial -> (candidate, seed index, rung) of what it trained
     spent, trainings, promotions, in_a_row = 0.0, 0, 0, 0
     pending = sorted(budgets)
     out: dict[float, dict] = {}
@@ -164,6 +176,10 @@ def simulate(rt: RungTruth, scorer, st: Strategy, seed: int, budgets: list[float
             trial.set_user_attr(KEY, candidate_key(cand.to_dict(), recipe))
             check_duplicate(trial, promo[PROMOTED_FROM])
             s, rung, run = int(promo["seed"]), int(promo[RUNG]), int(promo[RUN])
+            # kdnas's promotion must continue the very run it ranked: same candidate, seed, previous rung.
+            if ran.get(promo[PROMOTED_FROM]) != (i, s, rung - 1):
+                raise AssertionError(f"promotion of trial {promo[PROMOTED_FROM]} {ran.get(promo[PROMOTED_FROM])} "
+                                     f"is not the run it continues {(i, s, rung - 1)}")
         else:
             full = replicates(runtime, trial, cand)
             if full is not None:
@@ -182,6 +198,7 @@ def simulate(rt: RungTruth, scorer, st: Strategy, seed: int, budgets: list[float
             promotions += 1
         spent += cost
         trainings += 1
+        ran[trial.number] = (i, s, rung)
         val = float(acc[i, s, rung])
         trial.set_user_attr("seed", s)
         trial.set_user_attr(EPOCHS, st.epochs[rung])
@@ -201,7 +218,7 @@ def simulate(rt: RungTruth, scorer, st: Strategy, seed: int, budgets: list[float
                    for e in ladder.view().front()]
         held = {}
         for i, d in drawn.items():  # a flat brief seed s shares its start with the long run of seed s: left out too
-            rest = sorted(set(range(K_long)) - set(d))
+            rest = sorted(set(range(K_long)) - {ids[x] for x in d})
             held[i] = float(rt.long.acc[i, rest].mean()) if rest else float("nan")
         res = scorer.score([m[:6] for m in members], held)
         top = len(st.epochs) - 1
@@ -268,9 +285,10 @@ def effects(ladder, pairs: list[tuple[str, int, int]], true: np.ndarray, kkey: d
 
 
 def load(sd, cache: Path, brief_seeds: list[int], curve_seeds: list[int], epochs: list[int], train: bool,
-         smoke: bool = False) -> RungTruth:
+         smoke: bool = False, restarts: bool = False) -> RungTruth:
     """The flat brief truth (``_enumerated.load_truth``) and the long curves and annealed first rungs of
-    ``_rung_truth.py`` (trained first when ``train``; the annealed table is optional without it)."""
+    ``_rung_truth.py`` (trained first when ``train``; the annealed table is optional without it), and with
+    ``restarts`` the restarted schedules of the seeds whose cache is complete and sound."""
     base = _enumerated.load_truth(sd, cache, brief_seeds, train=train)
     tables = {}
     for curve in (True, False):
@@ -278,22 +296,50 @@ def load(sd, cache: Path, brief_seeds: list[int], curve_seeds: list[int], epochs
         for s in curve_seeds:
             if train:
                 _rung_truth.train(cache, s, epochs, curve=curve, smoke=smoke)
-            path = _rung_truth.cache_file(cache, s, epochs, curve, smoke=smoke)
-            if not path.exists():
-                if curve:
-                    raise SystemExit(f"{path}: no cache (train it with benchmarks/_rung_truth.py, or run without "
-                                     "--no-train)")
+            data = _read(_rung_truth.cache_file(cache, s, epochs, curve, smoke=smoke), base.keys, required=curve)
+            if data is None:
                 break
-            data = json.loads(path.read_text())["candidates"]
-            bad = [k for k in base.keys if k not in data or "failed" in data[k]]
-            if bad:
-                raise SystemExit(f"{path}: {len(bad)} of {len(base.keys)} candidates missing or failed")
-            rows.append([[data[k]["curve"][str(e)] for e in epochs] if curve else
-                         [data[k]["curve"][str(epochs[0])], data[k]["train_seconds"]] for k in base.keys])
-            if curve:
-                rows[-1] = [r + [data[k]["train_seconds"]] for r, k in zip(rows[-1], base.keys)]
+            rows.append([[data[k]["curve"][str(e)] for e in (epochs if curve else epochs[:1])]
+                         + [data[k]["train_seconds"]] for k in base.keys])
         tables[curve] = np.array(rows).transpose(1, 0, 2) if len(rows) == len(curve_seeds) else None
-    c = tables[True]
-    ann = tables[False]
-    return RungTruth(base, list(epochs), c[:, :, :-1], None if ann is None else ann[:, :, 0],
-                     c[:, :, -1].mean(axis=1) / epochs[-1])
+    c, ann = tables[True], tables[False]
+    rt = RungTruth(base, list(epochs), c[:, :, :-1], None if ann is None else ann[:, :, 0],
+                   c[:, :, -1].mean(axis=1) / epochs[-1])
+    if restarts:
+        rt.restarts, rt.restart_seeds = _restarts(rt, cache, curve_seeds, train, smoke)
+    return rt
+
+
+def _read(path: Path, keys: list[str], required: bool) -> dict | None:
+    """A cache's candidates; None when it is missing or incomplete and not ``required``."""
+    data = json.loads(path.read_text())["candidates"] if path.exists() else {}
+    bad = [k for k in keys if k not in data or "failed" in data[k]]
+    if not bad:
+        return data
+    if required:
+        raise SystemExit(f"{path}: {len(bad)} of {len(keys)} candidates missing or failed (train them with "
+                         "benchmarks/_rung_truth.py, or run without --no-train)")
+    return None
+
+
+def _restarts(rt: RungTruth, cache: Path, seeds: list[int], train: bool, smoke: bool):
+    """The restarted schedules by seed. A seed's cache is left out when incomplete, or when its first rung is not
+    the annealed first-rung run of the same seed: the two are the same training, so a difference means the
+    cache was made by something else (seeds after the first of one --restarts command, before the fix)."""
+    rows, used = [], []
+    for j, s in enumerate(seeds):
+        if train:
+            _rung_truth.train(cache, s, rt.epochs, curve=False, restarts=True, smoke=smoke)
+        path = _rung_truth.cache_file(cache, s, rt.epochs, False, restarts=True, smoke=smoke)
+        data = _read(path, rt.base.keys, required=False)
+        if data is None:
+            print(f"{path}: missing or incomplete: seed {s} left out of the restarts", flush=True)
+            continue
+        a = np.array([[data[k]["curve"][str(e)] for e in rt.epochs] for k in rt.base.keys])
+        if rt.annealed is not None and not np.allclose(a[:, 0], rt.annealed[:, j], rtol=0, atol=1e-9):
+            print(f"{path}: its first rung is not the annealed {rt.epochs[0]}-epoch run of seed {s} (differs for "
+                  f"{int((np.abs(a[:, 0] - rt.annealed[:, j]) > 1e-9).sum())} candidates): left out", flush=True)
+            continue
+        rows.append(a)
+        used.append(s)
+    return (np.stack(rows, axis=1), tuple(used)) if rows else (None, ())

@@ -36,6 +36,7 @@ from kdnas.study import _trial  # noqa: E402
 from kdnas.study._runtime import prepare  # noqa: E402
 
 RUNGS = [2, 6, 18]
+_REAL_FIT = _trial.fit  # before any seed's training replaces it (train(..., restarts=True))
 
 
 def mnist_cfg(cache: Path, seed: int, epochs: int, smoke: bool = False):
@@ -100,8 +101,9 @@ def train(cache: Path, seed: int, rungs: list[int], curve: bool, restarts: bool 
         return on_epoch
 
     _trial.checkpoint_hook = recorder  # reads the validation accuracy mid-run; no draw from any generator
-    if restarts:
-        _trial.fit = _restarting_fit(rungs, rt.split, _trial.fit, curve_now)
+    # kdnas's own fit, wrapped afresh for each seed: wrapping the last seed's wrapper would run each rung's
+    # stretch as a whole restarted schedule (54 epochs, not 18: seeds after the first of a --seeds list were).
+    _trial.fit = _restarting_fit(rungs, rt.split, _REAL_FIT, curve_now) if restarts else _REAL_FIT
     objective = _trial.make_objective(rt)
     t0 = time.perf_counter()
     for i, params in enumerate(grid):

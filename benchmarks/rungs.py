@@ -75,18 +75,22 @@ def schedule_table(rt: rr.RungTruth) -> list[str]:
     K = long.shape[1]
     loo = lambda s: np.delete(long, s, axis=1).mean(axis=1) if s < K else long.mean(axis=1)  # noqa: E731
     tau = lambda x, y: stats.kendalltau(x, y).statistic  # noqa: E731
-    e = rt.epochs
-    rows = {f"epoch {e[r]} of the {e[-1]}-epoch schedule (rung {r + 1})": rt.curve[:, :, r] for r in range(len(e) - 1)}
+    e, ids = rt.epochs, list(range(K))
+    rows = {f"epoch {e[r]} of the {e[-1]}-epoch schedule (rung {r + 1})": (rt.curve[:, :, r], ids)
+            for r in range(len(e) - 1)}
     if rt.annealed is not None:
-        rows[f"{e[0]} epochs alone, annealed"] = rt.annealed
-    rows[f"{rt.brief_epochs} epochs alone, annealed (the flat brief search)"] = rt.base.acc
-    rows[f"{e[-1]} epochs, one seed (the ceiling)"] = long
+        rows[f"{e[0]} epochs alone, annealed"] = (rt.annealed, ids)
+    rows[f"{rt.brief_epochs} epochs alone, annealed (the flat brief search)"] = (rt.base.acc, range(rt.base.seeds))
+    rows[f"{e[-1]} epochs, one seed (the ceiling)"] = (long, ids)
+    if rt.restarts is not None:
+        rows.update({f"epoch {e[r]}, annealed within each rung (restarts)": (rt.restarts[:, :, r], rt.restart_seeds)
+                     for r in range(1, len(e))})
     lines = [f"| figure (one seed) | seeds | tau vs truth ({K} seeds) | tau vs leave-one-out truth |",
              "|---|---:|---:|---:|"]
     per_seed = {}
-    for name, a in rows.items():
-        full = [tau(a[:, s], long.mean(axis=1)) for s in range(a.shape[1])]
-        held = [tau(a[:, s], loo(s)) for s in range(a.shape[1])]
+    for name, (a, seeds) in rows.items():
+        full = [tau(a[:, j], long.mean(axis=1)) for j in range(a.shape[1])]
+        held = [tau(a[:, j], loo(s)) for j, s in enumerate(seeds)]
         per_seed[name] = held
         (m, h, n), (mh, hh, _) = t_hw(full), t_hw(held)
         lines.append(f"| {name} | {n} | {m:.3f} ± {h:.3f} | {mh:.3f} ± {hh:.3f} |")
@@ -183,7 +187,7 @@ def main() -> None:
     ap.add_argument("--curve-seeds", type=int, default=6, help="seeds of the long curves (default 6)")
     ap.add_argument("--rungs", default="2,6,18", help="the curves' epochs (default 2,6,18)")
     ap.add_argument("--strategies", default="flat,flat18,rungs2-6-18", help="comma-separated: flat, flatE, "
-                    "rungsA-B-C[_kK] (default flat,flat18,rungs2-6-18)")
+                    "rungsA-B-C[_kK], restarts[_kK] (default flat,flat18,rungs2-6-18)")
     ap.add_argument("--budgets", default="20,40,80,160", help="CPU budgets in flat brief trainings of the average "
                     "candidate (default 20,40,80,160)")
     ap.add_argument("--seeds", type=int, default=20, help="sampler seeds per strategy (default 20)")
@@ -200,9 +204,9 @@ def main() -> None:
         epochs = [int(x) for x in args.rungs.split(",") if x]
         budgets = sorted({float(b) for b in args.budgets.split(",") if b})
         if args.smoke:
-            epochs, budgets, args.seeds, args.pick = [1, 2], [2.0, 4.0], 2, 1000
+            epochs, budgets, args.seeds, args.pick = [1, 2], [2.0, 6.0], 2, 1000
             args.brief_seeds = args.curve_seeds = 2
-            args.strategies = "flat,flat2,rungs1-2"
+            args.strategies = "flat,flat2,rungs1-2,restarts"
         if len(epochs) < 2 or epochs != sorted(set(epochs)) or epochs[0] < 1:
             raise ValueError(f"--rungs: increasing epochs, at least two (e.g. 2,6,18), got {args.rungs!r}")
         if not budgets or budgets[0] <= 0:
@@ -216,7 +220,10 @@ def main() -> None:
     with _studies.work_folder(None, "kdnas-rungs-") if args.smoke else _nullfolder(args.cache) as cache:
         sd = _enumerated.SMOKE if args.smoke else _enumerated.MNIST
         rt = rr.load(sd, cache, list(range(args.brief_seeds)), list(range(args.curve_seeds)), epochs,
-                     train=not args.no_train, smoke=args.smoke)
+                     train=not args.no_train, smoke=args.smoke,
+                     restarts=any(s.source == "restarts" for s in strategies.values()))
+        if args.smoke and len(rt.restart_seeds) != args.curve_seeds:
+            raise SystemExit("--smoke: a restarted schedule trained just now was refused (see above)")
         strategies = {s: rr.strategy(s, rt.brief_epochs, epochs) for s in specs}
         scorer = ys.Scorer(rt.long, args.pick)
         _STATE.update(rt=rt, scorer=scorer, strategies=strategies)
@@ -260,6 +267,8 @@ def report(args, rt: rr.RungTruth, scorer, specs: list[str], budgets: list[float
                                "true_hv": scorer.true_hv, "runs": {a: {s: {str(b): r for b, r in v.items()}
                                                                         for s, v in res[a].items()} for a in res}}))
     print(f"\nfigures: {out}; {time.perf_counter() - started:.0f}s")
+    if args.smoke and not any(r[budgets[-1]]["promotions"] for a in specs if "rungs" in a for r in res[a].values()):
+        raise SystemExit("--smoke: no run was promoted: the rung replay did not exercise kdnas's promotions")
 
 
 class _nullfolder:
