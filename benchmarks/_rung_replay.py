@@ -32,7 +32,7 @@ import optuna
 
 from kdnas.candidates import EPOCHS, KEY, PROMOTED_FROM, REUSED, RUN, RUNG, CHECKPOINT, candidate_key, difference
 from kdnas.candidates._estimate import Z
-from kdnas.config._study import Intensify, Rungs
+from kdnas.config._study import Rungs
 from kdnas.costs import DIRECTIONS
 from kdnas.study._rung_trial import DUPLICATE, check_duplicate, continuation
 from kdnas.study._runner import plan_next, when_stuck
@@ -144,8 +144,7 @@ def simulate(rt: RungTruth, scorer, st: Strategy, seed: int, budgets: list[float
     ladder = ladder_for(cfg, t.n_val, recipe)
     runtime = types.SimpleNamespace(cfg=cfg, table=ladder.first, recipe=recipe)
     index = {k: i for i, k in enumerate(t.keys)}
-    col = [rt.epochs.index(e) for e in st.epochs]
-    acc = {"curve": lambda: rt.curve[:, :, col], "restarts": lambda: rt.restarts,
+    acc = {"curve": lambda: rt.curve[:, :, [rt.epochs.index(e) for e in st.epochs]], "restarts": lambda: rt.restarts,
            "brief": lambda: t.acc[:, :, None]}[st.source]()
     if acc is None:
         raise SystemExit(f"strategy {st.name}: no valid {st.source} cache")

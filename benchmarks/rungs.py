@@ -195,7 +195,7 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=1, help="processes for the simulations (default 1)")
     ap.add_argument("--out", type=Path, help="every run's figures (default <cache>/rungs.json)")
     ap.add_argument("--smoke", action="store_true", help="seconds: a 3-candidate digits space trained into a "
-                    "temporary folder (2 seeds, rungs 1,2), 2 sampler seeds; figures mean nothing")
+                    "temporary folder (2 seeds, rungs 2,3; the flat brief 1 epoch), 2 sampler seeds; figures mean nothing")
     args = ap.parse_args()
     started = time.perf_counter()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
@@ -204,9 +204,9 @@ def main() -> None:
         epochs = [int(x) for x in args.rungs.split(",") if x]
         budgets = sorted({float(b) for b in args.budgets.split(",") if b})
         if args.smoke:
-            epochs, budgets, args.seeds, args.pick = [1, 2], [2.0, 6.0], 2, 1000
+            epochs, budgets, args.seeds, args.pick = [2, 3], [4.0, 12.0], 2, 1000
             args.brief_seeds = args.curve_seeds = 2
-            args.strategies = "flat,flat2,rungs1-2,restarts"
+            args.strategies = "flat,flat3,rungs2-3,restarts"
         if len(epochs) < 2 or epochs != sorted(set(epochs)) or epochs[0] < 1:
             raise ValueError(f"--rungs: increasing epochs, at least two (e.g. 2,6,18), got {args.rungs!r}")
         if not budgets or budgets[0] <= 0:
