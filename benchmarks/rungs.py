@@ -12,7 +12,9 @@ intensification, promotions and front; only the training is a lookup), with the 
 
 * ``flat``: every training 3 epochs (kdnas without rungs, as the yardstick studies are trained);
 * ``flat18``: every training 18 epochs (honest, but few candidates);
-* ``rungs2-6-18``: ``search.rungs: {epochs: [2, 6, 18], keep: 1/3}``.
+* ``rungs2-6-18``: ``search.rungs: {epochs: [2, 6, 18], keep: 1/3}``;
+* (optional) ``restarts``: the same rungs with each rung's stretch annealed and restarted
+  (``_rung_truth.py --restarts``), the alternative schedule; ``rungs6-18``, ``_k0.5``: other rungs and shares.
 
 A training costs the epochs it adds times the candidate's CPU seconds per epoch (its 18-epoch train_seconds /
 18, one thread); budgets are in units of one flat brief training of the average candidate (3 epochs at the
