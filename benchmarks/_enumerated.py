@@ -206,7 +206,7 @@ chain:
   assistants:
     resnet_cifar: {depth: 8, width: 0.5}
 """
-MNIST_NAME = "search_reliability_mnist5k"
+MNIST_NAME, SMOKE_NAME = "search_reliability_mnist5k", "search_reliability_smoke"
 
 
 def _mnist_cfg(name: str, space: str, smoke: bool) -> Callable[[Path, int], Any]:
@@ -225,6 +225,6 @@ def _mnist_cfg(name: str, space: str, smoke: bool) -> Callable[[Path, int], Any]
 
 MNIST = SpaceDef("mnist5k", _mnist_cfg(MNIST_NAME, MNIST_SPACE, False),
                  lambda cache, seed: cache / MNIST_NAME / f"candidates_seed{seed}.json")
-SMOKE = SpaceDef("smoke", _mnist_cfg("search_reliability_smoke", SMOKE_SPACE, True),
-                 lambda cache, seed: cache / "search_reliability_smoke" / f"candidates_seed{seed}.json")
+SMOKE = SpaceDef("smoke", _mnist_cfg(SMOKE_NAME, SMOKE_SPACE, True),
+                 lambda cache, seed: cache / SMOKE_NAME / f"candidates_seed{seed}.json")
 SPACES = {"digits": DIGITS, "mnist5k": MNIST, "smoke": SMOKE}

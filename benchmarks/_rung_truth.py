@@ -36,23 +36,31 @@ from kdnas.study import _trial  # noqa: E402
 from kdnas.study._runtime import prepare  # noqa: E402
 
 RUNGS = [2, 6, 18]
+_REAL_FIT = _trial.fit  # before any seed's training replaces it (train(..., restarts=True))
 
 
-def mnist_cfg(cache: Path, seed: int, epochs: int):
-    """The yardstick's MNIST-5k study (``_enumerated.MNIST``) with the students trained ``epochs`` epochs."""
-    run_dir = cache / _enumerated.MNIST_NAME
+def mnist_cfg(cache: Path, seed: int, epochs: int, smoke: bool = False):
+    """The yardstick's MNIST-5k study (``_enumerated.MNIST``) with the students trained ``epochs`` epochs; with
+    ``smoke``, ``_enumerated.SMOKE``'s space on digits (benchmarks/rungs.py --smoke)."""
+    name, space = (_enumerated.SMOKE_NAME, _enumerated.SMOKE_SPACE) if smoke else (_enumerated.MNIST_NAME,
+                                                                                  _enumerated.MNIST_SPACE)
+    run_dir = cache / name
     run_dir.mkdir(parents=True, exist_ok=True)
     space_path = run_dir / "space.yaml"
-    space_path.write_text(_enumerated.MNIST_SPACE)
-    overrides = {"name": _enumerated.MNIST_NAME, "seed": seed, "threads": 1, "student": {"train": {"epochs": epochs}},
+    space_path.write_text(space)
+    overrides = {"name": name, "seed": seed, "threads": 1, "student": {"train": {"epochs": epochs}},
                  "search": {"space": str(space_path.resolve()), "early_stopping": {"enabled": False}}}
+    if smoke:  # _studies.SMOKE, but the students keep this table's budget (SMOKE's would be 1 epoch)
+        overrides = _studies.merge(_studies.merge(overrides, _studies.SMOKE),
+                                   {"student": {"train": {"epochs": epochs}}, "assistants": {"train": {"epochs": 1}}})
     return load_study(_studies.derive(_studies.STUDIES / "mnist5k.yaml", run_dir, overrides))
 
 
-def cache_file(cache: Path, seed: int, rungs: list[int], curve: bool, restarts: bool = False) -> Path:
+def cache_file(cache: Path, seed: int, rungs: list[int], curve: bool, restarts: bool = False,
+               smoke: bool = False) -> Path:
     joined = "-".join(map(str, rungs))
     tag = f"restarts{joined}" if restarts else f"curve{joined}" if curve else f"annealed{rungs[0]}"
-    return cache / _enumerated.MNIST_NAME / f"candidates_{tag}_seed{seed}.json"
+    return cache / (_enumerated.SMOKE_NAME if smoke else _enumerated.MNIST_NAME) / f"candidates_{tag}_seed{seed}.json"
 
 
 def _restarting_fit(rungs: list[int], split, real_fit, curve_now: dict):
@@ -73,13 +81,13 @@ def _restarting_fit(rungs: list[int], split, real_fit, curve_now: dict):
     return fit
 
 
-def train(cache: Path, seed: int, rungs: list[int], curve: bool, restarts: bool = False) -> None:
+def train(cache: Path, seed: int, rungs: list[int], curve: bool, restarts: bool = False, smoke: bool = False) -> None:
     """Train every candidate not yet in the cache: for ``rungs[-1]`` epochs reading the rungs on the way
     (``curve``), or for ``rungs[0]`` epochs alone, or rung by rung with restarts."""
     epochs = rungs[-1] if curve or restarts else rungs[0]
-    cfg = mnist_cfg(cache, seed, epochs)
+    cfg = mnist_cfg(cache, seed, epochs, smoke)
     grid = _enumerated.enumerate_space(cfg.space)
-    path = cache_file(cache, seed, rungs, curve, restarts)
+    path = cache_file(cache, seed, rungs, curve, restarts, smoke)
     data = json.loads(path.read_text()) if path.exists() else {"rungs": rungs, "candidates": {}}
     done = data["candidates"]
     rt = prepare(cfg)
@@ -93,8 +101,9 @@ def train(cache: Path, seed: int, rungs: list[int], curve: bool, restarts: bool 
         return on_epoch
 
     _trial.checkpoint_hook = recorder  # reads the validation accuracy mid-run; no draw from any generator
-    if restarts:
-        _trial.fit = _restarting_fit(rungs, rt.split, _trial.fit, curve_now)
+    # kdnas's own fit, wrapped afresh for each seed: wrapping the last seed's wrapper would run each rung's
+    # stretch as a whole restarted schedule (54 epochs, not 18: seeds after the first of a --seeds list were).
+    _trial.fit = _restarting_fit(rungs, rt.split, _REAL_FIT, curve_now) if restarts else _REAL_FIT
     objective = _trial.make_objective(rt)
     t0 = time.perf_counter()
     for i, params in enumerate(grid):
