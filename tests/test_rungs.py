@@ -95,6 +95,27 @@ def test_the_highest_rung_promotes_first_and_a_run_goes_on_once() -> None:
     assert ladder(trials).next_promotion() is None  # rung 0 keeps 2 (A, B): both went on already
 
 
+def test_a_kept_distilled_candidate_takes_its_labels_only_twin_along() -> None:
+    def t(number, key, val, params, method, student):
+        tr = trial(number, key, val, params)
+        tr.set_user_attr("candidate", {"student": {"family": student}, "method": {"name": method}})
+        return tr
+
+    # Student s1 with KD is the best; its labels-only twin is far behind (a brief figure: KD converges faster).
+    trials = [t(0, "kd1", 0.95, 100, "hinton", "s1"), t(1, "none1", 0.60, 100, "none", "s1"),
+              t(2, "kd2", 0.70, 300, "hinton", "s2"), t(3, "none2", 0.65, 300, "none", "s2")]
+    assert [e.key for e in ladder(trials, keep=0.25).kept(0)] == ["kd1"]
+    p = ladder(trials, keep=0.25).next_promotion()
+    assert p.entry.key == "kd1"
+    trials.append(trial(4, "kd1", 0.5, 1, rung=1, run=0, promoted_from=0, state="WAITING"))
+    p = ladder(trials, keep=0.25).next_promotion()
+    assert p.entry.key == "none1" and p.source == 1  # the twin, though it is not kept on its own figure
+    trials.append(trial(5, "none1", 0.5, 1, rung=1, run=1, promoted_from=1, state="WAITING"))
+    assert ladder(trials, keep=0.25).next_promotion() is None
+    off = Ladder(400, ["accuracy", "params"], None, (1, 3, 9), 0.25, baselines=False).update(trials[:5])
+    assert off.next_promotion() is None
+
+
 def test_fronts_compare_two_candidates_at_the_highest_budget_both_reached() -> None:
     # X climbed to rung 1 (0.95 there, 0.80 at rung 0); Y stayed at rung 0 with 0.85 and fewer parameters;
     # Z stayed at rung 0 with 0.70 and more parameters than X.

@@ -25,6 +25,7 @@ this one continued).
 
 from __future__ import annotations
 
+import json
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -97,6 +98,10 @@ def rank(keys: Sequence[str], points: np.ndarray) -> list[int]:
     return [by_key[i] for i in sorted(range(len(keys)), key=lambda i: (fronts[i], -dist[i], keys[i]))]
 
 
+def _student(e: Entry) -> str:
+    return json.dumps((e.attrs.get("candidate") or {}).get("student"), sort_keys=True)
+
+
 def kept_count(n: int, keep: float) -> int:
     return math.floor(n * keep + 1e-9)  # 9 * (1/3) is 2.9999999999999996 in floating point
 
@@ -117,9 +122,9 @@ class Ladder:
 
     def __init__(self, n_val: int, objectives: Sequence[str], recipe: Mapping[str, Any] | None,
                  epochs: Sequence[int] = (), keep: float = 1 / 3,
-                 scalar: Callable[[Entry], float] | None = None):
+                 scalar: Callable[[Entry], float] | None = None, baselines: bool = True):
         self.epochs = list(epochs)
-        self.keep, self.scalar = keep, scalar
+        self.keep, self.scalar, self.baselines = keep, scalar, baselines
         self.tables = [CandidateTable(n_val, objectives, recipe, rung=r) for r in range(max(1, len(self.epochs)))]
         self.promoted: set[int] = set()  # trials another trial continues (or is about to)
         self._seen: set[int] = set()  # finished trials read for good
@@ -186,13 +191,27 @@ class Ladder:
 
     def next_promotion(self) -> Promotion | None:
         """The run to continue now, or None: from the highest rung down, the first kept candidate (in rank order)
-        with a run at that rung that has not gone on, its earliest such run."""
+        with a run at that rung that has not gone on, its earliest such run. With ``baselines``, a kept distilled
+        candidate takes its labels-only twin (the same student, method ``none``, no chain) along right after it:
+        the gain of its method is then measured at the budget it reached, not only at the first rung's, where
+        (docs/search.md, "Rungs") a brief figure misstates it."""
         for r in range(self.rungs - 2, -1, -1):
+            twins = self._labels_only(r) if self.baselines else {}
             for entry in self.kept(r):
-                waiting = [n for n in entry.trials if n not in self.promoted]
-                if waiting:
-                    return Promotion(min(waiting), r + 1, entry)
+                for e in (entry, twins.get(_student(entry))):
+                    waiting = [] if e is None else [n for n in e.trials if n not in self.promoted]
+                    if waiting:
+                        return Promotion(min(waiting), r + 1, e)
         return None
+
+    def _labels_only(self, r: int) -> dict[str, Entry]:
+        """The labels-only candidates at rung ``r`` (no chain), by student."""
+        out = {}
+        for e in self.tables[r].estimates():
+            cand = e.attrs.get("candidate") or {}
+            if (cand.get("method") or {}).get("name") == "none" and not (cand.get("chain") or {}).get("assistants"):
+                out[_student(e)] = e
+        return out
 
     def highest(self) -> dict[str, Entry]:
         """Each candidate at the highest rung it reached (its entry in that rung's table)."""

@@ -90,6 +90,9 @@ class Rungs:
 
     epochs: list[int] = field(default_factory=list)
     keep: float = 1 / 3
+    # A kept distilled candidate takes its labels-only twin (same student, method `none`) along, so that what
+    # its method adds is measured at the budget it reached (docs/search.md, "Rungs").
+    baselines: bool = True
 
     @property
     def enabled(self) -> bool:

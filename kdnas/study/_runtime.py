@@ -100,4 +100,5 @@ def ladder_for(cfg: StudyConfig, n_val: int, recipe: dict | None) -> Ladder:
         def scalar(e) -> float:
             costs = {k: e.attrs[k] for k in ("params", "macs", "latency_ms")}
             return combined_score(e.estimate.mean, costs, cfg.score)
-    return Ladder(n_val, cfg.objectives, recipe, rungs.epochs if rungs.enabled else (), rungs.keep, scalar)
+    return Ladder(n_val, cfg.objectives, recipe, rungs.epochs if rungs.enabled else (), rungs.keep, scalar,
+                  rungs.baselines)
