@@ -57,6 +57,7 @@ class Strategy:
     epochs: tuple[int, ...]
     source: str
     keep: float = 1 / 3
+    baselines: bool = True  # search.rungs.baselines: a kept distilled candidate's labels-only twin goes on with it
 
     @property
     def laddered(self) -> bool:
@@ -66,7 +67,10 @@ class Strategy:
 def strategy(spec: str, brief: int, curve: list[int]) -> Strategy:
     """``flat`` (the brief budget, its own runs), ``flatE`` (E epochs of the long schedule; E a curve epoch),
     ``rungsA-B-C`` (rungs at those epochs of the long schedule), ``restarts`` (rungs at every curve epoch, a
-    schedule annealed within each rung); the last two with an optional ``_kK`` (keep share K)."""
+    schedule annealed within each rung); the last two with an optional ``_kK`` (keep share K) and ``_nobase`` (no
+    labels-only twin taken along: search.rungs.baselines false)."""
+    if spec.endswith("_nobase"):
+        return dataclasses.replace(strategy(spec.removesuffix("_nobase"), brief, curve), name=spec, baselines=False)
     base, _, keep = spec.partition("_k")
     try:
         k = float(keep) if keep else 1 / 3
@@ -137,7 +141,8 @@ def simulate(rt: RungTruth, scorer, st: Strategy, seed: int, budgets: list[float
     """One run of strategy ``st`` under sampler seed ``seed``: the scored report at each budget (in units of
     ``rt.unit``: the report after the last training whose CPU fits in it)."""
     t = rt.base
-    search = dataclasses.replace(t.cfg.search, rungs=Rungs(list(st.epochs), st.keep) if st.laddered else Rungs())
+    search = dataclasses.replace(t.cfg.search, rungs=Rungs(list(st.epochs), st.keep, st.baselines) if st.laddered
+                                 else Rungs())
     cfg = dataclasses.replace(t.cfg, search=search)
     object.__setattr__(cfg, "space_obj", t.cfg.space_obj)  # not an init field: replace() drops it
     recipe = {"space": t.name}
