@@ -216,6 +216,16 @@ def test_promoted_runs_continue_their_checkpoint_and_end_as_an_uninterrupted_run
         assert fixed.user_attrs["val_accuracy"] == t.user_attrs["val_accuracy"]
 
 
+def test_the_real_studys_report_says_every_budget(searched: Path) -> None:
+    import pandas as pd
+
+    report = searched / "reports" / "rungs"
+    assert "## How rankings changed between rungs" in (report / "summary.md").read_text()
+    trials = pd.read_csv(report / "trials.csv")
+    assert set(trials["epochs"].dropna()) == {1, 3} and trials["promoted_from"].notna().any()
+    assert {"rung", "epochs", "val_at_1_epochs", "val_at_3_epochs"} <= set(pd.read_csv(report / "candidates.csv").columns)
+
+
 def test_a_duplicate_promotion_is_pruned_and_gives_its_training_back(searched: Path, tmp_path: Path) -> None:
     import shutil
 

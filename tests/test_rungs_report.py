@@ -227,6 +227,7 @@ def test_hypervolume_history_takes_each_candidate_at_its_highest_rung() -> None:
         assert got[n] == pytest.approx(hypervolume(front)), n
 
 
+@pytest.mark.slow  # the default suite's real rung study is tests/test_rungs.py's (its report checked there)
 def test_a_tiny_real_study_with_rungs_end_to_end(tmp_path: Path, capsys) -> None:
     """Digits, a small teacher, rungs of 1, 2, 3 epochs: the search's closing lines and its report say budgets."""
     (tmp_path / "space.yaml").write_text(TINY_SPACE.replace("methods:\n", "methods:\n  none: {}\n"))
