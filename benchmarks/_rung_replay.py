@@ -269,7 +269,8 @@ def effects(ladder, pairs: list[tuple[str, int, int]], true: np.ndarray, kkey: d
             keys: list[str]) -> dict:
     """The direct Hinton gain over labels-only of each student as the study would report it: at the highest rung
     where both candidates have a replicate (a flat study: its one rung), a paired difference with its 90 %
-    interval (kdnas.candidates.difference), against the true gain (the long budget's means)."""
+    interval (kdnas.candidates.difference), against the true gain (the long budget's means); like the report,
+    only the students whose arms met at the highest rung any students' did."""
     per: dict[str, tuple] = {}
     for student, b, k in pairs:
         for r in range(ladder.rungs - 1, -1, -1):
@@ -278,6 +279,9 @@ def effects(ladder, pairs: list[tuple[str, int, int]], true: np.ndarray, kkey: d
                 d = difference(ek.estimate, eb.estimate)
                 per[student] = (d.mean, d.lo, d.hi, r, float(true[k] - true[b]))
                 break
+    # As the report does (kdnas/results/_effects.py): the students whose arms met at the highest rung any did.
+    top = max((p[3] for p in per.values()), default=0)
+    per = {s: p for s, p in per.items() if p[3] == top}
     if not per:
         return {"kd_measured": 0.0, "kd_sign": float("nan"), "kd_mae": float("nan"), "kd_bias": float("nan"),
                 "kd_covered": float("nan"), "kd_per_student": {}}
