@@ -116,6 +116,27 @@ def test_a_kept_distilled_candidate_takes_its_labels_only_twin_along() -> None:
     assert off.next_promotion() is None
 
 
+def test_a_kept_distilled_candidate_without_a_labels_only_twin_gets_one_started() -> None:
+    from kdnas.candidates import twin_params
+
+    def t(number, key, val, params, method, student):
+        tr = trial(number, key, val, params)
+        tr.set_user_attr("candidate", {"student": {"family": student}, "method": {"name": method}})
+        tr.params = {"student.family": student, "method": method, f"method.{method}.alpha": 0.5}
+        return tr
+
+    trials = [t(0, "kd1", 0.95, 100, "hinton", "s1"), t(1, "kd2", 0.70, 300, "hinton", "s2"),
+              t(2, "none2", 0.65, 300, "none", "s2")]
+    lad = ladder(trials, keep=0.34)
+    assert [e.key for e in lad.kept(0)] == ["kd1"]
+    (need,) = lad.missing_twins()  # s1 was never trained on labels only
+    assert need.key == "kd1" and twin_params(need.params) == {"student.family": "s1", "method": "none"}
+    started = trial(3, "?", 0.0, 1, state="WAITING")
+    started.set_user_attr("twin_of", "kd1")
+    assert ladder(trials + [started], keep=0.34).missing_twins() == []  # asked for once
+    assert twin_params({"student.family": "s1"}) is None  # a space of one method has no labels-only twin
+
+
 def test_fronts_compare_two_candidates_at_the_highest_budget_both_reached() -> None:
     # X climbed to rung 1 (0.95 there, 0.80 at rung 0); Y stayed at rung 0 with 0.85 and fewer parameters;
     # Z stayed at rung 0 with 0.70 and more parameters than X.

@@ -11,11 +11,11 @@ from kdnas.candidates._estimate import (LEVEL, Difference, Estimate, binomial_va
                                         mean_difference, overdispersion)
 from kdnas.candidates._identity import canonical, candidate_key
 from kdnas.candidates._intensify import Choice, choose, due
-from kdnas.candidates._rungs import (CARRIED, EPOCHS, PROMOTED_FROM, Ladder, Merged, Promotion, crowding, kept_count,
+from kdnas.candidates._rungs import (CARRIED, EPOCHS, PROMOTED_FROM, TWIN_OF, Ladder, Merged, twin_params, Promotion, crowding, kept_count,
                                      nondominated_ranks, rank, rung_of)
 from kdnas.candidates._table import CHECKPOINT, INTENSIFY, KEY, REUSED, RUN, RUNG, CandidateTable, Entry, trial_key
 
 __all__ = ["binomial_variance", "candidate_key", "CandidateTable", "canonical", "choose", "Choice", "difference",
            "Difference", "due", "Entry", "estimate", "Estimate", "INTENSIFY", "KEY", "LEVEL", "mean_difference",
-           "overdispersion", "REUSED", "trial_key", "CARRIED", "CHECKPOINT", "EPOCHS", "PROMOTED_FROM", "RUN", "RUNG", "Ladder", "Merged", "Promotion",
+           "overdispersion", "REUSED", "trial_key", "CARRIED", "CHECKPOINT", "EPOCHS", "PROMOTED_FROM", "RUN", "RUNG", "Ladder", "Merged", "Promotion", "TWIN_OF", "twin_params",
            "crowding", "kept_count", "nondominated_ranks", "rank", "rung_of"]

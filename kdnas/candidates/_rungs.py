@@ -37,6 +37,7 @@ from kdnas.candidates._table import CHECKPOINT, KEY, RUN, RUNG, CandidateTable, 
 from kdnas.costs import DIRECTIONS
 
 EPOCHS, PROMOTED_FROM = "epochs", "promoted_from"
+TWIN_OF = "twin_of"  # set on a new run of a labels-only candidate started for a kept distilled one (its key)
 # What a promotion's enqueued attributes say (kdnas/study/_rung_trial.py), carried over when it is retried.
 CARRIED = (KEY, PROMOTED_FROM, RUNG, RUN, CHECKPOINT, "seed")
 
@@ -98,6 +99,14 @@ def rank(keys: Sequence[str], points: np.ndarray) -> list[int]:
     return [by_key[i] for i in sorted(range(len(keys)), key=lambda i: (fronts[i], -dist[i], keys[i]))]
 
 
+def twin_params(params: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The Optuna parameters of the labels-only twin of the candidate sampled by ``params``: its student's, and
+    method ``none`` (which samples no hyperparameter and no chain); None when the space samples no method."""
+    if "method" not in params:
+        return None
+    return {**{k: v for k, v in params.items() if k.startswith("student.")}, "method": "none"}
+
+
 def _student(e: Entry) -> str:
     return json.dumps((e.attrs.get("candidate") or {}).get("student"), sort_keys=True)
 
@@ -127,6 +136,7 @@ class Ladder:
         self.keep, self.scalar, self.baselines = keep, scalar, baselines
         self.tables = [CandidateTable(n_val, objectives, recipe, rung=r) for r in range(max(1, len(self.epochs)))]
         self.promoted: set[int] = set()  # trials another trial continues (or is about to)
+        self.twins_started: set[str] = set()  # distilled candidates whose labels-only twin a trial was started for
         self._seen: set[int] = set()  # finished trials read for good
 
     @property
@@ -143,6 +153,8 @@ class Ladder:
                 continue
             if PROMOTED_FROM in t.user_attrs:
                 self.promoted.add(int(t.user_attrs[PROMOTED_FROM]))
+            if TWIN_OF in t.user_attrs:
+                self.twins_started.add(str(t.user_attrs[TWIN_OF]))
             if t.state.is_finished():
                 self._seen.add(t.number)
         for table in self.tables:
@@ -203,6 +215,22 @@ class Ladder:
                     if waiting:
                         return Promotion(min(waiting), r + 1, e)
         return None
+
+    def missing_twins(self) -> list[Entry]:
+        """Kept distilled candidates (at any rung but the last) whose student the study never trained on labels
+        only, and for which no such run was started: each needs a labels-only twin before its gain can be
+        measured at all (``twin_params`` makes its parameters)."""
+        have = set(self._labels_only(0))  # every candidate passes the first rung
+        out = []
+        for r in range(self.rungs - 1):
+            for e in self.kept(r):
+                student = _student(e)
+                cand = e.attrs.get("candidate") or {}
+                if (cand.get("method") or {}).get("name") not in (None, "none") and student not in have \
+                        and e.key not in self.twins_started:
+                    out.append(e)
+                    have.add(student)
+        return out
 
     def _labels_only(self, r: int) -> dict[str, Entry]:
         """The labels-only candidates at rung ``r`` (no chain), by student."""

@@ -19,7 +19,7 @@ from typing import Any
 import optuna
 import torch
 
-from kdnas.candidates import CARRIED, CHECKPOINT, EPOCHS, KEY, PROMOTED_FROM, RUN, RUNG, Ladder
+from kdnas.candidates import CARRIED, CHECKPOINT, EPOCHS, KEY, PROMOTED_FROM, RUN, RUNG, TWIN_OF, Ladder, twin_params
 from kdnas.config import StudyConfig
 from kdnas.core import ArtifactStore, KdnasError, TrialFailure, load_object, save_object
 from kdnas.models import digest
@@ -83,11 +83,20 @@ def load_run(store: ArtifactStore, key: str, drops: torch.Generator) -> dict:
 
 def promote(cfg: StudyConfig, study: optuna.Study, ladder: Ladder) -> bool:
     """Before a trial: enqueue the next promotion (kdnas/candidates/_rungs.py) when there is one and nothing else
-    waits; return whether one was enqueued."""
+    waits, else (``search.rungs.baselines``) a first run of the labels-only twin of a kept distilled candidate
+    that has none, so that its gain can be measured at the budget it climbs to; return whether one was
+    enqueued."""
     if not cfg.search.rungs.enabled or ladder.waiting:
         return False
     p = ladder.next_promotion()
     if p is None:
+        if not (cfg.search.rungs.baselines and "none" in cfg.space.methods):
+            return False
+        for e in ladder.missing_twins():
+            params = twin_params(e.params)
+            if params is not None:
+                study.enqueue_trial(params, user_attrs={TWIN_OF: e.key})
+                return True
         return False
     source = p.entry.trials.index(p.source)
     epochs = cfg.search.rungs.epochs
