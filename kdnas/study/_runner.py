@@ -218,7 +218,8 @@ def plan_next(cfg: StudyConfig, study: optuna.Study, ladder: Ladder,
 
 def _first_and_top(candidates: CandidateTable | Ladder, trials: list | None, study: optuna.Study
                    ) -> tuple[CandidateTable, CandidateTable, int]:
-    """The first rung's table (new runs, the cap), the top rung's (the front) and the waiting trials."""
+    """The first rung's table (new runs, the cap), what the front is read from (with rungs, every candidate at its
+    highest rung: ``Ladder.view()``) and the waiting trials."""
     candidates.update(study.get_trials(deepcopy=False) if trials is None else trials)
     if isinstance(candidates, Ladder):
         return candidates.first, candidates.view(), candidates.waiting
@@ -228,8 +229,9 @@ def _first_and_top(candidates: CandidateTable | Ladder, trials: list | None, stu
 def intensify(cfg: StudyConfig, study: optuna.Study, candidates: CandidateTable | Ladder,
               trials: list[optuna.trial.FrozenTrial] | None = None) -> None:
     """Before a trial: when a re-evaluation is due (kdnas/candidates/_intensify.py), enqueue it. ``trials``: the
-    study's trials, read just now (default: read here). With rungs, the front is the top rung's, and a
-    re-evaluation is a new run of the candidate: it starts at the first rung and climbs as its candidate is kept."""
+    study's trials, read just now (default: read here). With rungs, the front compares candidates at the highest
+    budget both reached, and a re-evaluation is a new run of the candidate: it starts at the first rung and climbs
+    as its candidate is kept."""
     rule = cfg.search.intensify
     if not rule.enabled:
         return
