@@ -304,3 +304,11 @@ def test_two_workers_promote_each_run_once(tmp_path: Path) -> None:
         by_number = {t.number: t for t in trials}
         for s in sources:
             assert by_number[s].state.name == "COMPLETE" and by_number[s].user_attrs["rung"] == 0
+
+
+def test_a_study_in_score_mode_ranks_a_rung_by_its_score() -> None:
+    trials = [trial(0, "A", 0.90, 900), trial(1, "B", 0.85, 100), trial(2, "C", 0.60, 50), trial(3, "D", 0.50, 800)]
+    # A score that prices parameters: B (0.85 - 0.01) beats A (0.90 - 0.09) though A is more accurate.
+    lad = Ladder(400, ["accuracy", "params"], None, (1, 3), 0.5,
+                 scalar=lambda e: e.estimate.mean - e.attrs["params"] / 1e4).update(trials)
+    assert [e.key for e in lad.ranking(0)] == ["B", "A", "C", "D"] and [e.key for e in lad.kept(0)] == ["B", "A"]

@@ -95,10 +95,11 @@ def _prepare(cfg: StudyConfig, device: torch.device, latency: LatencyCache, resu
 def ladder_for(cfg: StudyConfig, n_val: int, recipe: dict | None) -> Ladder:
     """The study's :class:`Ladder`: its rungs, and in score mode the combined score as the ranking at a rung."""
     rungs = cfg.search.rungs
-    scalar = None
-    if cfg.score.mode == "score":
-        def scalar(e) -> float:
-            costs = {k: e.attrs[k] for k in ("params", "macs", "latency_ms")}
-            return combined_score(e.estimate.mean, costs, cfg.score)
+
+    def score(e) -> float:
+        costs = {k: e.attrs[k] for k in ("params", "macs", "latency_ms")}
+        return combined_score(e.estimate.mean, costs, cfg.score)
+
+    scalar = score if cfg.score.mode == "score" else None
     return Ladder(n_val, cfg.objectives, recipe, rungs.epochs if rungs.enabled else (), rungs.keep, scalar,
                   rungs.baselines)
