@@ -9,7 +9,7 @@ What "caches" means here, and what each side does:
 - **off**: the teacher (and each assistant) runs forward on every training batch of every trial, as
   happens when the students' inputs are randomly augmented, and every trial trains the assistants of its
   chain itself. Done by patching, in the `kdnas search` process of this side only,
-  ``kdnas.study._runtime.teacher_logits`` and ``kdnas.distill._chain.teacher_logits`` (they return the per-batch
+  ``kdnas.study._teachers.teacher_logits`` and ``kdnas.distill._chain.teacher_logits`` (they return the per-batch
   provider, as with ``random_augment=True``; the inputs stay un-augmented, so both sides train on the same
   data) and ``AssistantPool.get`` (no memory, a throw-away store). No library code is changed.
 
@@ -49,7 +49,7 @@ import _studies  # noqa: E402
 def child(side: str, stats_path: str, argv: list[str]) -> int:
     """`kdnas search ...` with the caches of ``side`` ("on" or "off"), recording where time went."""
     import kdnas.distill._chain as chain_mod
-    import kdnas.study._runtime as study_mod
+    import kdnas.study._teachers as study_mod
     import kdnas.study._teacher as teacher_mod
     from kdnas.core import ArtifactStore
     from kdnas.cli import main

@@ -22,7 +22,7 @@ from kdnas.data import TensorSource
 from kdnas.distill import Guide, MethodSpec, TeacherLogits, ensemble_guide, guided_loss
 from kdnas.models import build, make_spec
 from kdnas.train import Batch
-from tests._util import DIGITS, QUICK_LATENCY, REPO
+from tests._util import DIGITS, REPO
 
 SPACE = """\
 students:
@@ -48,7 +48,7 @@ search:
   trials: 3
   sampler: random
 objectives: [accuracy, params, latency]
-costs: {{latency: {QUICK_LATENCY}}}
+costs: {{latency: {{min_seconds: 0.05, max_seconds: 0.3, background: false}}}}
 """
 
 TRAINED = re.compile(r"training teacher (\w+) ")

@@ -81,7 +81,8 @@ def _describe(e: Entry, t: optuna.trial.FrozenTrial) -> str:
     """The candidate's figures; with rungs (``search.rungs``), at which budget (`@18 ep`: its trial's)."""
     at = f" @{t.user_attrs['epochs']} ep" if "rung" in t.user_attrs and "epochs" in t.user_attrs else ""
     return (f"val {e.estimate.text()}{at}, {int(e.attrs['params']):,} params, "
-            f"{float(e.attrs['latency_ms']):.3f} ms, {e.attrs.get('student')} {e.attrs.get('method')}")
+            f"{float(e.attrs['latency_ms']):.3f} ms, {e.attrs.get('student')} {e.attrs.get('method')}"
+            + (f" from {e.attrs['teacher_name']}" if (e.attrs.get("candidate") or {}).get("teacher") else ""))
 
 
 def _figure(e: Entry, key: str) -> float | None:

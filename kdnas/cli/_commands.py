@@ -77,8 +77,13 @@ def search_summary(name: str, snap) -> list[str]:
         note = f"  not separable from {', '.join(f'#{n}' for n in loose)}" if loose else ""
         lines.append(f"  trial {int(row['representative']):>3}: val {e.estimate.text()}{snap.budget(e)} test "
                      f"{pm(test_estimate(e, snap.n_test))}  {int(e.attrs['params']):>9,} params  "
-                     f"{float(e.attrs['latency_ms']):.3f} ms  {e.attrs['student']} {e.attrs['method']}{note}")
+                     f"{float(e.attrs['latency_ms']):.3f} ms  {e.attrs['student']} {e.attrs['method']}{_from(e)}{note}")
     return lines
+
+
+def _from(e) -> str:
+    teacher = (e.attrs.get("candidate") or {}).get("teacher")  # a study of several teachers names it
+    return f" from {teacher}" if teacher else ""
 
 
 def cmd_report(args: argparse.Namespace) -> int:
