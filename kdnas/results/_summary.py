@@ -11,6 +11,9 @@ import pandas as pd
 from kdnas.candidates import LEVEL
 from kdnas.results import _effects as effects, _fidelity_text as fidelity, _rungs_text as rungs
 from kdnas.results._candidates import Snapshot, pm, separability
+from kdnas.results._efficiency_text import efficiency_lines
+from kdnas.results._teacher_effects import section_lines as teacher_lines
+from kdnas.results._teachers import choices_line
 
 
 def _fmt_int(v) -> str:
@@ -122,7 +125,10 @@ def summary_markdown(snap: Snapshot, df: pd.DataFrame, hv: pd.Series | None = No
     if data:
         lines.append(f"Data: `{data.get('dataset')}`, {data.get('train')} train / {data.get('val')} val / "
                      f"{data.get('test')} test images. Candidates are ranked on **val**; test is only reported.")
-    if teacher:
+    labels = list(snap.teachers)
+    if len(labels) > 1:
+        lines.append(choices_line(snap.teachers))
+    elif teacher:
         lines.append(f"Teacher: `{json.dumps(teacher.get('spec'))}`, {_fmt_int(teacher.get('params'))} params, "
                      f"{_fmt_int(teacher.get('macs'))} MACs, {teacher.get('latency_ms', float('nan')):.3f} ms, "
                      f"val {_pct(teacher.get('val_accuracy'))}, test {_pct(teacher.get('test_accuracy'))} (one "
@@ -142,7 +148,9 @@ def summary_markdown(snap: Snapshot, df: pd.DataFrame, hv: pd.Series | None = No
     lines += method_table(df, snap)
     if snap.rungs:
         lines += rungs.ladder_lines(snap.ladder)
-    lines += effects.summary_lines(snap.table)
+    lines += effects.summary_lines(snap.table, labels)
+    lines += teacher_lines(snap.table, labels)
+    lines += efficiency_lines(snap)
     if fidelity_df is not None:
         lines += fidelity.summary_lines(fidelity_df)
     for state, title in (("FAIL", "Failed trials"), ("PRUNED", "Pruned or rejected trials")):
@@ -154,5 +162,6 @@ def summary_markdown(snap: Snapshot, df: pd.DataFrame, hv: pd.Series | None = No
               "`candidates.csv` (every candidate: mean, standard error, 90 % interval, replicates), `report.html` "
               "(everything in one page), `pareto.png` (candidates' means and 90 % intervals against parameters, MACs "
               "and latency), `hypervolume.png` (hypervolume of the front of means, trial by trial), `effects.png` "
-              "(gain over labels-only by method and chain length, with intervals), `importances.png`."]
+              "(gain over labels-only by method and chain length" + (", by teacher, and teacher against teacher" if
+              len(labels) > 1 else "") + ", with intervals), `importances.png`."]
     return "\n".join(lines) + "\n"
