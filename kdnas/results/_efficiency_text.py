@@ -29,9 +29,11 @@ def efficiency_lines(snap: Snapshot) -> list[str]:
     keys = {e.key for e in front}
     twins = [e for e in snap.table.estimates() if e.key not in keys and kd_gain(e, base.get(e.rung)) is not None]
     extra = sorted(twins, key=lambda e: (e.attrs.get("params") or 0, e.key)) if len(twins) <= FEW else []
-    ref = reference(snap.teachers)
+    ref, many = reference(snap.teachers), len(snap.teachers) > 1  # one teacher: no teacher column
+    whom = (f"its own teacher (labels-only: against the reference teacher `{ref}`)" if many else
+            "the study's teacher")
     lines = ["", "## Distillation efficiency", "",
-             f"Each candidate against its own teacher (labels-only: against the reference teacher `{ref}`): "
+             f"Each candidate against {whom}: "
              "*retained*, its mean validation accuracy over the teacher's; *compression*, the teacher's cost over "
              "its own; *efficiency*, MnasNet's score with the teacher's costs as targets, in units of the teacher's "
              "accuracy (1: as good as the teacher at MnasNet's exchange rate); *gain*, its mean minus that of "
@@ -43,9 +45,9 @@ def efficiency_lines(snap: Snapshot) -> list[str]:
              (f" Below the front: the {len(extra)} other distilled candidates with a labels-only twin." if extra else
               f" The other {len(twins)} distilled candidates with a labels-only twin: `candidates.csv`." if twins
               else ""), "",
-             "| trial | front | student | method | chain | teacher | val acc | retained | compression (params) | "
-             "compression (latency) | efficiency | gain over labels-only (points, 90 % interval) |",
-             "|---:|:---:|---|---|---|---|---:|---:|---:|---:|---:|---|"]
+             "| trial | front | student | method | chain | " + ("teacher | " if many else "") + "val acc | retained | "
+             "compression (params) | compression (latency) | efficiency | gain over labels-only (points, 90 % "
+             "interval) |", "|---:|:---:|---|---|---|" + ("---|" if many else "") + "---:|---:|---:|---:|---:|---|"]
     for e in front + extra:
         r = cands.loc[e.key]
         gain, b = kd_gain(e, base.get(e.rung)), (base.get(e.rung) or {}).get(str(e.attrs.get("student")))
@@ -56,11 +58,11 @@ def efficiency_lines(snap: Snapshot) -> list[str]:
                     (", within noise" if gain.within_noise else ""))
         teacher = "–" if pd.isna(r["teacher_name"]) else f"`{r['teacher_name']}`"
         lines.append(f"| {int(r['representative'])} | {'yes' if e.key in keys else ''} | `{r['student']}` | "
-                     f"`{r['method']}` | `{r['chain']}` | {teacher} | {pm(e.estimate)} ({e.n}x){snap.budget(e)} | "
+                     f"`{r['method']}` | `{r['chain']}` | " + (f"{teacher} | " if many else "") + f"{pm(e.estimate)} ({e.n}x){snap.budget(e)} | "
                      f"{_pct(r['retained'])} | {_times(r['compression_params'])} | "
                      f"{_times(r['compression_latency'])} | {_ratio(r['efficiency'])} | {text} |")
     if not front:
-        lines.append("| – | | no completed trial yet | | | | | | | | | |")
+        lines.append("| – | | no completed trial yet | | | | | | | | |" + (" |" if many else ""))
     return lines
 
 

@@ -157,7 +157,7 @@ def plot_pareto(studies: Sequence[tuple[str, pd.DataFrame, dict | None]], path: 
     return save(fig, path)
 
 
-def _gain_panel(ax, groups, ylabel: str, unit: str = "cand.") -> None:
+def _gain_panel(ax, groups, ylabel: str, unit: str = "cand.", empty: str = "") -> None:
     """Each group's per-architecture differences (grey) and their mean (a diamond), with 90 % intervals."""
     for i, g in enumerate(groups, start=1):
         offsets = np.linspace(-0.2, 0.2, len(g.by_arch)) if len(g.by_arch) > 1 else np.zeros(1)
@@ -177,9 +177,8 @@ def _gain_panel(ax, groups, ylabel: str, unit: str = "cand.") -> None:
     ax.set_xlim(0.5, max(len(groups), 1) + 0.5)
     ax.axhline(0, color="C3", lw=1, ls="--")
     ax.set_ylabel(ylabel)
-    if not groups:
-        ax.text(0.5, 0.5, "no candidate trained under two teachers\nalike in everything else yet", ha="center",
-                va="center", transform=ax.transAxes, fontsize=9)
+    if not groups and empty:
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, fontsize=9)
 
 
 def plot_effects(table, path: Path, title: str, teachers: Sequence[str] = ()) -> Path:
@@ -227,7 +226,8 @@ def plot_effects(table, path: Path, title: str, teachers: Sequence[str] = ()) ->
         ax.grid(True, axis="y", alpha=0.25)
     if many:
         ax = axes[3]
-        _gain_panel(ax, teacher_gains(table, teachers), f"minus {teachers[0]}, same candidate (points)", "pairs")
+        _gain_panel(ax, teacher_gains(table, teachers), f"minus {teachers[0]}, same candidate (points)", "pairs",
+                    f"no candidate trained under {teachers[0]} and another teacher\nalike in everything else yet")
         ax.set_xlabel(f"teacher, against the reference {teachers[0]} (twin candidates: only the teacher differs)")
         ax.grid(True, axis="y", alpha=0.25)
     note = ("gain over the no-distillation baseline: grey points, each architecture; diamonds, the mean over "

@@ -110,6 +110,9 @@ def section_lines(table: CandidateTable | Merged, teachers: Sequence[str]) -> li
     for g in found:
         lines.append(f"| `{g.group}` | `{ref}` | " + (f"{g.budget} | " if rungs else "") +
                      f"{len(g.by_arch)} | {g.candidates} | {_text(g.overall, ref)} |")
+    unpaired = [t for t in teachers[1:] if t not in {g.group for g in found}]
+    if unpaired:
+        lines += ["", f"No candidate under {', '.join(f'`{t}`' for t in unpaired)} has a twin under `{ref}` yet."]
     if rungs:
         lines += ["", *budget_lines([("teacher", g) for g in found], versus=f"`{ref}`")]
     return lines
