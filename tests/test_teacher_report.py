@@ -150,6 +150,7 @@ def test_report_files_show_the_teacher_and_the_efficiency(tmp_path: Path, monkey
     teacher = next(x for x in summary.splitlines() if x.startswith("Teacher:"))
     assert "3 choices" in teacher and "`big+small` (ensemble of `big`, `small`; 12,000 params" in teacher
     assert "`small` (2,000 params, 20,000 MACs, val 95.0%" in teacher and "The first, `big`, is the reference" in teacher
+    assert "| chain | teacher | separable |" in summary and "| `takd[1]` | `small` | yes |" in summary
     assert "## Teacher against teacher (same candidate, paired)" in summary
     assert "| `small` | `big` | 2 | 3 | -4.0 points [" in summary
     assert "## Distillation efficiency" in summary and "docs/costs.md" in summary

@@ -20,6 +20,10 @@ def _fmt_int(v) -> str:
     return "" if pd.isna(v) else f"{int(v):,}"
 
 
+def _teacher(v) -> str:
+    return "labels only" if v is None or pd.isna(v) else f"`{v}`"
+
+
 def _pct(v) -> str:
     return "–" if v is None or pd.isna(v) else f"{float(v):.1%}"
 
@@ -68,6 +72,10 @@ def front_table(snap: Snapshot, objectives: list[str]) -> list[str]:
                       "members are compared at the highest budget both reached.")
         lines[-2] = lines[-2].replace("| val acc |", "| budget | val acc |")
         lines[-1] = lines[-1].replace("|---:|---:|", "|---:|---:|---:|", 1)
+    many = len(snap.teachers) > 1  # a teacher column where there is a choice of teacher
+    if many:
+        lines[-2] = lines[-2].replace("| chain |", "| chain | teacher |")
+        lines[-1] += "---|"
     entries = snap.table.entries
     for _, r in front.iterrows():
         e = entries[r["candidate"]]
@@ -77,9 +85,11 @@ def front_table(snap: Snapshot, objectives: list[str]) -> list[str]:
         lines.append(f"| {int(r['representative'])} | " + (f"{int(r['epochs'])} ep | " if budget else "") +
                      f"{pm(e.estimate)} | {e.n}x ({trials}) | {test} | "
                      f"{_fmt_int(r['params'])} | {_fmt_int(r['macs'])} | {r['latency_ms']:.3f} | `{r['student']}` | "
-                     f"`{r['method']}` | `{r['chain']}` | {separability(r)} |")
+                     f"`{r['method']}` | `{r['chain']}` | " + (f"{_teacher(r['teacher_name'])} | " if many else "") +
+                     f"{separability(r)} |")
     if not len(front):
-        lines.append("| – | no completed trial yet | | | | | | | | | |" + (" |" if budget else ""))
+        lines.append("| – | no completed trial yet | | | | | | | | | |" + (" |" if budget else "") +
+                     (" |" if many else ""))
     return lines
 
 
