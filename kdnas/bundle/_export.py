@@ -143,7 +143,6 @@ def _versions() -> dict[str, str]:
 def _recipe(cfg: StudyConfig, study: optuna.Study, t: optuna.trial.FrozenTrial) -> dict[str, Any]:
     ua = t.user_attrs
     data = study.user_attrs.get("data", {})
-    teacher = study.user_attrs.get("teacher", {})
     brief = cfg.student.train.to_dict()
     # Same recipe, longer: schedules are functions of progress, so only the epoch count changes.
     full = {**brief, "epochs": max(cfg.teacher.train.epochs, 4 * brief["epochs"])}
@@ -151,9 +150,7 @@ def _recipe(cfg: StudyConfig, study: optuna.Study, t: optuna.trial.FrozenTrial) 
         "format": BUNDLE_FORMAT,
         "study": study.study_name,
         "trial": t.number,
-        "teacher": {"spec": teacher.get("spec"), "cache_key": teacher.get("cache_key"),
-                    "checkpoint": teacher.get("checkpoint"), "identity": ua.get("teacher"),
-                    "val_accuracy": teacher.get("val_accuracy"), "weights": "guides/teacher.pt"},
+        "teacher": _teacher_recipe(study, t),
         # Largest assistant first; each entry's key names its weights in guides/ and in the run folder's store.
         "chain": {"mode": ua["candidate"].get("chain", {}).get("mode", "takd"),
                   "assistants": [{**a, "weights": f"guides/{a['key']}.pt"} for a in ua.get("assistants", [])]},
@@ -191,7 +188,7 @@ def export_trial(cfg: StudyConfig, study: optuna.Study, number: int, out: Path, 
     recipe = _recipe(cfg, study, t)
     costs = {k: v for k, v in ua.items() if k in ("params", "macs", "score") or k.startswith("latency_")}
     costs.update(counter=cfg.costs.counter, latency_setting=cfg.costs.latency.identity())
-    guides = {"teacher.pt": _teacher_weights(cfg, store, recipe)}
+    guides = _teacher_weights(store, recipe["teacher"])
     for a in recipe["chain"]["assistants"]:
         guides[f"{a['key']}.pt"] = store.path("assistants", a["key"])
     for name, path in guides.items():
@@ -238,8 +235,30 @@ def _preprocess(cfg: StudyConfig, study: optuna.Study) -> dict:
     return split.preprocess
 
 
-def _teacher_weights(cfg: StudyConfig, store: ArtifactStore, recipe: dict) -> Path:
-    teacher = recipe["teacher"]
-    if teacher.get("checkpoint"):
-        return Path(teacher["checkpoint"])
-    return store.path("teachers", teacher["cache_key"])
+def _teacher_recipe(study: optuna.Study, t: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The trial's teacher as recipe.json holds it: one network (its spec, identity, weights in guides/teacher.pt),
+    or an ensemble (``members``, each with its own weights in guides/teacher-<name>.pt). A labels-only trial
+    names none; its bundle carries the study's reference teacher, whose outputs it never used."""
+    ua = t.user_attrs
+    reference = study.user_attrs.get("teacher", {})
+    choices = study.user_attrs.get("teachers") or {}
+    label = ua.get("teacher_name")
+    info = choices.get(label) or reference
+    out = {"name": label, "identity": ua.get("teacher"), "val_accuracy": info.get("val_accuracy"),
+           "params": info.get("params")}
+    if not info.get("members"):
+        return {**out, **_network(info), "weights": "guides/teacher.pt"}
+    return {**out, "spec": None, "members": [{"name": m, **_network(choices[m]), "weights": f"guides/teacher-{m}.pt"}
+                                             for m in info["members"]]}
+
+
+def _network(info: dict) -> dict[str, Any]:
+    return {"spec": info.get("spec"), "cache_key": info.get("cache_key"), "checkpoint": info.get("checkpoint")}
+
+
+def _teacher_weights(store: ArtifactStore, teacher: dict) -> dict[str, Path]:
+    """guides/ file name -> where the run folder holds those weights, for the teacher or each ensemble member."""
+    def where(net: dict) -> Path:
+        return Path(net["checkpoint"]) if net.get("checkpoint") else store.path("teachers", net["cache_key"])
+
+    return {Path(net["weights"]).name: where(net) for net in teacher.get("members") or [teacher]}

@@ -234,7 +234,7 @@ def readme(bundle: Path) -> str:
 - Architecture: `{json.dumps(student['spec'])}` for inputs {student['input_shape']}, {student['num_classes']} classes
 - Brief training: val accuracy {recipe['brief_result']['val_accuracy']:.2%}, test accuracy {recipe['brief_result']['test_accuracy']:.2%}
 - Costs: {costs['params']:,} params, {costs['macs']:,} MACs, {costs['latency_ms']:.3f} ms per batch of {setting['batch_size']} on {setting['device']} ({setting['threads']} threads)
-- Teacher: `{json.dumps(recipe['teacher']['spec'])}`; chain ({recipe['chain']['mode']}): {chain}
+- Teacher: {_teacher_text(recipe['teacher'])}; chain ({recipe['chain']['mode']}): {chain}
 - Method: `{json.dumps(recipe['method'])}`
 - Weights in use (by `load_student` and in the deployment files): {weights}
 {pre}
@@ -245,3 +245,12 @@ Use it: `model = kdnas.load_student("THIS_FOLDER")`, or `kdnas predict THIS_FOLD
 Files:
 {files}
 """
+
+
+def _teacher_text(teacher: dict) -> str:
+    """One network's spec, or an ensemble's members (the mean of their softened outputs taught the student)."""
+    if teacher.get("members"):
+        parts = ", ".join(f"{m.get('name')} `{json.dumps(m['spec'])}`" for m in teacher["members"])
+        return f"ensemble {teacher.get('name')} (mean of its members' softened outputs): {parts}"
+    name = teacher.get("name")
+    return (f"{name} " if name and name != "teacher" else "") + f"`{json.dumps(teacher['spec'])}`"

@@ -23,7 +23,7 @@ from kdnas.bundle._files import deploy, present_formats, read_json, trained_summ
 from kdnas.core import (Collector, KdnasError, atomic_write_bytes, load_object, load_state_dict, parse_section,
                         save_object, save_state_dict)
 from kdnas.data import DataConfig, load_split
-from kdnas.distill import Guide, MethodSpec, TeacherLogits, guided_loss
+from kdnas.distill import Guide, MethodSpec, TeacherLogits, ensemble_guide, guided_loss
 from kdnas.models import build, make_spec
 from kdnas.train import TrainRecipe, accuracy, fit, predict
 
@@ -69,11 +69,8 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
     state_dir = bundle / "train"
     resume = load_object(state_path) if state_path.is_file() else None
 
-    teacher = build(make_spec(recipe["teacher"]["spec"], "recipe.json teacher.spec"), shape, classes).to(dev)
-    teacher.load_state_dict(load_state_dict(bundle / recipe["teacher"]["weights"]))
-    teacher.eval()
     augment = _recipe(recipe["full_train"], 1, f"{bundle / 'recipe.json'}: full_train").augment.active
-    guides_above = [Guide("teacher", "teacher", teacher, _logits(teacher, split, augment), {})]
+    guides_above = [_teacher(bundle, recipe["teacher"], split, dev, augment)]
     mode = recipe["chain"]["mode"]
     a_cfg = recipe["assistant_train"]
     full_student = recipe["full_train"]
@@ -142,6 +139,22 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
     for path in deploy(bundle, present_formats(bundle), strict=False, say=say):
         say(f"rewrote {path.name} with the fully trained weights")
     return result
+
+
+def _teacher(bundle: Path, teacher: dict, split, dev, augment: bool) -> Guide:
+    """The bundle's teacher as a guide: one network, or an ensemble of its members (kdnas/distill/_ensemble.py)."""
+    def load(net: dict, where: str) -> Guide:
+        model = build(make_spec(net["spec"], f"recipe.json {where}.spec"), split.input_shape, split.num_classes)
+        model.load_state_dict(load_state_dict(bundle / net["weights"]))
+        model.to(dev).eval()
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return Guide(net.get("name") or "teacher", where, model, _logits(model, split, augment), {})
+
+    if not teacher.get("members"):
+        return load(teacher, "teacher")
+    parts = [load(m, f"teacher.members[{i}]") for i, m in enumerate(teacher["members"])]
+    return ensemble_guide(teacher.get("name") or "ensemble", "teacher", parts, {})
 
 
 def _logits(model, split, augment: bool) -> TeacherLogits:

@@ -1,8 +1,10 @@
 """A candidate's identity: the key of everything that decides how its student is trained.
 
 Two trials with the same key train the same network the same way (student architecture, assistant chain,
-distillation method with every hyperparameter, defaults filled in, and the study's recipe: the student's
-training, the assistants' and the teacher's); only the seed differs. So the second is a *replicate* of the
+distillation method with every hyperparameter, defaults filled in, in a study of several teachers the teacher
+choice, and the study's recipe: the student's training, the assistants' and the teachers'); only the seed
+differs. A one-teacher study's candidates name no teacher, so their keys are what they were before teachers
+could be searched. So the second is a *replicate* of the
 first, and the candidate's figure is the mean over its replicates (kdnas/candidates/_table.py).
 
 The recipe is part of the key although a resumed study refuses a changed one (kdnas/study/_resume.py): a key
@@ -25,8 +27,11 @@ def canonical(candidate: Mapping[str, Any]) -> dict[str, Any]:
     chain = candidate.get("chain") or {"mode": "takd", "assistants": []}
     if not chain.get("assistants"):
         chain = {"mode": "takd", "assistants": []}  # without assistants the mode means nothing
-    return {"student": candidate["student"], "method": {"name": name, **resolve_hyperparameters(name, method)},
-            "chain": chain}
+    out = {"student": candidate["student"], "method": {"name": name, **resolve_hyperparameters(name, method)},
+           "chain": chain}
+    if candidate.get("teacher"):  # a study of several teachers: the teacher is part of what is trained
+        out["teacher"] = candidate["teacher"]
+    return out
 
 
 def candidate_key(candidate: Mapping[str, Any], recipe: Mapping[str, Any] | None) -> str:

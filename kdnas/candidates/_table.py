@@ -31,8 +31,8 @@ RUNG = "rung"  # the index of the budget a trial trained to (kdnas/candidates/_r
 RUN = "run"  # the number of the trial that started the run (a replicate across rungs); absent: the trial's own
 CHECKPOINT = "rung_checkpoint"  # the store key of the run's state at the end of the trial's rung
 # What a candidate shows from its first replicate (they are alike for every replicate).
-DESCRIPTION = ("student", "method", "chain", "chain_length", "candidate", "params", "macs", "latency_ms",
-               "latency_iqr_ms", "latency_median_ms", "latency_stable")
+DESCRIPTION = ("student", "method", "chain", "chain_length", "candidate", "teacher_name", "params", "macs",
+               "latency_ms", "latency_iqr_ms", "latency_median_ms", "latency_stable")
 
 
 @dataclass

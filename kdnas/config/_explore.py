@@ -10,6 +10,7 @@ from typing import Any
 import optuna
 
 from kdnas.config._space import SearchSpace, load_space, screen
+from kdnas.config._teachers import members
 from kdnas.core import KdnasError, load_yaml
 from kdnas.costs import count
 from kdnas.models import ArchSpec, check_spec
@@ -23,7 +24,8 @@ class Target:
 
     input_shape: tuple[int, int, int]
     num_classes: int
-    teacher: ArchSpec | None = None
+    teacher: ArchSpec | None = None  # the reference teacher
+    teachers: dict[str, ArchSpec] | None = None  # every declared teacher by name (a study of several teachers)
 
 
 def open_space(path: str | Path, input_shape: tuple[int, int, int] | None, num_classes: int | None) -> tuple[SearchSpace, Target]:
@@ -35,7 +37,8 @@ def open_space(path: str | Path, input_shape: tuple[int, int, int] | None, num_c
 
         cfg = load_study(path)
         split = load_split(cfg.data, "cpu", cfg.path)
-        return cfg.space, Target(input_shape or split.input_shape, num_classes or split.num_classes, cfg.teacher_spec)
+        return cfg.space, Target(input_shape or split.input_shape, num_classes or split.num_classes, cfg.teacher_spec,
+                                 {name: d.spec for name, d in cfg.teacher_set.items()})
     return load_space(path), Target(input_shape or (3, 32, 32), num_classes or 10)
 
 
@@ -88,7 +91,11 @@ def sample_candidates(space: SearchSpace, target: Target, n: int, seed: int) -> 
             raise KdnasError(f"{space.path}: only {len(out)} of {n} candidates passed the limits and chain ordering in "
                              f"{attempts - 1} draws ({rejected} rejected); loosen `limits` or the chain's domains")
         trial = study.ask()
-        s = screen(space.sample(trial), space.limits, counter, teacher_params)
+        cand = space.sample(trial)
+        own = teacher_params
+        if cand.teacher is not None and target.teachers:  # its own teacher (an ensemble: its members together)
+            own = sum(counter(target.teachers[m])[0] for m in members(cand.teacher))
+        s = screen(cand, space.limits, counter, own)
         study.tell(trial, state=optuna.trial.TrialState.PRUNED)
         if not s.ok:
             rejected += 1
@@ -99,6 +106,7 @@ def sample_candidates(space: SearchSpace, target: Target, n: int, seed: int) -> 
             "student": c.student.to_dict(), "params": params, "macs": macs, "method": c.method.to_dict(),
             "chain": {"mode": c.chain.mode, "assistants": [{"spec": a.to_dict(), "params": counter(a)[0]}
                                                           for a in c.chain.assistants]},
-            "label": f"{c.student.label()} {c.method.label()} {c.chain.label()}",
+            **({"teacher": c.teacher} if c.teacher else {}),
+            "label": f"{c.student.label()} {c.method.label()} {c.chain.label()}" + (f" from {c.teacher}" if c.teacher else ""),
         })
     return out

@@ -5,6 +5,8 @@ A space file holds::
     students:   {<family>: {<param>: <domain>, ...}, ...}      # the student architectures
     methods:    {<method>: {<hyperparameter>: <domain>}, ...}   # how the student is distilled
     limits:     {max_params: N, max_macs: N}                    # hard limits on the student (optional)
+    teachers: [resnet20, [resnet20, resnet8]]                   # teachers a trial samples (optional; a list is an
+                                                                #   ensemble; names from the study's `teachers:`)
     chain:                                                      # teacher assistants (optional; none without it)
       max_assistants: 2                                         # chains of 0..2 assistants are sampled
       modes: [takd, dgkd]                                       # TAKD: each learner distils from the one before;
@@ -39,14 +41,20 @@ CHAIN_MODES = ("takd", "dgkd")
 
 @dataclass(frozen=True)
 class Candidate:
-    """One sampled point of the space: a student, the chain that teaches it, and how it is distilled."""
+    """One sampled point of the space: a student, the chain that teaches it, and how it is distilled; in a study
+    of several teachers, which one teaches (a label, kdnas/config/_teachers.py; None: the study's one teacher,
+    or no teacher for a labels-only method)."""
 
     student: ArchSpec
     method: MethodSpec
     chain: Chain = Chain()
+    teacher: Optional[str] = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"student": self.student.to_dict(), "method": self.method.to_dict(), "chain": self.chain.to_dict()}
+        out = {"student": self.student.to_dict(), "method": self.method.to_dict(), "chain": self.chain.to_dict()}
+        if self.teacher is not None:  # absent otherwise: a one-teacher study's candidate keys stay as they were
+            out["teacher"] = self.teacher
+        return out
 
 
 @dataclass(frozen=True)
@@ -86,6 +94,8 @@ class SearchSpace:
     limits: Limits = Limits()
     chain: ChainSettings = ChainSettings(max_assistants=0)
     assistant_families: dict[str, dict[str, Domain]] = field(default_factory=dict)
+    teacher_lists: Optional[list] = None  # the file's `teachers` as written (checked against the study file)
+    teachers: tuple[str, ...] = ()  # the teacher choices' labels, set by load_study; () = the study's one teacher
 
     def sample(self, trial: optuna.Trial) -> Candidate:
         """Sample a candidate. A sampled architecture that its family rejects raises ``ValueError``."""
@@ -94,13 +104,15 @@ class SearchSpace:
         hp = {p: d.suggest(trial, f"method.{method}.{p}") for p, d in self.methods[method].items()}
         c = self.chain
         chain = Chain()
-        if c.max_assistants and METHODS.get(method).uses_teacher:  # a label-only baseline has no use for a chain
+        teaches = METHODS.get(method).uses_teacher
+        teacher = _choose(trial, "teacher", list(self.teachers)) if teaches and self.teachers else None
+        if c.max_assistants and teaches:  # a label-only baseline has no use for a chain
             n = c.min_assistants if c.min_assistants == c.max_assistants else \
                 trial.suggest_int("chain.length", c.min_assistants, c.max_assistants)
             if n:
                 mode = _choose(trial, "chain.mode", sorted(set(c.modes)))
                 chain = Chain(mode, tuple(_sample_arch(trial, f"chain.{i}", self.assistant_families) for i in range(n)))
-        return Candidate(student, MethodSpec(method, hp), chain)
+        return Candidate(student, MethodSpec(method, hp), chain, teacher)
 
     def describe(self) -> list[tuple[str, str]]:
         rows = _describe_arch("student", self.families)
@@ -108,6 +120,8 @@ class SearchSpace:
             rows.append(("method", "one of " + ", ".join(sorted(self.methods))))
         for m, doms in sorted(self.methods.items()):
             rows += [(f"method.{m}.{p}", d.describe()) for p, d in sorted(doms.items())]
+        if len(self.teachers) > 1:
+            rows.append(("teacher", "one of " + ", ".join(self.teachers)))
         c = self.chain
         if c.max_assistants:
             rows.append(("chain.length", f"int in [{c.min_assistants}, {c.max_assistants}]"))
@@ -164,7 +178,7 @@ def screen(cand: Candidate, limits: Limits, counts: Callable[[ArchSpec], tuple[i
     s_params, s_macs = counts(cand.student)
     sizes = {a: counts(a)[0] for a in cand.chain.assistants}
     ordered = tuple(sorted(cand.chain.assistants, key=lambda a: -sizes[a]))
-    out = Candidate(cand.student, cand.method, Chain(cand.chain.mode, ordered))
+    out = Candidate(cand.student, cand.method, Chain(cand.chain.mode, ordered), cand.teacher)
     params = {"student": s_params, **{a.label(): sizes[a] for a in ordered}}
     if teacher_params is not None:
         params["teacher"] = teacher_params
@@ -212,7 +226,7 @@ def _parse_methods(raw: Any, problems: Collector) -> dict[str, dict[str, Domain]
                        lambda n: (), _check_method_value, problems)
 
 
-_SPACE_KEYS = ("chain", "limits", "methods", "students")
+_SPACE_KEYS = ("chain", "limits", "methods", "students", "teachers")
 
 
 def check_space(path: Path, problems: Collector) -> SearchSpace | None:
@@ -239,10 +253,14 @@ def check_space(path: Path, problems: Collector) -> SearchSpace | None:
         raw_assistants = raw["chain"].get("assistants") if isinstance(raw.get("chain"), dict) else None
         if isinstance(raw_assistants, dict):
             assistants = _parse_families(raw_assistants, local, "chain.assistants")
+        teachers = raw.get("teachers")
+        if teachers is not None and (not isinstance(teachers, list) or not teachers):
+            local.add("teachers", f"expected a list of teacher names (a name, or a list of names for an ensemble), "
+                      f"got {teachers!r}")
     problems.problems.extend(local.problems)
     if local.problems:
         return None
-    return SearchSpace(str(path), families, methods, limits, chain, assistants)
+    return SearchSpace(str(path), families, methods, limits, chain, assistants, teachers)
 
 
 def load_space(path: str | Path) -> SearchSpace:

@@ -13,21 +13,14 @@ from pathlib import Path
 from typing import Any, Literal, Optional
 
 from kdnas.config._space import SearchSpace, check_space
+from kdnas.config._teachers import DeclaredTeacher, TeacherConfig, parse_teachers, teacher_choices
 from kdnas.core import Collector, Problem, is_missing, load_yaml, parse_section
 from kdnas.costs import DEVICE, METRIC_NAMES, CostsConfig, ScoreConfig
 from kdnas.data import DataConfig, check_data_root
-from kdnas.models import ArchSpec, check_spec
+from kdnas.models import ArchSpec
 from kdnas.train import EarlyStopping, TrainRecipe
 
 OBJECTIVES = tuple(METRIC_NAMES)  # accuracy, params, macs, latency
-
-
-@dataclass(frozen=True)
-class TeacherConfig:
-    arch: dict[str, Any]  # an architecture spec: {family: NAME, <param>: value, ...}
-    checkpoint: Optional[str] = None  # a state_dict to load instead of training (path relative to the study file)
-    seed: int = 0
-    train: TrainRecipe = field(default_factory=TrainRecipe)
 
 
 @dataclass(frozen=True)
@@ -162,8 +155,11 @@ _URL = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
 @dataclass(frozen=True)
 class StudyConfig:
     name: str  # the study's name: its run folder is runs/<name>/, its report reports/<name>/, beside the study file
-    teacher: TeacherConfig
     search: SearchConfig
+    # One teacher, or several by name that the search chooses from (kdnas/config/_teachers.py). After loading,
+    # `teacher` is the reference teacher (the first declared) either way.
+    teacher: Optional[TeacherConfig] = None
+    teachers: dict[str, Any] = field(default_factory=dict)
     seed: int = 0  # seeds the sampler and each trial's training
     device: str = "cpu"  # where training runs: cpu, cuda, cuda:N
     threads: Optional[int] = None  # torch threads for training; null = all cores
@@ -178,7 +174,8 @@ class StudyConfig:
     # Filled in by load_study, not read from the file:
     path: Path = field(default=Path("."), init=False, compare=False)
     space_obj: Optional[SearchSpace] = field(default=None, init=False, compare=False)
-    teacher_spec: Optional[ArchSpec] = field(default=None, init=False, compare=False)
+    teacher_spec: Optional[ArchSpec] = field(default=None, init=False, compare=False)  # the reference teacher's
+    teacher_set: dict[str, DeclaredTeacher] = field(default_factory=dict, init=False, compare=False)  # by name
     overrides: dict = field(default_factory=dict, init=False, compare=False)  # from flags; worker processes reload with them
     home: Path = field(default=Path("."), init=False, compare=False)  # the folder holding runs/ and reports/
 
@@ -271,14 +268,20 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None,
         problems.raise_if_any()
     object.__setattr__(cfg, "path", path)
     object.__setattr__(cfg, "overrides", dict(overrides or {}))
-    teacher_spec = check_spec(cfg.teacher.arch, problems.under("teacher.arch"))
-    object.__setattr__(cfg, "teacher_spec", teacher_spec)
-    if cfg.teacher.checkpoint is not None and not cfg.resolve(cfg.teacher.checkpoint).is_file():
-        problems.add("teacher.checkpoint", f"file not found: {cfg.resolve(cfg.teacher.checkpoint)}")
+    declared = parse_teachers(cfg, raw, problems)
+    if declared:
+        first = next(iter(declared.values()))
+        for key, value in (("teacher_set", declared), ("teacher", first.config), ("teacher_spec", first.spec)):
+            object.__setattr__(cfg, key, value)
     check_data_root(cfg.data, path, problems.add)
     _rung_budget(cfg, raw, problems)
     space_path = cfg.resolve(cfg.search.space)
-    object.__setattr__(cfg, "space_obj", check_space(space_path, problems))
+    space = check_space(space_path, problems)
+    if space is not None and declared:
+        choices = teacher_choices(declared, space.teacher_lists, raw.get("teachers") is not None, str(space_path),
+                                  problems)
+        space = dataclasses.replace(space, teachers=choices)
+    object.__setattr__(cfg, "space_obj", space)
     problems.raise_if_any()
     object.__setattr__(cfg, "home", study_home(path, cfg.name))
     return cfg

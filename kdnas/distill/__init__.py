@@ -20,7 +20,8 @@ The hyperparameters, their defaults and rules are declared by each method (``MET
 """
 
 from kdnas.distill._base import Hyper, Method, PairShape, Step
-from kdnas.distill._chain import AssistantPool, Guide, guided_loss
+from kdnas.distill._chain import AssistantPool, Guide, ensemble_guide, guided_loss
+from kdnas.distill._ensemble import Ensemble, ensemble_logits
 from kdnas.distill._hooks import FeatureTap, pair_stages, probe_shapes
 from kdnas.distill._logit import hinton_kd_term
 from kdnas.distill._loss import make_loss
@@ -29,7 +30,7 @@ from kdnas.distill._spec import Chain, MethodSpec
 from kdnas.distill._teacher_logits import TeacherLogits, teacher_logits
 
 __all__ = [
-    "AssistantPool", "Chain", "check_hyperparameters", "FeatureTap", "Guide", "guided_loss", "hinton_kd_term",
+    "AssistantPool", "Chain", "check_hyperparameters", "Ensemble", "ensemble_guide", "ensemble_logits", "FeatureTap", "Guide", "guided_loss", "hinton_kd_term",
     "Hyper", "make_loss", "Method", "METHODS", "MethodSpec", "pair_stages", "PairShape", "probe_shapes",
     "resolve_hyperparameters", "Step", "teacher_logits", "TeacherLogits",
 ]

@@ -28,6 +28,7 @@ from torch import nn
 
 from kdnas.core import ArtifactStore, file_lock
 from kdnas.data import BatchSource, DataSplit
+from kdnas.distill._ensemble import Ensemble, ensemble_logits
 from kdnas.distill._loss import make_loss
 from kdnas.distill._methods import METHODS
 from kdnas.distill._spec import Chain, MethodSpec
@@ -49,6 +50,41 @@ class Guide:
     model: KDNet
     logits: Callable[[Batch], torch.Tensor]  # its logits per training batch (a per-study table where possible)
     info: dict[str, Any]
+    members: tuple["Guide", ...] = ()  # a teacher ensemble's members (kdnas/distill/_ensemble.py); () otherwise
+
+
+def ensemble_guide(name: str, key: str, members: list[Guide], info: dict[str, Any]) -> Guide:
+    """One guide of several frozen members: its ``logits`` are those of the mean of their probabilities (T = 1);
+    a distillation loss reads the members at its own temperature (:func:`guided_loss`)."""
+    model = Ensemble([g.model for g in members]).eval()
+    return Guide(name, key, model, lambda batch: ensemble_logits([g.logits(batch) for g in members]), info,
+                 tuple(members))
+
+
+@contextlib.contextmanager
+def _guide_loss(method: MethodSpec, student: nn.Module, g: Guide, train: BatchSource
+                ) -> Iterator[tuple[LossFn, nn.Module | None]]:
+    """``make_loss`` for one guide; an ensemble's as its module docstring (kdnas/distill/_ensemble.py) says."""
+    if not g.members:
+        with make_loss(method, student, g.model, train, teacher_logits=g.logits) as out:
+            yield out
+        return
+    m = METHODS.get(method.name)
+    if m.reads == "logits":  # the mean of the members' probabilities at the method's own temperature
+        t = float(m.resolve(method.hyperparameters).get("temperature", 1.0))
+        with make_loss(method, student, g.model, train,
+                       teacher_logits=lambda batch: ensemble_logits([x.logits(batch) for x in g.members], t)) as out:
+            yield out
+        return
+    with contextlib.ExitStack() as stack:  # features: each member's term with its own adapter, averaged
+        parts = [stack.enter_context(make_loss(method, student, x.model, train, teacher_logits=x.logits))
+                 for x in g.members]
+        found = [a for _, a in parts if a is not None]
+
+        def loss_fn(logits: torch.Tensor, batch: Batch) -> torch.Tensor:
+            return torch.stack([fn(logits, batch) for fn, _ in parts]).mean()
+
+        yield loss_fn, (nn.ModuleList(found) if found else None)
 
 
 @contextlib.contextmanager
@@ -68,8 +104,7 @@ def guided_loss(method: MethodSpec, student: nn.Module, guides: list[Guide], tra
         if not METHODS.get(method.name).uses_teacher:
             yield stack.enter_context(make_loss(method, student, None, train))
             return
-        kds = [stack.enter_context(make_loss(method, student, g.model, train, teacher_logits=g.logits))
-               for g in guides]
+        kds = [stack.enter_context(_guide_loss(method, student, g, train)) for g in guides]
         found = [a for _, a in kds if a is not None]
         adapters = nn.ModuleList(found) if found else None
 

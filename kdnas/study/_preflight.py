@@ -20,15 +20,18 @@ def preflight(cfg: StudyConfig) -> list[str]:
     if cfg.data.download:  # validate runs nothing, and downloads nothing
         return warnings + [f"{cfg.path}: data not read: data.download is set, and validate downloads nothing"]
     raw = load_raw(cfg.data, cfg.path)  # unreadable files, fewer than two classes
-    if cfg.teacher.checkpoint is None:
+    from_files = [t for t in cfg.teacher_set.values() if t.config.checkpoint is not None]
+    if not from_files:
         return warnings
     from kdnas.models import build
     from kdnas.study._teacher_checks import chance_warning, load_teacher_checkpoint
     from kdnas.train import accuracy
 
-    assert cfg.teacher_spec is not None
-    model = build(cfg.teacher_spec, raw.train.shape, raw.num_classes)
-    load_teacher_checkpoint(cfg, model, raw.train.shape, raw.num_classes)
     split = load_split(cfg.data, "cpu", cfg.path)
-    warning = chance_warning(accuracy(model.eval(), split.val), split.num_classes)
-    return warnings + ([warning] if warning else [])
+    for t in from_files:
+        model = build(t.spec, raw.train.shape, raw.num_classes)
+        load_teacher_checkpoint(cfg, model, raw.train.shape, raw.num_classes, t.name)
+        warning = chance_warning(accuracy(model.eval(), split.val), split.num_classes)
+        if warning:
+            warnings.append(warning if len(cfg.teacher_set) == 1 else f"{t.key}: {warning}")
+    return warnings

@@ -39,14 +39,17 @@ def recipe(cfg: StudyConfig) -> dict[str, dict[str, Any]]:
         _flatten("assistants", {"train": a.train.to_dict(), "method": a.method, "drop_rate": a.drop_rate,
                                 "seed": a.seed}, study)
     # A teacher from a checkpoint is compared by its content (check_inputs), not by its path: a moved file is fine.
-    t = cfg.teacher
-    _flatten("teacher", {"arch": t.arch} if t.checkpoint else {"arch": t.arch, "seed": t.seed, "train": t.train.to_dict()},
-             study)
+    for d in cfg.teacher_set.values():  # one (key `teacher`, as before) or several (`teachers.<name>`)
+        t = d.config
+        _flatten(d.key, {"arch": t.arch} if t.checkpoint else {"arch": t.arch, "seed": t.seed, "train": t.train.to_dict()},
+                 study)
     s = cfg.space
     # Every domain, fixed values too, and the lists of families and methods (a family without parameters has no
     # domain, but adding it changes the categorical `student.family`). Limits are left out: they only screen
     # candidates, and a candidate's measurements do not depend on them.
     space: dict[str, Any] = {"students": sorted(s.families), "methods": sorted(s.methods)}
+    if s.teachers:  # the categorical `teacher` (absent with one teacher: older studies' records stay equal)
+        space["teachers"] = list(s.teachers)
     groups = [("students", s.families), ("methods", s.methods)]
     if s.chain.max_assistants:
         space.update({"chain.min_assistants": s.chain.min_assistants, "chain.max_assistants": s.chain.max_assistants,
@@ -108,8 +111,9 @@ def check_recipe(cfg: StudyConfig, attrs: dict[str, Any] | None) -> None:
 
 
 def check_inputs(cfg: StudyConfig, attrs: dict[str, Any] | None, fingerprint: str | None = None,
-                 teacher: str | None = None) -> None:
-    """Refuse to resume a study on another data split (``fingerprint``) or with another teacher (its identity)."""
+                 teacher: str | None = None, key: str = "teacher") -> None:
+    """Refuse to resume a study on another data split (``fingerprint``) or with another teacher (its identity;
+    ``key``: where the study file declares it)."""
     attrs = attrs or {}
     old_split = (attrs.get("data") or {}).get("fingerprint")
     if fingerprint is not None and old_split is not None and old_split != fingerprint:
@@ -117,13 +121,16 @@ def check_inputs(cfg: StudyConfig, attrs: dict[str, Any] | None, fingerprint: st
     info = attrs.get("teacher") or {}
     old_teacher = info.get("cache_key") or info.get("checkpoint_sha256")
     if teacher is not None and old_teacher is not None and old_teacher != teacher:
-        _refuse(cfg, cfg.path, "teacher", f"the teacher {old_teacher}", f"the teacher {teacher}")
+        _refuse(cfg, cfg.path, key, f"the teacher {old_teacher}", f"the teacher {teacher}")
 
 
-def record(study: optuna.Study, cfg: StudyConfig, teacher_info: dict[str, Any], split: DataSplit) -> None:
-    """Record what the next `kdnas search` of this study compares with (and the report shows)."""
+def record(study: optuna.Study, cfg: StudyConfig, teacher_info: dict[str, Any], split: DataSplit,
+           teachers: dict[str, dict] | None = None) -> None:
+    """Record what the next `kdnas search` of this study compares with (and the report shows): ``teacher_info``
+    is the reference teacher's, ``teachers`` every teacher choice's by label."""
     study.set_user_attr(RECORD, recipe(cfg))
     study.set_user_attr("teacher", teacher_info)
+    study.set_user_attr("teachers", teachers or {"teacher": teacher_info})
     study.set_user_attr("data", {"dataset": cfg.data.dataset, **split.sizes(), "fingerprint": split.fingerprint,
                                  "input_shape": list(split.input_shape), "num_classes": split.num_classes})
     study.set_user_attr("preprocess", split.preprocess)  # what `kdnas export` writes to preprocess.json

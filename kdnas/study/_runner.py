@@ -9,13 +9,15 @@ from typing import Callable
 import optuna
 
 from kdnas.candidates import INTENSIFY, KEY, REUSED, CandidateTable, Ladder, Merged, choose, due, rung_of
-from kdnas.config import StudyConfig
+from kdnas.config import SINGLE, StudyConfig
 from kdnas.core import KdnasError
 from kdnas.costs import DIRECTIONS, METRIC_NAMES
+from kdnas.models import make_spec
 from kdnas.study import _resume as resume
 from kdnas.study._liveness import WorkerLock, sweep
 from kdnas.study._rung_trial import DUPLICATE, promote
 from kdnas.study._runtime import Runtime, prepare
+from kdnas.study._teachers import Teachers
 from kdnas.study._sampling import process_sampler
 from kdnas.study._storage import check_storage, is_local, mask_url, open_storage, read_trials
 from kdnas.study._trial import make_objective
@@ -78,6 +80,25 @@ def front_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
     return [by_number[e.representative()] for e in candidates_of(study, trials).front()]
 
 
+def teacher_lines(teachers: Teachers) -> list[str]:
+    """One progress line per teacher choice: its size, accuracy, and whether it was trained now or loaded."""
+    lines = []
+    for label, ti in teachers.infos.items():
+        what = f"ensemble {label} (mean of its members' softened outputs)" if ti.get("members") else \
+            f"teacher {label + ': ' if label != SINGLE else ''}{make_spec(ti['spec']).label()}"
+        how = "" if ti.get("members") else \
+            f", {'trained in' if ti['trained_now'] else 'loaded in'} {ti['seconds']:.1f}s"
+        logits = "come from a per-study table" if ti["logits_cached"] else "are computed per batch (random augmentation)"
+        lines.append(f"{what}: {ti['params']:,} params, val acc {ti['val_accuracy']:.1%}{how}; its logits {logits}")
+    return lines
+
+
+def _from(ua: dict) -> str:
+    """`` from resnet20`` in a study of several teachers (the candidate names it); empty otherwise."""
+    teacher = (ua.get("candidate") or {}).get("teacher")
+    return f" from {teacher}" if teacher else ""
+
+
 def _print(line: str) -> None:
     print(line, flush=True)  # progress must show up live even when stdout is a file or a pipe
 
@@ -100,13 +121,9 @@ def run_search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> op
         url = mask_url(cfg.storage_url())
         progress(f"resuming study {cfg.name!r}: {n_before} trials stored in {url}" if n_before else
                  f"new study {cfg.name!r} in {url}")
-        ti = rt.teacher_info
-        progress(
-            f"teacher {cfg.teacher_spec.label()}: {ti['params']:,} params, val acc {ti['val_accuracy']:.1%}, "
-            f"{'trained in' if ti['trained_now'] else 'loaded in'} {ti['seconds']:.1f}s; its logits "
-            f"{'come from a per-study table' if ti['logits_cached'] else 'are computed per batch (random augmentation)'}"
-        )
-        resume.record(study, cfg, ti, rt.split)
+        for line in teacher_lines(rt.teachers):
+            progress(line)
+        resume.record(study, cfg, rt.teacher_info, rt.split, rt.teachers.infos)
         for line in sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry):
             progress(line)
         # The study's wall clock counts from the start of the command, teacher training included; a trial
@@ -190,7 +207,7 @@ def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: Worker
         else:
             reason = ua.get("fail_reason") or ua.get("prune_reason", "")
             # The candidate, as on COMPLETE lines (absent when sampling itself failed).
-            cand = " ".join(ua[k] for k in ("student", "method", "chain") if k in ua)
+            cand = " ".join(ua[k] for k in ("student", "method", "chain") if k in ua) + _from(ua)
             progress(f"{head} {trial.state.name}: {reason}" + (f" | {cand}" if cand else ""))
 
     def before_trial() -> None:
@@ -284,7 +301,7 @@ def _complete_line(cfg: StudyConfig, study: optuna.Study, candidates: CandidateT
     tail = f"front {len(front)}" + (f", best val {best.estimate.text()}{at}" if best else "")
     if cfg.score.mode == "score":
         tail = f"score {ua['score']:.4f}, best {study.best_value:.4f} | {tail}"
-    what = f"{ua['student']} {ua['method']} {ua['chain']}"
+    what = f"{ua['student']} {ua['method']} {ua['chain']}" + _from(ua)
     if ua.get(REUSED):
         return (f"not trained: {what} has its {cfg.search.replicates} replicates (search.replicates): "
                 f"val {entry.estimate.text() if entry else ''} | {tail}")

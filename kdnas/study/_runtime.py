@@ -14,10 +14,10 @@ from kdnas.core import ArtifactStore
 from kdnas.costs import (AFTER, HERE, Counts, LatencyCache, LatencyService, combined_score, count, measuring_place,
                          resolve_device)
 from kdnas.data import DataSplit, load_split
-from kdnas.distill import AssistantPool, Guide, MethodSpec, teacher_logits
+from kdnas.distill import AssistantPool, Guide, MethodSpec
 from kdnas.models import ArchSpec
 from kdnas.study import _resume as resume
-from kdnas.study._teacher import get_teacher
+from kdnas.study._teachers import Teachers, prepare_teachers
 
 
 @dataclass
@@ -29,12 +29,20 @@ class Runtime:
     device: torch.device
     store: ArtifactStore
     latency: LatencyCache
-    teacher: Guide  # with its outputs on the training split, computed once
-    teacher_info: dict
+    teachers: Teachers  # every teacher choice's guide (outputs on the training split computed once) and info
     assistants: AssistantPool
     recipe: dict  # the study's training recipe: part of every candidate's key
     ladder: Ladder  # the study's candidates at each rung (one rung without search.rungs), updated from its trials
     _counts: dict = field(default_factory=dict)
+
+    @property
+    def teacher(self) -> Guide:
+        """The reference teacher (the first declared): a one-teacher study's teacher."""
+        return self.teachers.guide(None)
+
+    @property
+    def teacher_info(self) -> dict:
+        return self.teachers.info(None)
 
     @property
     def table(self) -> CandidateTable:
@@ -72,24 +80,13 @@ def _prepare(cfg: StudyConfig, device: torch.device, latency: LatencyCache, resu
     split = load_split(cfg.data, device, cfg.path)
     resume.check_inputs(cfg, resumed, fingerprint=split.fingerprint)  # before a teacher is trained for it
     store = ArtifactStore(cfg.run_dir / "artifacts")
-    assert cfg.teacher_spec is not None
-    # Requested first: beside the training (a core spare) it is measured while the teacher trains or loads.
-    teacher_latency = latency.request(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.latency)
-    teacher, info = get_teacher(cfg, split, store, device)
-    counts = count(cfg.teacher_spec, split.input_shape, split.num_classes, cfg.costs.counter)
-    info.update(params=counts.params, macs=counts.macs)
-    identity = info.get("cache_key") or info["checkpoint_sha256"]
-    resume.check_inputs(cfg, resumed, teacher=identity)
+    teachers = prepare_teachers(cfg, split, store, device, latency, resumed)
     augment = cfg.student.train.augment.active
-    logits = teacher_logits(teacher, identity, split, store, random_augment=augment)
-    info.update(teacher_latency())
-    info["logits_cached"] = logits.cached
-    guide = Guide("teacher", identity, teacher, logits, info)
     a = cfg.assistants
     pool = AssistantPool(split, store, device, a.train, MethodSpec.from_dict(a.method), a.drop_rate, a.seed,
                          random_augment=augment)
     recipe = resume.recipe(cfg)["study"]
-    return Runtime(cfg, split, device, store, latency, guide, info, pool, recipe, ladder_for(cfg, len(split.val), recipe))
+    return Runtime(cfg, split, device, store, latency, teachers, pool, recipe, ladder_for(cfg, len(split.val), recipe))
 
 
 def ladder_for(cfg: StudyConfig, n_val: int, recipe: dict | None) -> Ladder:

@@ -9,7 +9,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from kdnas.config import StudyConfig
+from kdnas.config import SINGLE, DeclaredTeacher, StudyConfig
 from kdnas.core import ArtifactStore, KdnasError, TrialFailure, file_lock
 from kdnas.data import DataSplit
 from kdnas.models import KDNet, build, digest
@@ -21,37 +21,45 @@ log = logging.getLogger("kdnas")
 CACHE_FORMAT = 1  # bump when training code changes in a way that makes cached teachers stale
 
 
-def teacher_key(cfg: StudyConfig, split: DataSplit) -> str:
-    """Hash of everything that determines the trained teacher: spec, data split, recipe, seed, format."""
-    assert cfg.teacher_spec is not None
+def teacher_key(cfg: StudyConfig, split: DataSplit, name: str | None = None) -> str:
+    """Hash of everything that determines the trained teacher: spec, data split, recipe, seed, format. Not its
+    name: two studies (or two names) declaring the same teacher share its training."""
+    t = declared(cfg, name)
     return digest(
         {
             "format": CACHE_FORMAT,
-            "spec": cfg.teacher_spec.to_dict(),
+            "spec": t.spec.to_dict(),
             "data": split.fingerprint,
-            "recipe": cfg.teacher.train.to_dict(),
-            "seed": cfg.teacher.seed,
+            "recipe": t.config.train.to_dict(),
+            "seed": t.config.seed,
         }
     )
 
 
-def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device: torch.device) -> tuple[KDNet, dict]:
-    """Return the teacher in eval mode on ``device`` and a JSON-able description of it.
+def declared(cfg: StudyConfig, name: str | None) -> DeclaredTeacher:
+    """The declared teacher ``name``; None: the reference teacher (the first declared)."""
+    return cfg.teacher_set[name] if name is not None else next(iter(cfg.teacher_set.values()))
+
+
+def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device: torch.device,
+                name: str | None = None) -> tuple[KDNet, dict]:
+    """Return the declared teacher ``name`` (None: the reference teacher) in eval mode on ``device`` and a
+    JSON-able description of it.
 
     The description holds its spec, identity (``cache_key``, or ``checkpoint`` and ``checkpoint_sha256``),
     val/test accuracy and how long it took to obtain.
     """
-    assert cfg.teacher_spec is not None
+    t = declared(cfg, name)
     t0 = time.perf_counter()
-    torch.manual_seed(cfg.teacher.seed)  # before build: the initial weights are part of what the seed fixes
-    model = build(cfg.teacher_spec, split.input_shape, split.num_classes)
-    if cfg.teacher.checkpoint is not None:
-        path = load_teacher_checkpoint(cfg, model, split.input_shape, split.num_classes)
+    torch.manual_seed(t.config.seed)  # before build: the initial weights are part of what the seed fixes
+    model = build(t.spec, split.input_shape, split.num_classes)
+    if t.config.checkpoint is not None:
+        path = load_teacher_checkpoint(cfg, model, split.input_shape, split.num_classes, t.name)
         # The file's content, not its path, identifies the teacher for caches of its outputs.
         source = {"checkpoint": str(path), "checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
         trained = False
     else:
-        key = teacher_key(cfg, split)
+        key = teacher_key(cfg, split, t.name)
         source = {"cache_key": key}
         # Locked: `kdnas search` processes started together (on machines sharing the run folder) train it once.
         with file_lock(store.root / "locks" / f"teacher-{key}.lock"):
@@ -61,23 +69,25 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
             else:
                 model.to(device)
                 # After every epoch: a partial checkpoint, read back only here, under this lock, after Ctrl-C.
-                run = Resumable(store.path("teachers", f"{key}.partial"), f"teacher {cfg.teacher_spec.label()}",
-                                cfg.teacher.train.epochs)
+                shown = t.spec.label() if t.name == SINGLE else f"{t.name} ({t.spec.label()})"
+                run = Resumable(store.path("teachers", f"{key}.partial"), f"teacher {shown}",
+                                t.config.train.epochs)
                 try:
-                    fit(model, split.train, cfg.teacher.train, lambda logits, batch: F.cross_entropy(logits, batch.y),
-                        cfg.teacher.seed, checkpoint=run.checkpoint, resume=run.resume)
+                    fit(model, split.train, t.config.train, lambda logits, batch: F.cross_entropy(logits, batch.y),
+                        t.config.seed, checkpoint=run.checkpoint, resume=run.resume)
                 except TrialFailure as err:
-                    raise KdnasError(f"{cfg.path}: teacher.train: teacher training failed: {err.reason}") from None
+                    raise KdnasError(f"{cfg.path}: {t.key}.train: teacher training failed: {err.reason}") from None
                 store.put_state_dict("teachers", key, model.state_dict())
                 run.finished()
     model.to(device).eval()
     for p in model.parameters():
         p.requires_grad_(False)
     info = {
-        "spec": cfg.teacher_spec.to_dict(),
+        "name": t.name,
+        "spec": t.spec.to_dict(),
         **source,
         "trained_now": trained,
-        **_evaluation(model, source, split, store),
+        **evaluation(model, source, split, store),
         "seconds": time.perf_counter() - t0,
     }
     warning = chance_warning(info["val_accuracy"], split.num_classes)
@@ -86,7 +96,7 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
     return model, info
 
 
-def _evaluation(model: KDNet, source: dict, split: DataSplit, store: ArtifactStore) -> dict:
+def evaluation(model: KDNet, source: dict, split: DataSplit, store: ArtifactStore) -> dict:
     """The teacher's val and test accuracy, computed once per teacher and split: every later command, and
     every worker of ``--workers N``, reads them back."""
     key = digest([source.get("cache_key") or source["checkpoint_sha256"], split.fingerprint])

@@ -16,14 +16,17 @@ CHANCE_MARGIN = 0.1
 _NAMED = 3  # keys named per kind of mismatch; the rest are counted
 
 
-def load_teacher_checkpoint(cfg: StudyConfig, model: torch.nn.Module, input_shape: tuple, num_classes: int) -> Path:
-    """Load ``teacher.checkpoint`` into ``model`` (teacher.arch built for the study's data); return its path.
+def load_teacher_checkpoint(cfg: StudyConfig, model: torch.nn.Module, input_shape: tuple, num_classes: int,
+                            name: str | None = None) -> Path:
+    """Load the checkpoint of declared teacher ``name`` (None: the reference teacher) into ``model`` (its arch
+    built for the study's data); return its path.
 
     Anything wrong is one KdnasError naming the study file and key: a file that is no checkpoint, one that
     holds Python objects (a whole pickled model), one whose keys or shapes are another network's."""
-    assert cfg.teacher.checkpoint is not None and cfg.teacher_spec is not None
-    path = cfg.resolve(cfg.teacher.checkpoint)
-    where = f"{cfg.path}: teacher.checkpoint"
+    t = cfg.teacher_set[name] if name is not None else next(iter(cfg.teacher_set.values()))
+    assert t.config.checkpoint is not None
+    path = cfg.resolve(t.config.checkpoint)
+    where = f"{cfg.path}: {t.key}.checkpoint"
     try:
         with open(path, "rb") as f:
             head = f.read(16)
@@ -41,7 +44,7 @@ def load_teacher_checkpoint(cfg: StudyConfig, model: torch.nn.Module, input_shap
         raise KdnasError(f"{where}: {err}{hint}") from None
     mismatch = _mismatch(model.state_dict(), state)
     if mismatch:
-        raise KdnasError(f"{where}: {path} does not match teacher.arch {cfg.teacher_spec.label()} for input "
+        raise KdnasError(f"{where}: {path} does not match {t.key}.arch {t.spec.label()} for input "
                          f"{tuple(input_shape)} and {num_classes} classes: {mismatch}")
     model.load_state_dict(state)
     return path

@@ -21,10 +21,10 @@ import optuna
 import torch
 
 from kdnas.candidates import CHECKPOINT, EPOCHS, KEY, PROMOTED_FROM, REUSED, RUN, RUNG, Entry, candidate_key
-from kdnas.config import Candidate, screen
+from kdnas.config import SINGLE, Candidate, screen
 from kdnas.core import TrialFailure
-from kdnas.costs import METRIC_NAMES, Counts, Pending, combined_score, constraints
-from kdnas.distill import Guide, guided_loss, resolve_hyperparameters
+from kdnas.costs import METRIC_NAMES, Counts, Pending, combined_score, constraints, distillation_efficiency
+from kdnas.distill import METHODS, Guide, guided_loss, resolve_hyperparameters
 from kdnas.models import KDNet, build, digest
 from kdnas.study import _rung_trial as rungs
 from kdnas.study._liveness import WorkerLock, mark, retry_interrupted
@@ -82,8 +82,10 @@ def sample(rt: Runtime, trial: optuna.Trial) -> Sampled:
     """Sample and screen the candidate, record what it is; prune it (in milliseconds, before any training) when
     it is over a limit of the space or of the score."""
     cfg, split = rt.cfg, rt.split
-    screened = screen(cfg.space.sample(trial), cfg.space.limits, lambda spec: astuple(rt.counts(spec)),
-                      rt.teacher_info["params"])
+    sampled = cfg.space.sample(trial)
+    # Capacity is ordered against the trial's own teacher (an ensemble: its members' parameters together).
+    screened = screen(sampled, cfg.space.limits, lambda spec: astuple(rt.counts(spec)),
+                      rt.teachers.info(sampled.teacher)["params"])
     for key, value in screened.constraints.items():
         trial.set_constraint(key, value)
     cand = screened.candidate
@@ -92,6 +94,8 @@ def sample(rt: Runtime, trial: optuna.Trial) -> Sampled:
                        ("chain", cand.chain.label()), ("chain_length", len(cand.chain.assistants)),
                        ("params", counts.params), ("macs", counts.macs)):
         trial.set_user_attr(key, value)
+    if METHODS.get(cand.method.name).uses_teacher:  # a labels-only trial has no teacher
+        trial.set_user_attr("teacher_name", cand.teacher or SINGLE)
     if not screened.ok:
         trial.set_user_attr("prune_reason", screened.reason)
         raise optuna.TrialPruned(screened.reason)
@@ -173,6 +177,7 @@ def answer_from_replicates(rt: Runtime, trial: optuna.Trial, s: Sampled) -> tupl
     score = combined_score(est.mean, costs, rt.cfg.score)
     for key, value in ((REUSED, True), ("replicates", est.n), ("val_accuracy", est.mean), ("val_accuracy_se", est.se),
                        ("test_accuracy", entry.test_mean()), ("score", score),
+                       *efficiency(rt, s.candidate, est.mean, costs).items(),
                        *((k, entry.attrs[k]) for k in ("latency_ms", "latency_iqr_ms", "latency_median_ms",
                                                        "latency_stable") if entry.attrs.get(k) is not None)):
         trial.set_user_attr(key, value)
@@ -181,8 +186,9 @@ def answer_from_replicates(rt: Runtime, trial: optuna.Trial, s: Sampled) -> tupl
 
 def guides(rt: Runtime, trial: optuna.Trial, s: Sampled) -> list[Guide]:
     """The networks the student learns from: the teacher, or the candidate's assistant chain below it."""
-    trial.set_user_attr("teacher", rt.teacher.key)
-    chain, records = rt.assistants.chain(rt.teacher, s.candidate.chain, trial.number)
+    teacher = rt.teachers.guide(s.candidate.teacher)  # the reference teacher for a labels-only trial (unused)
+    trial.set_user_attr("teacher", teacher.key)
+    chain, records = rt.assistants.chain(teacher, s.candidate.chain, trial.number)
     trial.set_user_attr("assistants", records)
     return chain
 
@@ -250,9 +256,16 @@ def record(rt: Runtime, trial: optuna.Trial, s: Sampled, trained: Trained, measu
     for key, value in (("weights", measured.weights), ("val_accuracy", measured.val_accuracy),
                        ("test_accuracy", measured.test_accuracy), ("loss_history", trained.history),
                        ("train_seconds", trained.seconds), ("trial_seconds", time.perf_counter() - started),
-                       ("score", score)):
+                       ("score", score), *efficiency(rt, s.candidate, measured.val_accuracy, costs).items()):
         trial.set_user_attr(key, value)
     return objective_values(cfg, measured.val_accuracy, costs, score)
+
+
+def efficiency(rt: Runtime, cand: Candidate, val_accuracy: float, costs: dict) -> dict:
+    """The survey's metric against the candidate's teacher (labels-only: the reference teacher), kdnas/costs/
+    _efficiency.py."""
+    return distillation_efficiency(val_accuracy, costs, rt.teachers.info(cand.teacher), rt.cfg.objectives,
+                                   rt.cfg.score)
 
 
 def objective_values(cfg, val_accuracy: float, costs: dict, score: float) -> tuple[float, ...]:
