@@ -20,12 +20,16 @@ from kdnas.costs import ScoreConfig, distillation_efficiency
 from tests._candidate_studies import OBJECTIVES, T, make_study
 
 BIG = {"params": 10_000, "macs": 100_000, "latency_ms": 10.0, "val_accuracy": 0.99, "test_accuracy": 0.98,
-       "spec": {"family": "big"}}
+       "spec": {"family": "big"}, "cache_key": "k-big", "identity": "k-big"}
 SMALL = {"params": 2_000, "macs": 20_000, "latency_ms": 2.0, "val_accuracy": 0.95, "test_accuracy": 0.94,
-         "spec": {"family": "small"}}
+         "spec": {"family": "small"}, "cache_key": "k-small", "identity": "k-small"}
 ENSEMBLE = {"params": 12_000, "macs": 120_000, "latency_ms": 12.0, "val_accuracy": 0.995, "test_accuracy": 0.99,
-            "members": ["big", "small"]}
-TEACHERS = {"big": BIG, "small": SMALL, "big+small": ENSEMBLE}
+            "members": ["big", "small"], "identity": "k-ens"}
+# The reference teacher, `big`, is declared first in the study file; the space lists its choices in another order,
+# and the study records them in the space's order (`big` is no first there): the report puts the reference first.
+SPACE = ["small", "big+small", "big"]
+TEACHERS = {"small": SMALL, "big+small": ENSEMBLE, "big": BIG}
+ORDER = ["big", "small", "big+small"]  # the reference first, then the space's order
 CHAIN = {"mode": "takd", "assistants": [{"family": "mid"}]}
 
 
@@ -56,11 +60,12 @@ def _attrs(c: C, replicate: int, val: float, score: ScoreConfig) -> dict:
     return ua
 
 
-def teacher_study(cands: list[C], score: ScoreConfig = ScoreConfig()) -> optuna.Study:
+def teacher_study(cands: list[C], score: ScoreConfig = ScoreConfig(), space: list[str] = SPACE) -> optuna.Study:
     study = optuna.create_study(study_name="t", directions=["maximize", "minimize", "minimize"])
     study.set_user_attr("objectives", OBJECTIVES)
     study.set_user_attr("teacher", BIG)
-    study.set_user_attr("teachers", TEACHERS)
+    study.set_user_attr("teachers", TEACHERS)  # the choices, then the reference and members not sampled alone
+    study.set_user_attr("comparable", {"study": {}, "space": {"teachers": space}})
     study.set_user_attr("data", {"dataset": "fake", "train": 1000, "val": 400, "test": 400})
     dist = {"x": FloatDistribution(0, 1)}
     for i, c in enumerate(cands):
@@ -88,7 +93,7 @@ def test_teacher_against_teacher_is_paired_over_twins() -> None:
     from kdnas.study import candidates_of
 
     table = candidates_of(teacher_study(CANDS))
-    (small,) = teacher_gains(table, list(TEACHERS))  # the ensemble has no twin of a `big` candidate
+    (small,) = teacher_gains(table, ORDER)  # the ensemble has no twin of a `big` candidate
     assert small.group == "small" and small.candidates == 3  # three twin pairs: the chain pairs with nothing
     s1, s2 = small.by_arch
     assert (s1.student, s1.candidates, s2.student, s2.candidates) == ("s1", 2, "s2", 1)
@@ -107,13 +112,13 @@ def test_gain_over_labels_only_by_teacher() -> None:
     from kdnas.study import candidates_of
 
     table = candidates_of(teacher_study(CANDS))
-    by = {g.group: g for g in effects.gains(table, "teacher", list(TEACHERS))}
-    assert list(by) == ["big", "small", "big+small"]  # declared order
+    by = {g.group: g for g in effects.gains(table, "teacher", ORDER)}
+    assert list(by) == ORDER
     # big: s1 (0.91 + 0.80) / 2 - 0.86, s2 0.71 - 0.51; small: s1 (0.95 + 0.80 + 0.99) / 3 - 0.86, s2 0.61 - 0.51.
     assert by["big"].overall.mean == pytest.approx(((0.855 - 0.86) + 0.20) / 2)
     assert by["small"].overall.mean == pytest.approx(((0.95 + 0.80 + 0.99) / 3 - 0.86 + 0.10) / 2)
     assert by["big+small"].overall.mean == pytest.approx(0.75 - 0.51)
-    lines = effects.summary_lines(table, list(TEACHERS))
+    lines = effects.summary_lines(table, ORDER)
     assert any(x.startswith("| teacher | `big+small` | 1 | 1 | +24.0 points [") for x in lines), lines
     assert not any(x.startswith("| teacher |") for x in effects.summary_lines(table, ["big"]))
 
@@ -148,8 +153,10 @@ def test_report_files_show_the_teacher_and_the_efficiency(tmp_path: Path, monkey
 
     summary = (tmp_path / "summary.md").read_text()
     teacher = next(x for x in summary.splitlines() if x.startswith("Teacher:"))
-    assert "3 choices" in teacher and "`big+small` (ensemble of `big`, `small`; 12,000 params" in teacher
-    assert "`small` (2,000 params, 20,000 MACs, val 95.0%" in teacher and "The first, `big`, is the reference" in teacher
+    assert "3 choices, sampled per distilled trial: `big` (10,000 params" in teacher  # the reference first
+    assert "`big+small` (ensemble of `big`, `small`; 12,000 params" in teacher
+    assert "`small` (2,000 params, 20,000 MACs, val 95.0%" in teacher and "The reference teacher is `big`" in teacher
+    assert "Not sampled alone" not in teacher
     assert "| chain | teacher | separable |" in summary and "| `takd[1]` | `small` | yes |" in summary
     assert "## Teacher against teacher (same candidate, paired)" in summary
     assert "| `small` | `big` | 2 | 3 | -4.0 points [" in summary
@@ -172,6 +179,23 @@ def _ratio(cands: pd.DataFrame) -> float:
     p = one["val_accuracy_mean"]
     b = p * (1 - p) / 400
     return one["val_accuracy_se"] ** 2 / b - 1
+
+
+def test_a_reference_teacher_not_sampled_alone_leaves_the_first_choice_to_compare_with(tmp_path: Path) -> None:
+    """The space samples `small` and the ensemble `big+small`, not `big` alone: the ensemble is compared with
+    `small`, and labels-only students are still rated against the reference, `big`."""
+    from kdnas.results import write_report
+
+    study = teacher_study([C("s1", "none", None, [0.85, 0.87]), C("s1", "hinton", "small", [0.90, 0.92]),
+                           C("s1", "hinton", "big+small", [0.95, 0.97])], space=["small", "big+small"])
+    write_report(study, tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    teacher = next(x for x in summary.splitlines() if x.startswith("Teacher:"))
+    assert "2 choices, sampled per distilled trial: `small` (" in teacher and "Not sampled alone: `big` (" in teacher
+    assert "| `big+small` | `small` | 1 | 1 | +5.0 points [" in summary
+    assert "the first teacher choice (the reference teacher, `big`, is not sampled alone)" in summary
+    cands = pd.read_csv(tmp_path / "candidates.csv").set_index("candidate")
+    assert cands.loc["s1-none-None-False", "retained"] == pytest.approx(0.86 / 0.99)
 
 
 def test_the_candidates_efficiency_uses_the_exponents_the_search_used(tmp_path: Path) -> None:
@@ -257,3 +281,69 @@ def test_fidelity_lists_the_teacher_only_where_there_is_a_choice() -> None:
     assert "| `direct` | `small` | 10 |" in text and "| `direct` | labels only | 10 |" in text
     single = pd.DataFrame([r | {"teacher_name": "teacher" if r["teacher_name"] else None} for r in rows])
     assert "| teacher |" not in markdown(single, "t", "kdnas fidelity", 3, 3)
+
+
+E2E_SPACE = """\
+students:
+  plain_cnn: {channels: {type: categorical, choices: [[4, 8]]}, pool_every: 1}
+methods:
+  none: {}
+  hinton: {temperature: 4.0, alpha: 0.9}
+teachers: [small, big, [small, big]]
+"""
+
+
+def test_a_tiny_real_study_of_two_teachers_end_to_end(tmp_path: Path) -> None:
+    """Digits, two small teachers and their ensemble, one student and one method: every choice is sampled, so the
+    report has twins to pair, and every figure it shows is checked against the stored trials."""
+    from kdnas.cli import main
+    from tests._util import DIGITS, QUICK_LATENCY, working_dir
+
+    (tmp_path / "space.yaml").write_text(E2E_SPACE)
+    (tmp_path / "study.yaml").write_text(f"""\
+name: two
+seed: 0
+threads: 1
+data: {DIGITS}
+teachers:
+  big: {{arch: {{family: plain_cnn, channels: [16, 32], pool_every: 1}}, train: {{epochs: 1, lr: 0.1}}}}
+  small: {{arch: {{family: plain_cnn, channels: [8, 16], pool_every: 1}}, train: {{epochs: 1, lr: 0.1}}}}
+student:
+  train: {{epochs: 1, lr: 0.1}}
+search:
+  space: space.yaml
+  trials: 10
+  sampler: random
+objectives: [accuracy, params, latency]
+costs: {{latency: {QUICK_LATENCY}}}
+""")
+    with working_dir(tmp_path):
+        assert main(["search", "study.yaml"]) == 0
+    study = optuna.load_study(study_name="two", storage=f"sqlite:///{tmp_path}/runs/two/study.db")
+    infos = study.user_attrs["teachers"]
+    report = tmp_path / "reports" / "two"
+    trials = pd.read_csv(report / "trials.csv")
+    done = trials[trials["state"] == "COMPLETE"]
+    distilled = done[done["method"] != "none()"]
+    assert set(distilled["teacher_name"]) == {"big", "small", "big+small"} and done["teacher_name"].isna().any()
+    teacher = done["teacher_name"].fillna("big")  # labels-only: against the reference, the first declared
+    assert done["retained"].tolist() == pytest.approx(
+        (done["val_accuracy"] / teacher.map(lambda t: infos[t]["val_accuracy"])).tolist())
+    assert done["compression_params"].tolist() == pytest.approx(
+        (teacher.map(lambda t: infos[t]["params"]) / done["params"]).tolist())
+
+    cands = pd.read_csv(report / "candidates.csv").set_index("teacher_name", drop=False)
+    assert set(cands["teacher_name"].dropna()) == {"big", "small", "big+small"} and len(cands) == 4
+    labels_only = cands[cands["teacher_name"].isna()].iloc[0]
+    for t in ("big", "small", "big+small"):
+        assert cands.loc[t, "kd_gain"] == pytest.approx(cands.loc[t, "val_accuracy_mean"]
+                                                        - labels_only["val_accuracy_mean"])
+        assert cands.loc[t, "retained"] == pytest.approx(cands.loc[t, "val_accuracy_mean"] / infos[t]["val_accuracy"])
+
+    summary = (report / "summary.md").read_text()
+    assert "Teacher: 3 choices, sampled per distilled trial: `big` (" in summary  # the reference first
+    for t in ("small", "big+small"):
+        diff = 100 * (cands.loc[t, "val_accuracy_mean"] - cands.loc["big", "val_accuracy_mean"])
+        assert f"| `{t}` | `big` | 1 | 1 | {diff:+.1f} points [" in summary, summary
+    assert "## Distillation efficiency" in summary and "| teacher | `big+small` | 1 | 1 |" in summary
+    assert (report / "effects.png").stat().st_size > 0

@@ -22,7 +22,7 @@ import pandas as pd
 
 from kdnas.candidates import CandidateTable, Entry, Estimate, Ladder, Merged, binomial_variance
 from kdnas.results._efficiency import CANDIDATE_KEYS, candidate_metrics, rung_baselines, score_of
-from kdnas.results._teachers import teachers_of
+from kdnas.results._teachers import choices_of, teachers_of
 from kdnas.study import ladder_of, read_trials
 
 Trials = list[optuna.trial.FrozenTrial]
@@ -81,6 +81,12 @@ class Snapshot:
         if self._teachers is None:
             self._teachers = teachers_of(self.study.user_attrs)
         return self._teachers
+
+    @property
+    def choices(self) -> list[str]:
+        """The teacher choices trials sample, the reference first where it is one (kdnas/results/_teachers.py):
+        the order the report compares them in, each against the first."""
+        return choices_of(self.study.user_attrs, self.teachers)
 
     def metrics(self) -> dict[str, dict[str, Any]]:
         """Each candidate's teacher and distillation efficiency (kdnas/results/_efficiency.py), by key."""

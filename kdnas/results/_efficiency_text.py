@@ -29,7 +29,7 @@ def efficiency_lines(snap: Snapshot) -> list[str]:
     keys = {e.key for e in front}
     twins = [e for e in snap.table.estimates() if e.key not in keys and kd_gain(e, base.get(e.rung)) is not None]
     extra = sorted(twins, key=lambda e: (e.attrs.get("params") or 0, e.key)) if len(twins) <= FEW else []
-    ref, many = reference(snap.teachers), len(snap.teachers) > 1  # one teacher: no teacher column
+    ref, many = reference(snap.teachers), len(snap.choices) > 1  # one teacher choice: no teacher column
     whom = (f"its own teacher (labels-only: against the reference teacher `{ref}`)" if many else
             "the study's teacher")
     lines = ["", "## Distillation efficiency", "",

@@ -34,7 +34,7 @@ from kdnas.results._candidates import Snapshot
 from kdnas.results._efficiency import score_of, trial_metrics
 from kdnas.results._efficiency_text import efficiency_lines
 from kdnas.results._teacher_effects import section_lines as teacher_lines
-from kdnas.results._teachers import label_of
+from kdnas.results._teachers import label_of, reference
 from kdnas.results._html import write_html
 from kdnas.results._summary import summary_markdown
 
@@ -284,10 +284,10 @@ def write_report(study: optuna.Study, out_dir: Path, fidelity_csv: Path | None =
         ("Validation accuracy against each cost (candidates' means, 90 % intervals" +
          ("; @E ep: the budget of the figure" if snap.rungs else "") + ")", plots.plot_pareto(
             [(name, cands, teacher)], out_dir / "pareto.png", f"{name}: validation accuracy vs cost")),
-        ("Did distillation and assistants help" + (", and which teacher" if len(snap.teachers) > 1 else "") +
+        ("Did distillation and assistants help" + (", and which teacher" if len(snap.choices) > 1 else "") +
          "? (gain over labels-only, 90 % intervals" +
          ("; at the highest budget with both" if snap.rungs else "") + ")", plots.plot_effects(
-            snap.table, out_dir / "effects.png", f"{name}: effects", list(snap.teachers))),
+            snap.table, out_dir / "effects.png", f"{name}: effects", snap.choices)),
         (f"Parameter importances{first}", plots.plot_importances(
             importances(study, snap.trials), out_dir / "importances.png",
             f"{name}: what matters for validation accuracy{first}")),
@@ -308,10 +308,10 @@ def write_report(study: optuna.Study, out_dir: Path, fidelity_csv: Path | None =
     intro = [line.replace("**", "").replace("`", "") for line in head if line and not line.startswith("#")]
     # With rungs, the page shows how rankings changed between them as summary.md does (and the effects' budgets);
     # with several teachers, what the teacher did; always, the distillation efficiency of the front.
-    labels = list(snap.teachers)
+    labels = snap.choices
     sections = rungs.ladder_lines(snap.ladder) if snap.rungs else []
     if snap.rungs or len(labels) > 1:
-        sections += effects.summary_lines(snap.table, labels) + teacher_lines(snap.table, labels)
+        sections += effects.summary_lines(snap.table, labels) + teacher_lines(snap.table, labels, reference(snap.teachers))
     sections += efficiency_lines(snap)
     page = write_html(out_dir / "report.html", f"kdnas study {name}", intro, df, cands, figures, sections)
     return [csv, ccsv, md, page, *(path for _, path in figures)]

@@ -13,7 +13,7 @@ from kdnas.results import _effects as effects, _fidelity_text as fidelity, _rung
 from kdnas.results._candidates import Snapshot, pm, separability
 from kdnas.results._efficiency_text import efficiency_lines
 from kdnas.results._teacher_effects import section_lines as teacher_lines
-from kdnas.results._teachers import choices_line
+from kdnas.results._teachers import choices_line, reference
 
 
 def _fmt_int(v) -> str:
@@ -72,7 +72,7 @@ def front_table(snap: Snapshot, objectives: list[str]) -> list[str]:
                       "members are compared at the highest budget both reached.")
         lines[-2] = lines[-2].replace("| val acc |", "| budget | val acc |")
         lines[-1] = lines[-1].replace("|---:|---:|", "|---:|---:|---:|", 1)
-    many = len(snap.teachers) > 1  # a teacher column where there is a choice of teacher
+    many = len(snap.choices) > 1  # a teacher column where there is a choice of teacher
     if many:
         lines[-2] = lines[-2].replace("| chain |", "| chain | teacher |")
         lines[-1] += "---|"
@@ -135,9 +135,9 @@ def summary_markdown(snap: Snapshot, df: pd.DataFrame, hv: pd.Series | None = No
     if data:
         lines.append(f"Data: `{data.get('dataset')}`, {data.get('train')} train / {data.get('val')} val / "
                      f"{data.get('test')} test images. Candidates are ranked on **val**; test is only reported.")
-    labels = list(snap.teachers)
+    labels = snap.choices
     if len(labels) > 1:
-        lines.append(choices_line(snap.teachers))
+        lines.append(choices_line(snap.teachers, labels))
     elif teacher:
         lines.append(f"Teacher: `{json.dumps(teacher.get('spec'))}`, {_fmt_int(teacher.get('params'))} params, "
                      f"{_fmt_int(teacher.get('macs'))} MACs, {teacher.get('latency_ms', float('nan')):.3f} ms, "
@@ -159,7 +159,7 @@ def summary_markdown(snap: Snapshot, df: pd.DataFrame, hv: pd.Series | None = No
     if snap.rungs:
         lines += rungs.ladder_lines(snap.ladder)
     lines += effects.summary_lines(snap.table, labels)
-    lines += teacher_lines(snap.table, labels)
+    lines += teacher_lines(snap.table, labels, reference(snap.teachers))
     lines += efficiency_lines(snap)
     if fidelity_df is not None:
         lines += fidelity.summary_lines(fidelity_df)

@@ -1,7 +1,7 @@
 """Teacher against teacher: what the choice of teacher did to the same candidate, paired, with intervals.
 
-For each teacher choice B other than the reference A (the first declared, kdnas/results/_teachers.py), the
-difference B - A over *twins*: candidates identical except for the teacher (same student, method with every
+For each teacher choice B other than the reference A (the first declared teacher, kdnas/results/_teachers.py;
+where no trial samples the reference alone, the first choice stands in for it), the difference B - A over *twins*: candidates identical except for the teacher (same student, method with every
 hyperparameter, chain), so that nothing else moves between the two arms. Each twin pair's difference is a paired
 difference of two candidates' means on the same validation images (``kdnas.candidates.difference``: only their
 seed errors count); an architecture's difference is the mean over its pairs, and B's over the architectures
@@ -86,20 +86,24 @@ def _text(d: Difference, ref: str) -> str:
     return f"{_interval(d)}, {verdict}" + ("" if d.within_noise else f" than `{ref}`")
 
 
-def section_lines(table: CandidateTable | Merged, teachers: Sequence[str]) -> list[str]:
-    """The teacher-against-teacher section of ``summary.md``: only for a study with several teacher choices."""
+def section_lines(table: CandidateTable | Merged, teachers: Sequence[str], reference: str | None = None
+                  ) -> list[str]:
+    """The teacher-against-teacher section of ``summary.md``: only for a study with several teacher choices
+    (``teachers``, each compared with the first: the ``reference`` teacher where it is a choice)."""
     if len(teachers) < 2:
         return []
     ref = teachers[0]
+    role = ("the reference" if reference in (None, ref) else
+            f"the first teacher choice (the reference teacher, `{reference}`, is not sampled alone)")
     lines = ["", "## Teacher against teacher (same candidate, paired)", ""]
     found = teacher_gains(table, teachers)
     if not found:
-        return lines + [f"No candidate was trained under `{ref}` (the reference teacher) and under another teacher "
+        return lines + [f"No candidate was trained under `{ref}` ({role}) and under another teacher "
                         "alike in everything else (student, method, hyperparameters, chain), so the study cannot "
                         "compare teachers yet: it takes more trials, or fewer settings to sample."]
     rungs = isinstance(table, Merged)
     lines += [f"Validation accuracy of each candidate distilled from a teacher minus that of its twin distilled from "
-              f"`{ref}`, the reference (the same student, method, hyperparameters and chain: only the teacher "
+              f"`{ref}`, {role} (the same student, method, hyperparameters and chain: only the teacher "
               "differs), averaged per architecture, then over architectures; 90 % intervals. *Within noise*: the "
               "interval holds 0, so " + ("at that budget" if rungs else "at this training budget") + " the study "
               "cannot tell the two teachers apart for these students. A gain over labels-only per teacher is in the "

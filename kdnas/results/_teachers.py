@@ -22,17 +22,35 @@ from kdnas.candidates import canonical
 SINGLE = "teacher"  # the label of the one teacher of a single-teacher study
 
 
+def _identity(info: Mapping[str, Any]) -> Any:
+    return info.get("identity") or info.get("cache_key") or info.get("checkpoint_sha256")
+
+
 def teachers_of(attrs: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
-    """``{label: info}`` of every teacher choice of a study (its user attributes), reference first; {} when the
-    study records no teacher."""
-    teachers = attrs.get("teachers")
-    if teachers:
-        return dict(teachers)
-    return {SINGLE: dict(attrs["teacher"])} if attrs.get("teacher") else {}
+    """``{label: info}`` of every teacher a study records (its user attributes), the reference first, then in the
+    recorded order (the space's choices, then declared teachers that are only ensemble members or the reference);
+    {} when the study records no teacher. The reference is the one whose identity the study's ``teacher``
+    attribute holds."""
+    teachers = dict(attrs.get("teachers") or {})
+    ref = attrs.get("teacher")
+    if not teachers:
+        return {SINGLE: dict(ref)} if ref else {}
+    first = next((k for k, v in teachers.items() if ref and _identity(v) is not None
+                  and _identity(v) == _identity(ref)), next(iter(teachers)))
+    return {first: teachers[first], **{k: v for k, v in teachers.items() if k != first}}
+
+
+def choices_of(attrs: Mapping[str, Any], teachers: Mapping[str, Any]) -> list[str]:
+    """The teacher choices a trial samples (the study's recorded space; an older record: every recorded teacher),
+    the reference first where it is one of them."""
+    space = ((attrs.get("comparable") or {}).get("space") or {}).get("teachers")
+    labels = [str(x) for x in space] if space else list(teachers)
+    ref = reference(teachers)
+    return [ref] + [x for x in labels if x != ref] if ref in labels else labels
 
 
 def reference(teachers: Mapping[str, Any]) -> str | None:
-    """The reference teacher's label: the first declared."""
+    """The reference teacher's label: first in ``teachers_of``."""
     return next(iter(teachers), None)
 
 
@@ -62,15 +80,21 @@ def _num(v: Any, fmt: str) -> str:
     return "?" if v is None else format(v, fmt)
 
 
-def choices_line(teachers: Mapping[str, Mapping[str, Any]]) -> str:
-    """The summary's Teacher line of a study with several teacher choices: each with its params and accuracies."""
-    parts = []
-    for label, info in teachers.items():
-        what = f"ensemble of {', '.join(f'`{m}`' for m in info['members'])}; " if info.get("members") else ""
-        val, test = info.get("val_accuracy"), info.get("test_accuracy")
-        parts.append(f"`{label}` ({what}{_num(info.get('params'), ',')} params, {_num(info.get('macs'), ',')} MACs, "
-                     f"val {_num(val, '.1%')}, test {_num(test, '.1%')})")
+def _describe(label: str, info: Mapping[str, Any]) -> str:
+    what = f"ensemble of {', '.join(f'`{m}`' for m in info['members'])}; " if info.get("members") else ""
+    return (f"`{label}` ({what}{_num(info.get('params'), ',')} params, {_num(info.get('macs'), ',')} MACs, "
+            f"val {_num(info.get('val_accuracy'), '.1%')}, test {_num(info.get('test_accuracy'), '.1%')})")
+
+
+def choices_line(teachers: Mapping[str, Mapping[str, Any]], choices: list[str]) -> str:
+    """The summary's Teacher line of a study with several teacher choices: each with its params and accuracies,
+    then the recorded teachers no trial samples (the reference, or an ensemble's members)."""
     ref = reference(teachers)
-    return (f"Teacher: {len(teachers)} choices, sampled per distilled trial: {'; '.join(parts)}. The first, `{ref}`, "
-            "is the reference: it normalises the hypervolume and rates labels-only students; an ensemble's costs "
-            "are its members' sums, its accuracy that of the mean of their probabilities (one training each).")
+    line = (f"Teacher: {len(choices)} choices, sampled per distilled trial: "
+            f"{'; '.join(_describe(c, teachers[c]) for c in choices if c in teachers)}.")
+    rest = [k for k in teachers if k not in choices]
+    if rest:
+        line += f" Not sampled alone: {'; '.join(_describe(k, teachers[k]) for k in rest)}."
+    return (line + f" The reference teacher is `{ref}`: it normalises the hypervolume and rates labels-only "
+            "students. An ensemble's costs are its members' sums, its accuracy that of the mean of their "
+            "probabilities (one training each).")
