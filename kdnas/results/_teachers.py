@@ -2,10 +2,12 @@
 
 A study may declare several teachers, and each distilled trial samples one teacher *choice*: a declared teacher
 (``resnet20``) or an ensemble of several, distilled from the mean of their softened outputs, labelled by its
-members joined by ``+`` (``resnet20+resnet8``). The study records every choice's figures in declared order
-(``teachers``: params, MACs, latency, validation and test accuracy; an ensemble's costs are its members' sums).
-The first is the *reference*: it normalises the hypervolume, and the distillation efficiency of a labels-only
-student, which has no teacher, is taken against it.
+members joined by ``+`` (``resnet20+resnet8``). The study records each teacher's figures (``teachers``: params,
+MACs, latency, validation and test accuracy, identity; an ensemble's costs are its members' sums): the space's
+choices in the space's order, then the declared teachers no trial samples alone (an ensemble's members, the
+reference). The *reference* is the first declared teacher, whose figures the study's ``teacher`` attribute holds:
+it normalises the hypervolume, and the distillation efficiency of a labels-only student, which has no teacher, is
+taken against it. The report lists and compares teachers with the reference first.
 
 A study with one teacher (the ``teacher:`` form, and every study from before) has one choice, labelled
 ``teacher``; a study that predates the ``teachers`` record has its ``teacher`` record alone. A trial from before
