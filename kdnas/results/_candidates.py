@@ -55,6 +55,7 @@ class Snapshot:
     ladder: Ladder | None = None
     _frame: pd.DataFrame | None = field(default=None, repr=False)
     _teachers: dict[str, dict[str, Any]] | None = field(default=None, repr=False)
+    _choices: list[str] | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, study: optuna.Study, trials: Trials | None = None) -> "Snapshot":
@@ -86,7 +87,9 @@ class Snapshot:
     def choices(self) -> list[str]:
         """The teacher choices trials sample, the reference first where it is one (kdnas/results/_teachers.py):
         the order the report compares them in, each against the first."""
-        return choices_of(self.study.user_attrs, self.teachers)
+        if self._choices is None:  # once: each read of the study's attributes is a storage query and a deep copy
+            self._choices = choices_of(self.study.user_attrs, self.teachers)
+        return self._choices
 
     def metrics(self) -> dict[str, dict[str, Any]]:
         """Each candidate's teacher and distillation efficiency (kdnas/results/_efficiency.py), by key."""
