@@ -48,7 +48,7 @@ def _arch_axes(prefix: str, families: dict) -> list[dict]:
 
 
 def enumerate_space(space) -> list[dict]:
-    """Every candidate of ``space`` as Optuna parameters: any students and methods, and a chain of at most one
+    """Every candidate of ``space`` as Optuna parameters: any students, methods and teachers, and a chain of at most one
     assistant (``chain.length`` 0 or 1, each mode, each assistant); label-only methods get no chain, as in
     ``SearchSpace.sample``."""
     c = space.chain
@@ -64,6 +64,9 @@ def enumerate_space(space) -> list[dict]:
         methods = [{**head, **{f"method.{method}.{p}": v for p, v in zip(names, combo)}}
                    for combo in itertools.product(*(domain_values(doms[p]) for p in names))]
         chains: list[dict] = [{}]
+        teachers: list[dict] = [{}]
+        if len(space.teachers) > 1 and METHODS.get(method).uses_teacher:  # a study of several teachers
+            teachers = [{"teacher": t} for t in space.teachers]
         if c.max_assistants and METHODS.get(method).uses_teacher:
             lengths = [n for n in (0, 1) if c.min_assistants <= n <= c.max_assistants]
             length = (lambda n: {"chain.length": n}) if len(lengths) > 1 else (lambda n: {})
@@ -71,7 +74,7 @@ def enumerate_space(space) -> list[dict]:
             chains = [length(0)] if 0 in lengths else []
             chains += [{**length(1), **({"chain.mode": m} if len(modes) > 1 else {}), **a}
                        for m in modes for a in assistants]
-        grid += [{**s, **m, **ch} for s in students for m in methods for ch in chains]
+        grid += [{**s, **m, **t, **ch} for s in students for m in methods for t in teachers for ch in chains]
     # Check every point against the space's own sampler: a parameter it does not ask for, or one it asks for that
     # is missing, is a bug here (FixedTrial raises on a missing one; an extra one would be silently ignored).
     for p in grid:

@@ -89,12 +89,17 @@ def derive(src: str | Path, dest: Path, overrides: dict[str, Any], smoke: bool =
     raw = yaml.safe_load(src.read_text())
     raw = merge(raw, overrides)
     if smoke:
+        several = isinstance(raw.get("teachers"), dict)
         raw = merge(raw, SMOKE)
-        arch = (raw.get("teacher") or {}).get("arch") or {}
-        if arch.get("family") == "resnet_cifar" and int(arch.get("depth", 8)) > 8:
-            # A smoke run checks the code path: a ResNet-8 teacher (still above every shipped assistant's and most
-            # students' size) costs a third of the shipped studies' ResNet-20 per epoch.
-            raw["teacher"]["arch"] = {**arch, "depth": 8}
+        if several:  # a study of several teachers: each gets what SMOKE gives the one teacher
+            each = raw.pop("teacher")
+            raw["teachers"] = {n: merge(t, each) for n, t in raw["teachers"].items()}
+        for t in raw["teachers"].values() if several else [raw["teacher"]]:
+            arch = t.get("arch") or {}
+            if arch.get("family") == "resnet_cifar" and int(arch.get("depth", 8)) > 8:
+                # A smoke run checks the code path: a ResNet-8 teacher (still above every shipped assistant's and
+                # most students' size) costs a third of the shipped studies' ResNet-20 per epoch.
+                t["arch"] = {**arch, "depth": 8}
         if isinstance(raw.get("assistants"), dict):
             raw = merge(raw, {"assistants": {"train": {"epochs": 1}}})
 
@@ -105,8 +110,9 @@ def derive(src: str | Path, dest: Path, overrides: dict[str, Any], smoke: bool =
     raw["search"]["space"] = absolute(raw["search"]["space"])
     if isinstance(raw.get("data"), dict) and raw["data"].get("root"):
         raw["data"]["root"] = absolute(raw["data"]["root"])
-    if isinstance(raw.get("teacher"), dict) and raw["teacher"].get("checkpoint"):
-        raw["teacher"]["checkpoint"] = absolute(raw["teacher"]["checkpoint"])
+    for t in [raw.get("teacher"), *(raw.get("teachers") or {}).values()]:
+        if isinstance(t, dict) and t.get("checkpoint"):
+            t["checkpoint"] = absolute(t["checkpoint"])
     dest.mkdir(parents=True, exist_ok=True)
     path = dest / f"{raw['name']}.yaml"
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
