@@ -1,6 +1,8 @@
 """What a study's trials say: ``trials.csv`` (one row per trial), ``candidates.csv`` (one row per candidate: mean,
 interval, replicates), ``summary.md``, ``report.html``, the plots, the comparison of several studies,
-``kdnas fidelity`` (brief against full training, and seed against seed) and the optuna-dashboard launcher.
+``kdnas fidelity`` (brief against full training, and seed against seed) and the optuna-dashboard launcher. Every
+trial and candidate says its teacher choice and its distillation efficiency against it; a study with several
+teacher choices also gets the effect of the teacher (kdnas/results/_teacher_effects.py).
 """
 
 from kdnas.results._api import report

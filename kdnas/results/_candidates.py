@@ -6,6 +6,9 @@ Every accuracy a report shows is a candidate's mean over its replicates with the
 and the replicate count (``97.2% ± 1.1 (3x)``). Test accuracy gets an interval too: the binomial error of the
 test images plus the candidate's seed variance as measured on validation (the seed moves both splits alike; the
 test split is never used to choose, so it lends nothing to that estimate).
+
+Each candidate also says which teacher it learned from (``teacher_name``) and its distillation efficiency against
+it, with its gain over labels-only (kdnas/results/_efficiency.py).
 """
 
 from __future__ import annotations
@@ -18,6 +21,8 @@ import optuna
 import pandas as pd
 
 from kdnas.candidates import CandidateTable, Entry, Estimate, Ladder, Merged, binomial_variance
+from kdnas.results._efficiency import CANDIDATE_KEYS, candidate_metrics, rung_baselines, score_of
+from kdnas.results._teachers import choices_of, teachers_of
 from kdnas.study import ladder_of, read_trials
 
 Trials = list[optuna.trial.FrozenTrial]
@@ -49,6 +54,8 @@ class Snapshot:
     table: CandidateTable | Merged
     ladder: Ladder | None = None
     _frame: pd.DataFrame | None = field(default=None, repr=False)
+    _teachers: dict[str, dict[str, Any]] | None = field(default=None, repr=False)
+    _choices: list[str] | None = field(default=None, repr=False)
 
     @classmethod
     def of(cls, study: optuna.Study, trials: Trials | None = None) -> "Snapshot":
@@ -70,6 +77,30 @@ class Snapshot:
         return int((self.study.user_attrs.get("data") or {}).get("test") or 1)  # unknown: as wide as it can be
 
     @property
+    def teachers(self) -> dict[str, dict[str, Any]]:
+        """``{label: info}`` of the study's teacher choices, the reference first (kdnas/results/_teachers.py)."""
+        if self._teachers is None:
+            self._teachers = teachers_of(self.study.user_attrs)
+        return self._teachers
+
+    @property
+    def choices(self) -> list[str]:
+        """The teacher choices trials sample, the reference first where it is one (kdnas/results/_teachers.py):
+        the order the report compares them in, each against the first."""
+        if self._choices is None:  # once: each read of the study's attributes is a storage query and a deep copy
+            self._choices = choices_of(self.study.user_attrs, self.teachers)
+        return self._choices
+
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        """Each candidate's teacher and distillation efficiency (kdnas/results/_efficiency.py), by key."""
+        attrs = self.study.user_attrs  # once: each read is a storage query and a deep copy
+        objectives, score, teachers = attrs.get("objectives", []), score_of(attrs), self.teachers
+        by_number = {t.number: t for t in self.trials}
+        base = rung_baselines(self.table)
+        return {e.key: candidate_metrics(e, teachers, objectives, score, by_number, base.get(e.rung))
+                for e in self.table.estimates()}
+
+    @property
     def front_keys(self) -> set[str]:
         return {e.key for e in self.table.front()}
 
@@ -83,6 +114,7 @@ class Snapshot:
             loose = table.not_separable()
             rep = {e.key: e.representative() for e in table.estimates()}
             n_test = self.n_test  # once: each read of the study's attributes is a storage query and a deep copy
+            metrics = self.metrics()
             rows: list[dict[str, Any]] = []
             made = table.rows()
             for r in made:
@@ -92,7 +124,8 @@ class Snapshot:
                              **{k: v for k, v in r.items() if k != "candidate"},
                              "val_accuracy_half_width": e.estimate.half_width,
                              "test_accuracy_half_width": None if test is None else test.half_width,
-                             "not_separable_from": " ".join(str(rep[k]) for k in loose.get(e.key, []))})
+                             "not_separable_from": " ".join(str(rep[k]) for k in loose.get(e.key, [])),
+                             **metrics[e.key]})
             # With rungs, Merged.rows() adds each candidate's rung, budget and mean at every rung (after the rest),
             # and the rows go by budget first: a mean after 2 epochs does not rank against one after 18.
             extra = [] if not self.rungs else ["rung", "epochs",
@@ -111,7 +144,7 @@ CANDIDATE_COLUMNS = [
     "candidate", "representative", "val_accuracy_mean", "val_accuracy_se", "val_accuracy_lo", "val_accuracy_hi",
     "val_accuracy_half_width", "replicates", "test_accuracy_mean", "test_accuracy_half_width", "trials", "seeds",
     "reused_trials", "pareto", "separable", "not_separable_from", "student", "method", "chain", "chain_length",
-    "params", "macs", "latency_ms", "latency_iqr_ms", "latency_median_ms", "latency_stable",
+    "params", "macs", "latency_ms", "latency_iqr_ms", "latency_median_ms", "latency_stable", *CANDIDATE_KEYS,
 ]
 
 

@@ -6,7 +6,7 @@ distilled candidate's gain is the paired difference of its mean and the baseline
 (``kdnas.candidates.difference``: both are measured on the same validation images, so only the seed parts of
 their errors count).
 
-A group (a method, or a chain length) is judged architecture by architecture: its candidates of one architecture
+A group (a method, a chain length, or in a study with several teacher choices a teacher) is judged architecture by architecture: its candidates of one architecture
 are averaged (the average gain over the hyperparameters and chains this study tried, not over every setting the
 method could take), then those per-architecture gains are averaged over the architectures
 (``kdnas.candidates.mean_difference``). A 90 % interval holding 0 is *within noise*: the study cannot tell the
@@ -26,10 +26,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 from kdnas.candidates import (CandidateTable, Difference, Entry, Estimate, Ladder, Merged, difference, estimate,
                               mean_difference)
 from kdnas.results._rungs_text import epochs
+from kdnas.results._teachers import label_of
 
 
 @dataclass(frozen=True)
@@ -98,6 +100,8 @@ def is_baseline(e: Entry) -> bool:
 
 
 def _group_of(e: Entry, by: str) -> str:
+    if by == "teacher":
+        return str(label_of(e.attrs))
     return method_name(e) if by == "method" else str(e.attrs.get("chain_length"))
 
 
@@ -132,21 +136,24 @@ def _distilled(entries: list[Entry], by: str) -> dict[str, dict[str, list[Entry]
     return out
 
 
-def _order(keys, by: str) -> list[str]:
-    return sorted(keys, key=lambda k: (by != "method", k))
+def _order(keys, by: str, order: Sequence[str] = ()) -> list[str]:
+    """Groups by name (methods before chain lengths); ``order`` first (the declared teachers), in its order."""
+    first = {k: i for i, k in enumerate(order)}
+    return sorted(keys, key=lambda k: (first.get(k, len(first)), by != "method", k))
 
 
-def gains(table: CandidateTable | Merged, by: str) -> list[Gain]:
-    """Gains over labels-only of the distilled candidates grouped ``by`` ``"method"`` or ``"chain_length"``, in
-    the groups' order; [] when no distilled candidate has a baseline of its architecture. With rungs (a
-    ``Merged``), each architecture's at the highest rung with both arms (module docstring)."""
+def gains(table: CandidateTable | Merged, by: str, order: Sequence[str] = ()) -> list[Gain]:
+    """Gains over labels-only of the distilled candidates grouped ``by`` ``"method"``, ``"chain_length"`` or
+    ``"teacher"`` (the teacher choice), in the groups' order (``order`` first: the declared teacher choices); []
+    when no distilled candidate has a baseline of its architecture. With rungs (a ``Merged``), each
+    architecture's at the highest rung with both arms (module docstring)."""
     if isinstance(table, Merged):
-        return _ladder_gains(table.ladder, by)
+        return _ladder_gains(table.ladder, by, order)
     entries = table.estimates()
     base = baselines(table, entries)
     groups = _distilled(entries, by)
     out = []
-    for key in _order(groups, by):
+    for key in _order(groups, by, order):
         per_arch = [ArchGain(s, difference(_average([e.estimate for e in es]), base[s]), len(es))
                     for s, es in sorted(groups[key].items()) if s in base]
         if per_arch:
@@ -173,11 +180,11 @@ def _brief(first: CandidateTable, dist: list[Entry], base: list[Entry]) -> Diffe
     return difference(_average(ests), pooled)
 
 
-def _ladder_gains(ladder: Ladder, by: str) -> list[Gain]:
+def _ladder_gains(ladder: Ladder, by: str, order: Sequence[str] = ()) -> list[Gain]:
     rungs = [(_baseline_entries(t.estimates()), _distilled(t.estimates(), by)) for t in ladder.tables]
     epochs = ladder.epochs or [None] * ladder.rungs
     out = []
-    for key in _order({k for _, groups in rungs for k in groups}, by):
+    for key in _order({k for _, groups in rungs for k in groups}, by, order):
         per_arch = []
         for s in sorted({s for _, groups in rungs for s in groups.get(key, {})}):
             for r in range(ladder.rungs - 1, -1, -1):  # the highest rung with both arms
@@ -201,10 +208,13 @@ def _ladder_gains(ladder: Ladder, by: str) -> list[Gain]:
     return out
 
 
-def summary_lines(table: CandidateTable | Merged) -> list[str]:
-    """The effects section of ``summary.md``."""
+def summary_lines(table: CandidateTable | Merged, teachers: Sequence[str] = ()) -> list[str]:
+    """The effects section of ``summary.md``; with several ``teachers`` (the study's teacher choices, declared
+    order) the gain of each teacher choice too."""
     lines = ["", "## Gain over labels-only (same architecture, paired)", ""]
     rows = [("method", g) for g in gains(table, "method")] + [("assistants", g) for g in gains(table, "chain_length")]
+    if len(teachers) > 1:
+        rows += [("teacher", g) for g in gains(table, "teacher", teachers)]
     if not rows:
         return lines + ["No distilled candidate has a labels-only (method `none`) candidate of the same architecture "
                         "to compare with; add `none: {}` to the space's methods to measure what distillation adds."]
@@ -228,9 +238,14 @@ def summary_lines(table: CandidateTable | Merged) -> list[str]:
     return lines + ["", *budget_lines(rows)]
 
 
-def budget_lines(rows: list[tuple[str, Gain]]) -> list[str]:
+def _what(by: str, g: Gain) -> str:
+    return f"`{g.group}`" + {"assistants": " assistants", "teacher": " teacher"}.get(by, "")
+
+
+def budget_lines(rows: list[tuple[str, Gain]], versus: str = "labels-only") -> list[str]:
     """With rungs: for each gain measured above the first rung, whether the same runs' gain at the first rung
-    differs from it (one line each where it does; one line for those that agree)."""
+    differs from it (one line each where it does; one line for those that agree). ``versus``: what the gains are
+    over."""
     out, agree, first = [], [], None
     for by, g in rows:
         change = g.change()
@@ -238,7 +253,7 @@ def budget_lines(rows: list[tuple[str, Gain]]) -> list[str]:
         if change is None:
             continue
         long, brief, delta = change
-        what = f"`{g.group}`" + (" assistants" if by == "assistants" else "")
+        what = _what(by, g)
         if delta.within_noise:
             agree.append(what)
             continue
@@ -246,7 +261,7 @@ def budget_lines(rows: list[tuple[str, Gain]]) -> list[str]:
         at = f"{eps[0]}" if len(eps) == 1 else f"{eps[0]}-{eps[-1]}"
         over = brief.mean > long.mean
         by_how_much = Difference(abs(delta.mean), delta.se)
-        out.append(f"- {what}: at {epochs(first)} it gained {_interval(brief)} over labels-only, at {at} epochs "
+        out.append(f"- {what}: at {epochs(first)} it gained {_interval(brief)} over {versus}, at {at} epochs "
                    f"{_interval(long)} (the same runs): the brief budget {'over' if over else 'under'}states it by "
                    f"{_interval(by_how_much)}.")
     if agree:
@@ -254,7 +269,7 @@ def budget_lines(rows: list[tuple[str, Gain]]) -> list[str]:
                    "within noise.")
     for by, g in rows:
         if g.lower:
-            what = f"`{g.group}`" + (" assistants" if by == "assistants" else "")
+            what = _what(by, g)
             eps = sorted({a.epochs for a in g.lower})
             low = mean_difference([a.diff for a in g.lower])
             out.append(f"- {what}: {len(g.lower)} more architecture{'s' * (len(g.lower) > 1)} had both arms only at "
@@ -262,7 +277,9 @@ def budget_lines(rows: list[tuple[str, Gain]]) -> list[str]:
                        f"{_interval(low)} there: left out of its gain above (a brief budget's gain is not the "
                        f"longer one's).")
     if not out:
-        return [f"No gain was measured above the first budget ({epochs(first)}) yet: no distilled and labels-only "
-                "candidate of one architecture both went on to a longer one."]
+        both = ("no distilled and labels-only candidate of one architecture" if versus == "labels-only" else
+                f"no two candidates alike but for the teacher (one of them `{versus.strip('`')}`'s)")
+        return [f"No gain was measured above the first budget ({epochs(first)}) yet: {both} both went on to a "
+                "longer one."]
     return ["How the budget changed each gain (first rung: each run's figure there, read mid-schedule; the "
             "difference's interval takes the two budgets as independent):", "", *out]

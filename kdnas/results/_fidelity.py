@@ -36,6 +36,7 @@ from kdnas.costs import resolve_device
 from kdnas.results._fidelity_text import (CSV_NAME, SPLITS, _pct, agreement, brief_vs_second, caption, ceiling_text,
                                           describe, figure, first_seed, markdown, rank_agreement, read_fidelity,
                                           seed_agreement, summary_lines)
+from kdnas.results._teachers import label_of
 from kdnas.study import candidates_of, open_study, trial_seed
 
 # What kdnas.results._report and the tests read as `fidelity.X`: the texts live in _fidelity_text.py.
@@ -46,7 +47,7 @@ __all__ = ["CSV_NAME", "agreement", "brief_vs_second", "caption", "ceiling_text"
 COLUMNS = [
     "trial", "candidate", "seed_index", "pareto", "brief_val_accuracy", "brief_val_half_width", "brief_replicates",
     "full_val_accuracy", "brief_test_accuracy", "full_test_accuracy", "params", "student", "method", "chain",
-    "brief_epochs", "epochs", "assistant_epochs", "seed", "device", "reason", "bundle",
+    "teacher_name", "brief_epochs", "epochs", "assistant_epochs", "seed", "device", "reason", "bundle",
 ]
 MAX_SEEDS = 2
 ORDINAL = ("1st", "2nd")
@@ -158,6 +159,7 @@ def _row(c: Chosen, index: int, recipe: dict | None, bundle: Path, seed: int, re
         "full_val_accuracy": full.get("val_accuracy"), "brief_test_accuracy": c.entry.test_mean(),
         "full_test_accuracy": full.get("test_accuracy"),
         "params": ua.get("params"), "student": ua.get("student"), "method": ua.get("method"), "chain": ua.get("chain"),
+        "teacher_name": label_of(ua),  # the teacher choice it learned from (blank: labels only)
         # The budget the brief figure is from: the trial's (with rungs, the rung its candidate reached).
         "brief_epochs": ua.get("epochs", (recipe or {}).get("student_train", {}).get("epochs")),
         "epochs": full.get("epochs"),

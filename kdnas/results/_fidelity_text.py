@@ -137,6 +137,10 @@ def figure(df: pd.DataFrame, path: Path, title: str) -> Path:
     return plots.plot_fidelity(first_seed(df), agreement(df), path, title, seed_agreement(df))
 
 
+def _teacher(v) -> str:
+    return "labels only" if pd.isna(v) else f"`{v}`"
+
+
 def _pct(v) -> str:
     return "–" if pd.isna(v) else f"{100 * float(v):.1f}%"
 
@@ -147,6 +151,10 @@ def markdown(df: pd.DataFrame, study_name: str, command: str, selected: int, com
     first = first_seed(df)
     done = first.dropna(subset=["full_val_accuracy"]).sort_values(["brief_val_accuracy", "trial"],
                                                                   ascending=[False, True])
+    # A teacher column where candidates learned from different teachers (a study with several teacher choices);
+    # a file written before kdnas recorded the teacher has no such column.
+    names = set(first["teacher_name"].dropna()) if "teacher_name" in first.columns else set()
+    teachers = bool(names - {"teacher"})
     lines = [f"# Fidelity of brief training: study `{study_name}`", "", f"Command: `{command}`", ""]
     missing = selected * seeds - len(df)
     lines.append(f"{len(done)} of {selected} selected candidates (of {completed} completed trials) retrained from scratch with the full budget"
@@ -179,8 +187,8 @@ def markdown(df: pd.DataFrame, study_name: str, command: str, selected: int, com
                   "rankings. With few candidates both are noisy: the p-values say how often unrelated rankings would "
                   "agree this well by chance. Brief val: the candidate's mean ± the 90 % half-width (replicates).", "",
               "| trial | Pareto | brief val | full val | full val, 2nd seed | brief test | full test | params | student "
-              "| method | chain | epochs |",
-              "|---:|:---:|---:|---:|---:|---:|---:|---:|---|---|---|---:|"]
+              "| method | chain |" + (" teacher |" if teachers else "") + " epochs |",
+              "|---:|:---:|---:|---:|---:|---:|---:|---:|---|---|---|" + ("---|" if teachers else "") + "---:|"]
     second = paired_seeds(df).set_index("trial")
     for _, r in first.sort_values(["brief_val_accuracy", "trial"], ascending=[False, True]).iterrows():
         epochs = "" if pd.isna(r["epochs"]) else str(int(r["epochs"]))
@@ -192,7 +200,7 @@ def markdown(df: pd.DataFrame, study_name: str, command: str, selected: int, com
         lines.append(f"| {int(r['trial'])} | {'yes' if r['pareto'] else ''} | {brief} | "
                      f"{_pct(r['full_val_accuracy'])}{note} | {other} | {_pct(r['brief_test_accuracy'])} | "
                      f"{_pct(r['full_test_accuracy'])} | {int(r['params']):,} | `{r['student']}` | `{r['method']}` | "
-                     f"`{r['chain']}` | {epochs} |")
+                     f"`{r['chain']}` | " + (f"{_teacher(r['teacher_name'])} | " if teachers else "") + f"{epochs} |")
     lines += ["", "Files: `fidelity.csv` (one row per retraining; `seed_index` 1: the second seed), `fidelity.png` "
                   "(full against brief accuracy). Each fully trained student is a bundle in the `bundle` column's "
                   "folder: `kdnas.load_student(FOLDER)`."]

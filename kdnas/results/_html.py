@@ -28,14 +28,14 @@ TABLE_COLUMNS = [("number", "trial"), ("state", "state"), ("val_accuracy", "val 
                  ("candidate_val", "candidate val acc (90 %)"), ("replicate", "replicate"),
                  ("test_accuracy", "test acc (this trial)"), ("params", "params"), ("macs", "MACs"),
                  ("latency_ms", "latency (ms)"), ("student", "student"), ("method", "method"), ("chain", "chain"),
-                 ("rung", "rung"), ("epochs", "epochs"), ("reason", "reason")]
+                 ("teacher_name", "teacher"), ("rung", "rung"), ("epochs", "epochs"), ("reason", "reason")]
 # ``epochs`` is in a study with rungs' candidates only: the budget a member's figures are from.
 FRONT_COLUMNS = [("representative", "trial"), ("epochs", "budget (epochs)"), ("candidate_val", "val acc (90 %)"),
                  ("replicates", "replicates"),
                  ("candidate_test", "test acc (90 %)"), ("params", "params"), ("macs", "MACs"),
                  ("latency_ms", "latency (ms)"), ("student", "student"), ("method", "method"), ("chain", "chain"),
-                 ("separable", "separable")]
-_TEXT = {"state", "student", "method", "chain", "reason", "separable"}
+                 ("teacher_name", "teacher"), ("efficiency", "distillation efficiency"), ("separable", "separable")]
+_TEXT = {"state", "student", "method", "chain", "reason", "separable", "teacher_name"}
 
 
 def _cell(col: str, v) -> str:
@@ -49,6 +49,8 @@ def _cell(col: str, v) -> str:
         return f"{int(v):,}"
     if col == "latency_ms":
         return f"{float(v):.3f}"
+    if col == "efficiency":
+        return f"{float(v):.2f}"
     return html.escape(str(v))
 
 
@@ -136,6 +138,9 @@ def write_html(path: Path, title: str, intro: list[str], df: pd.DataFrame, cands
     trials, cands = _with_figures(df, cands)
     if "rung" in trials and not trials["rung"].notna().any():  # no rungs: every trial at one budget, said once
         trials = trials.drop(columns=["rung", "epochs"])
+    # The teacher column only where there is a choice: a single-teacher study's distilled trials all say `teacher`.
+    if "teacher_name" in trials and not set(trials["teacher_name"].dropna()) - {"teacher"}:
+        trials, cands = trials.drop(columns=["teacher_name"]), cands.drop(columns=["teacher_name"], errors="ignore")
     front = cands[cands["pareto"].astype(bool)].sort_values(["params", "representative"])
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{html.escape(title)}</h1>"]

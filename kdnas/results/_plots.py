@@ -157,46 +157,61 @@ def plot_pareto(studies: Sequence[tuple[str, pd.DataFrame, dict | None]], path: 
     return save(fig, path)
 
 
-def plot_effects(table, path: Path, title: str) -> Path:
+def _gain_panel(ax, groups, ylabel: str, unit: str = "cand.", empty: str = "") -> None:
+    """Each group's per-architecture differences (grey) and their mean (a diamond), with 90 % intervals."""
+    for i, g in enumerate(groups, start=1):
+        offsets = np.linspace(-0.2, 0.2, len(g.by_arch)) if len(g.by_arch) > 1 else np.zeros(1)
+        ds = [a.diff for a in g.by_arch]
+        y = np.array([100 * d.mean for d in ds])
+        ax.errorbar(i + offsets, y, yerr=[y - [100 * d.lo for d in ds], [100 * d.hi for d in ds] - y],
+                    fmt="o", ms=3, color="0.6", elinewidth=0.8, alpha=0.8)  # one call: one artist per group
+        d = g.overall
+        color = "0.35" if d.within_noise else ("C2" if d.mean > 0 else "C3")
+        ax.errorbar(i, 100 * d.mean, yerr=[[100 * (d.mean - d.lo)], [100 * (d.hi - d.mean)]], fmt="D",
+                    ms=7, color=color, capsize=4, lw=2, zorder=4)
+        ax.annotate("within noise" if d.within_noise else f"{100 * d.mean:+.1f}", (i, 100 * d.hi),
+                    textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8, color=color)
+    ax.set_xticks(range(1, len(groups) + 1),
+                  [f"{g.group}\n({len(g.by_arch)} arch., {g.candidates} {unit})"
+                   + (f"\n@{g.budget}" if g.budget else "") for g in groups])
+    ax.set_xlim(0.5, max(len(groups), 1) + 0.5)
+    ax.axhline(0, color="C3", lw=1, ls="--")
+    ax.set_ylabel(ylabel)
+    if not groups and empty:
+        ax.text(0.5, 0.5, empty, ha="center", va="center", transform=ax.transAxes, fontsize=9)
+
+
+def plot_effects(table, path: Path, title: str, teachers: Sequence[str] = ()) -> Path:
     """Did distillation help, and did assistants help? Gain over the label-only baseline of the same
     architecture (kdnas/results/_effects.py), by method and by chain length: each architecture's paired
     difference and the mean over architectures, with 90 % intervals; *within noise* where an interval holds 0.
     With rungs, each gain at the highest budget with both arms, which its label says. Without baselines, the
     candidates' mean accuracies are shown (and said; with rungs, at the first budget, which every candidate
-    reached)."""
+    reached). With several ``teachers`` (the study's teacher choices, the reference first), two panels more: the
+    gain by teacher, and each teacher minus the reference over twin candidates
+    (kdnas/results/_teacher_effects.py)."""
     from kdnas.candidates import Merged
     from kdnas.results._effects import gains, method_name
+    from kdnas.results._teacher_effects import teacher_gains
+    from kdnas.results._teachers import label_of
 
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.8), constrained_layout=True)
+    many = len(teachers) > 1
     panels = [("method", "distillation method"), ("chain_length", "assistants in the chain")]
-    found = {by: gains(table, by) for by, _ in panels}
+    if many:
+        panels.append(("teacher", "teacher (gain over labels-only)"))
+    fig, axes = plt.subplots(2 if many else 1, 2, figsize=(12, 9.6 if many else 4.8), constrained_layout=True)
+    axes = np.ravel(axes)
+    found = {by: gains(table, by, teachers if by == "teacher" else ()) for by, _ in panels}
     use_gain = any(found.values())
     rungs = isinstance(table, Merged)
     for ax, (by, xlabel) in zip(axes, panels):
         if use_gain:
-            groups = found[by]
-            for i, g in enumerate(groups, start=1):
-                offsets = np.linspace(-0.2, 0.2, len(g.by_arch)) if len(g.by_arch) > 1 else np.zeros(1)
-                ds = [a.diff for a in g.by_arch]
-                y = np.array([100 * d.mean for d in ds])
-                ax.errorbar(i + offsets, y, yerr=[y - [100 * d.lo for d in ds], [100 * d.hi for d in ds] - y],
-                            fmt="o", ms=3, color="0.6", elinewidth=0.8, alpha=0.8)  # one call: one artist per group
-                d = g.overall
-                color = "0.35" if d.within_noise else ("C2" if d.mean > 0 else "C3")
-                ax.errorbar(i, 100 * d.mean, yerr=[[100 * (d.mean - d.lo)], [100 * (d.hi - d.mean)]], fmt="D",
-                            ms=7, color=color, capsize=4, lw=2, zorder=4)
-                ax.annotate("within noise" if d.within_noise else f"{100 * d.mean:+.1f}", (i, 100 * d.hi),
-                            textcoords="offset points", xytext=(0, 5), ha="center", fontsize=8, color=color)
-            ax.set_xticks(range(1, len(groups) + 1),
-                          [f"{g.group}\n({len(g.by_arch)} arch., {g.candidates} cand.)"
-                           + (f"\n@{g.budget}" if g.budget else "") for g in groups])
-            ax.set_xlim(0.5, max(len(groups), 1) + 0.5)
-            ax.axhline(0, color="C3", lw=1, ls="--")
-            ax.set_ylabel("gain over labels-only, same architecture (points)")
+            _gain_panel(ax, found[by], "gain over labels-only, same architecture (points)")
         else:
             entries = table.ladder.first.estimates() if rungs else table.estimates()
-            key = method_name if by == "method" else (lambda e: str(e.attrs.get("chain_length")))
+            key = {"method": method_name, "teacher": lambda e: str(label_of(e.attrs) or "none")}.get(
+                by, lambda e: str(e.attrs.get("chain_length")))
             names = sorted({key(e) for e in entries})
             for i, name in enumerate(names, start=1):
                 ests = [e.estimate for e in entries if key(e) == name]
@@ -209,12 +224,20 @@ def plot_effects(table, path: Path, title: str) -> Path:
                           (f" @{table.ladder.epochs[0]} ep" if rungs else ""))
         ax.set_xlabel(xlabel)
         ax.grid(True, axis="y", alpha=0.25)
+    if many:
+        ax = axes[3]
+        _gain_panel(ax, teacher_gains(table, teachers), f"minus {teachers[0]}, same candidate (points)", "pairs",
+                    f"no candidate trained under {teachers[0]} and another teacher\nalike in everything else yet")
+        ax.set_xlabel(f"teacher, against the reference {teachers[0]} (twin candidates: only the teacher differs)")
+        ax.grid(True, axis="y", alpha=0.25)
     note = ("gain over the no-distillation baseline: grey points, each architecture; diamonds, the mean over "
             "architectures; bars, 90 % intervals" if use_gain else
             "raw accuracy: this study has no label-only (method 'none') candidate of the same architectures to "
             "compare with")
     if use_gain and rungs:
         note += "\n@E ep: each architecture at the highest budget where both it and labels-only were trained"
+    if many:
+        note += f"\nlast panel: each teacher minus the reference {teachers[0]}, paired over candidates alike but for it"
     fig.suptitle(f"{title}\n{note}", fontsize=10)
     return save(fig, path)
 

@@ -28,9 +28,13 @@ import pandas as pd
 
 from kdnas.candidates import EPOCHS, INTENSIFY, PROMOTED_FROM, REUSED, RUN, RUNG, trial_key
 from kdnas.core import atomic_write_bytes
-from kdnas.costs import METRIC_NAMES, feasible, hypervolume, normalise, pareto_mask
+from kdnas.costs import EFFICIENCY_KEYS, METRIC_NAMES, feasible, hypervolume, normalise, pareto_mask
 from kdnas.results import _effects as effects, _fidelity_text as fidelity, _plots as plots, _rungs_text as rungs
 from kdnas.results._candidates import Snapshot
+from kdnas.results._efficiency import score_of, trial_metrics
+from kdnas.results._efficiency_text import efficiency_lines
+from kdnas.results._teacher_effects import section_lines as teacher_lines
+from kdnas.results._teachers import label_of, reference
 from kdnas.results._html import write_html
 from kdnas.results._summary import summary_markdown
 
@@ -39,6 +43,7 @@ COLUMNS = [
     "student", "method", "chain", "chain_length", "duration_s", "seed", "pareto", "reason", "architecture",
     "method_params", "chain_spec", "score", "latency_median_ms", "latency_stable", "feasible",
     "candidate", "replicate", "reused", "intensify", "rung", "epochs", "run", "promoted_from",
+    "teacher_name", *EFFICIENCY_KEYS,
 ]
 
 
@@ -57,8 +62,13 @@ def trials_frame(study: optuna.Study, trials: Trials | None = None, snap: Snapsh
     Every figure says its budget: ``epochs``, the epochs the trial trained to. With rungs (``search.rungs``) also
     ``rung`` (1-based, as ``candidates.csv`` and the progress lines count them), ``run`` (the trial that started
     the run: one replicate's trials across rungs share it) and ``promoted_from`` (the trial whose checkpoint it
-    continued); ``pareto`` then marks only the trials at the rung its candidate's front figures are from."""
+    continued); ``pareto`` then marks only the trials at the rung its candidate's front figures are from.
+
+    ``teacher_name``: the trial's teacher choice (blank: labels only), and its distillation efficiency against it
+    (``retained``, ``compression_*``, ``efficiency``; kdnas/results/_efficiency.py)."""
     snap = snap or Snapshot.of(study, trials)
+    attrs = study.user_attrs  # once: each read is a storage query and a deep copy
+    objectives, score, teachers = attrs.get("objectives", []), score_of(attrs), snap.teachers
     trials = snap.trials
     front = snap.front_keys
     recipe = snap.table.recipe
@@ -108,6 +118,8 @@ def trials_frame(study: optuna.Study, trials: Trials | None = None, snap: Snapsh
             "epochs": ua.get(EPOCHS),
             "run": ua.get(RUN) if snap.rungs else None,
             "promoted_from": ua.get(PROMOTED_FROM),
+            **(trial_metrics(ua, teachers, objectives, score) if ok else
+               {"teacher_name": label_of(ua), **{k: ua.get(k) for k in EFFICIENCY_KEYS}}),
         })
     # Whole numbers stay whole in the CSV (a column with gaps would be written as 1.0, 2.0).
     return pd.DataFrame(rows, columns=COLUMNS).astype({c: "Int64" for c in ("rung", "epochs", "run", "promoted_from")})
@@ -272,9 +284,10 @@ def write_report(study: optuna.Study, out_dir: Path, fidelity_csv: Path | None =
         ("Validation accuracy against each cost (candidates' means, 90 % intervals" +
          ("; @E ep: the budget of the figure" if snap.rungs else "") + ")", plots.plot_pareto(
             [(name, cands, teacher)], out_dir / "pareto.png", f"{name}: validation accuracy vs cost")),
-        ("Did distillation and assistants help? (gain over labels-only, 90 % intervals" +
+        ("Did distillation and assistants help" + (", and which teacher" if len(snap.choices) > 1 else "") +
+         "? (gain over labels-only, 90 % intervals" +
          ("; at the highest budget with both" if snap.rungs else "") + ")", plots.plot_effects(
-            snap.table, out_dir / "effects.png", f"{name}: effects")),
+            snap.table, out_dir / "effects.png", f"{name}: effects", snap.choices)),
         (f"Parameter importances{first}", plots.plot_importances(
             importances(study, snap.trials), out_dir / "importances.png",
             f"{name}: what matters for validation accuracy{first}")),
@@ -293,8 +306,13 @@ def write_report(study: optuna.Study, out_dir: Path, fidelity_csv: Path | None =
     atomic_write_bytes(md, summary.encode())
     head = summary.split("\n## ", 1)[0].splitlines()[1:]  # the lines above the first section (a rungs line too)
     intro = [line.replace("**", "").replace("`", "") for line in head if line and not line.startswith("#")]
-    # With rungs, the page shows how rankings changed between them as summary.md does (and the effects' budgets).
-    sections = rungs.ladder_lines(snap.ladder) + effects.summary_lines(snap.table) if snap.rungs else []
+    # With rungs, the page shows how rankings changed between them as summary.md does (and the effects' budgets);
+    # with several teachers, what the teacher did; always, the distillation efficiency of the front.
+    labels = snap.choices
+    sections = rungs.ladder_lines(snap.ladder) if snap.rungs else []
+    if snap.rungs or len(labels) > 1:
+        sections += effects.summary_lines(snap.table, labels) + teacher_lines(snap.table, labels, reference(snap.teachers))
+    sections += efficiency_lines(snap)
     page = write_html(out_dir / "report.html", f"kdnas study {name}", intro, df, cands, figures, sections)
     return [csv, ccsv, md, page, *(path for _, path in figures)]
 

@@ -11,10 +11,17 @@ import pandas as pd
 from kdnas.candidates import LEVEL
 from kdnas.results import _effects as effects, _fidelity_text as fidelity, _rungs_text as rungs
 from kdnas.results._candidates import Snapshot, pm, separability
+from kdnas.results._efficiency_text import efficiency_lines
+from kdnas.results._teacher_effects import section_lines as teacher_lines
+from kdnas.results._teachers import choices_line, reference
 
 
 def _fmt_int(v) -> str:
     return "" if pd.isna(v) else f"{int(v):,}"
+
+
+def _teacher(v) -> str:
+    return "labels only" if v is None or pd.isna(v) else f"`{v}`"
 
 
 def _pct(v) -> str:
@@ -65,6 +72,10 @@ def front_table(snap: Snapshot, objectives: list[str]) -> list[str]:
                       "members are compared at the highest budget both reached.")
         lines[-2] = lines[-2].replace("| val acc |", "| budget | val acc |")
         lines[-1] = lines[-1].replace("|---:|---:|", "|---:|---:|---:|", 1)
+    many = len(snap.choices) > 1  # a teacher column where there is a choice of teacher
+    if many:
+        lines[-2] = lines[-2].replace("| chain |", "| chain | teacher |")
+        lines[-1] += "---|"
     entries = snap.table.entries
     for _, r in front.iterrows():
         e = entries[r["candidate"]]
@@ -74,9 +85,11 @@ def front_table(snap: Snapshot, objectives: list[str]) -> list[str]:
         lines.append(f"| {int(r['representative'])} | " + (f"{int(r['epochs'])} ep | " if budget else "") +
                      f"{pm(e.estimate)} | {e.n}x ({trials}) | {test} | "
                      f"{_fmt_int(r['params'])} | {_fmt_int(r['macs'])} | {r['latency_ms']:.3f} | `{r['student']}` | "
-                     f"`{r['method']}` | `{r['chain']}` | {separability(r)} |")
+                     f"`{r['method']}` | `{r['chain']}` | " + (f"{_teacher(r['teacher_name'])} | " if many else "") +
+                     f"{separability(r)} |")
     if not len(front):
-        lines.append("| – | no completed trial yet | | | | | | | | | |" + (" |" if budget else ""))
+        lines.append("| – | no completed trial yet | | | | | | | | | |" + (" |" if budget else "") +
+                     (" |" if many else ""))
     return lines
 
 
@@ -122,7 +135,10 @@ def summary_markdown(snap: Snapshot, df: pd.DataFrame, hv: pd.Series | None = No
     if data:
         lines.append(f"Data: `{data.get('dataset')}`, {data.get('train')} train / {data.get('val')} val / "
                      f"{data.get('test')} test images. Candidates are ranked on **val**; test is only reported.")
-    if teacher:
+    labels = snap.choices
+    if len(labels) > 1:
+        lines.append(choices_line(snap.teachers, labels))
+    elif teacher:
         lines.append(f"Teacher: `{json.dumps(teacher.get('spec'))}`, {_fmt_int(teacher.get('params'))} params, "
                      f"{_fmt_int(teacher.get('macs'))} MACs, {teacher.get('latency_ms', float('nan')):.3f} ms, "
                      f"val {_pct(teacher.get('val_accuracy'))}, test {_pct(teacher.get('test_accuracy'))} (one "
@@ -142,7 +158,9 @@ def summary_markdown(snap: Snapshot, df: pd.DataFrame, hv: pd.Series | None = No
     lines += method_table(df, snap)
     if snap.rungs:
         lines += rungs.ladder_lines(snap.ladder)
-    lines += effects.summary_lines(snap.table)
+    lines += effects.summary_lines(snap.table, labels)
+    lines += teacher_lines(snap.table, labels, reference(snap.teachers))
+    lines += efficiency_lines(snap)
     if fidelity_df is not None:
         lines += fidelity.summary_lines(fidelity_df)
     for state, title in (("FAIL", "Failed trials"), ("PRUNED", "Pruned or rejected trials")):
@@ -154,5 +172,6 @@ def summary_markdown(snap: Snapshot, df: pd.DataFrame, hv: pd.Series | None = No
               "`candidates.csv` (every candidate: mean, standard error, 90 % interval, replicates), `report.html` "
               "(everything in one page), `pareto.png` (candidates' means and 90 % intervals against parameters, MACs "
               "and latency), `hypervolume.png` (hypervolume of the front of means, trial by trial), `effects.png` "
-              "(gain over labels-only by method and chain length, with intervals), `importances.png`."]
+              "(gain over labels-only by method and chain length" + (", by teacher, and teacher against teacher" if
+              len(labels) > 1 else "") + ", with intervals), `importances.png`."]
     return "\n".join(lines) + "\n"
