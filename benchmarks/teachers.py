@@ -14,6 +14,7 @@ differences with their seed errors, 90 % intervals):
   first declared, ResNet-20) over candidates identical but for the teacher.
 
     PYTHONPATH=. python benchmarks/teachers.py --keep /work/yard/teachers [--workers 2] [--replicates 4]
+    PYTHONPATH=. python benchmarks/teachers.py --keep /work/yard/teachers --epochs 3    # the same at a brief budget
     PYTHONPATH=. python benchmarks/teachers.py --smoke       # digits, one student, direct chains, 1 replicate
 """
 
@@ -21,8 +22,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import optuna
@@ -77,7 +80,8 @@ def analyse(study: optuna.Study) -> list[str]:
     reference = next(iter(k for k, v in teachers.items() if not v.get("members")), None)
     reference = next((k for k, v in teachers.items() if k == (study.user_attrs.get("teacher") or {}).get("name")),
                      reference)
-    lines = ["Teachers (one training each; val/test on 1,000 images each):", "",
+    data = study.user_attrs.get("data") or {}
+    lines = [f"Teachers (one training each; val on {data.get('val')}, test on {data.get('test')} images):", "",
              "| teacher | params | val | test |", "|---|---:|---:|---:|"]
     for label, ti in teachers.items():
         lines.append(f"| `{label}` | {ti['params']:,} | {100 * ti['val_accuracy']:.1f} | {100 * ti['test_accuracy']:.1f} |")
@@ -121,17 +125,28 @@ def main() -> None:
     ap.add_argument("--study", default=STUDY)
     ap.add_argument("--replicates", type=int, default=4)
     ap.add_argument("--workers", type=int, default=1)
+    ap.add_argument("--epochs", type=int, help="the students' budget instead of the study's (a study of its own, "
+                    "named <name>_e<N>; the teachers and assistants of the study's run here are copied, not retrained)")
     ap.add_argument("--keep", help="folder to train in and keep (a rerun there trains only what is missing)")
     ap.add_argument("--smoke", action="store_true")
     args = ap.parse_args()
     reps = 1 if args.smoke else args.replicates
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     with _studies.work_folder(args.keep, "kdnas-teachers-") as folder:
         probe = load_study(_studies.derive(args.study, folder, {}, smoke=args.smoke))
         grid = grid_for(probe, args.smoke)
         # Every enqueued trial trains (no re-evaluations beside the grid; each replicate counts up to the cap).
         over = {"search": {"replicates": reps, "intensify": {"enabled": False}, "trials": len(grid) * reps},
                 "parallel": {"workers": args.workers}}
+        if args.epochs:
+            over.update(name=f"{probe.name}_e{args.epochs}", student={"train": {"epochs": args.epochs}})
         cfg = load_study(_studies.derive(args.study, folder, over, smoke=args.smoke))
+        if args.epochs:  # the teachers and assistants of the study's own run, where it ran here: not trained again
+            for kind in ("teachers", "teacher_eval", "teacher_logits", "assistants"):
+                src = probe.run_dir / "artifacts" / kind
+                if src.is_dir():
+                    shutil.copytree(src, cfg.run_dir / "artifacts" / kind, dirs_exist_ok=True)
         study = open_study(cfg, create=True)
         added = enqueue(study, grid, reps)
         print(f"{len(grid)} candidates x {reps} replicates: {added} trainings to run in {folder}", flush=True)

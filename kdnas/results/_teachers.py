@@ -20,8 +20,7 @@ import json
 from typing import Any, Mapping
 
 from kdnas.candidates import canonical
-
-SINGLE = "teacher"  # the label of the one teacher of a single-teacher study
+from kdnas.config import SINGLE  # the label of the one teacher of a single-teacher study
 
 
 def _identity(info: Mapping[str, Any]) -> Any:
