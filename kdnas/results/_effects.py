@@ -222,7 +222,7 @@ def summary_lines(table: CandidateTable | Merged, teachers: Sequence[str] = ()) 
         return lines + [
             "Validation accuracy of the distilled candidates minus that of labels-only training of the same "
             "student, averaged per architecture, then over architectures; 90 % intervals. *Within noise*: the "
-            "interval holds 0, so at this brief training budget the study cannot tell it from labels-only. Plot: "
+            "interval holds 0, so at the study's training budget the study cannot tell it from labels-only. Plot: "
             "`effects.png`.", "",
             "| by | group | architectures | candidates | gain (points, 90 % interval) |", "|---|---|---:|---:|---|",
             *(f"| {by} | `{g.group}` | {len(g.by_arch)} | {g.candidates} | {g.text()} |" for by, g in rows)]

@@ -228,7 +228,7 @@ def plot_effects(table, path: Path, title: str, teachers: Sequence[str] = ()) ->
         ax = axes[3]
         _gain_panel(ax, teacher_gains(table, teachers), f"minus {teachers[0]}, same candidate (points)", "pairs",
                     f"no candidate trained under {teachers[0]} and another teacher\nalike in everything else yet")
-        ax.set_xlabel(f"teacher, against the reference {teachers[0]} (twin candidates: only the teacher differs)")
+        ax.set_xlabel(f"teacher minus the reference {teachers[0]} (twins: only the teacher differs)")
         ax.grid(True, axis="y", alpha=0.25)
     note = ("gain over the no-distillation baseline: grey points, each architecture; diamonds, the mean over "
             "architectures; bars, 90 % intervals" if use_gain else
