@@ -65,7 +65,7 @@ def enumerate_space(space) -> list[dict]:
                    for combo in itertools.product(*(domain_values(doms[p]) for p in names))]
         chains: list[dict] = [{}]
         teachers: list[dict] = [{}]
-        if len(space.teachers) > 1 and METHODS.get(method).uses_teacher:  # a study of several teachers
+        if len(getattr(space, "teachers", ())) > 1 and METHODS.get(method).uses_teacher:  # several teachers
             teachers = [{"teacher": t} for t in space.teachers]
         if c.max_assistants and METHODS.get(method).uses_teacher:
             lengths = [n for n in (0, 1) if c.min_assistants <= n <= c.max_assistants]

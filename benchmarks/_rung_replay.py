@@ -32,11 +32,13 @@ import optuna
 
 from kdnas.candidates import EPOCHS, KEY, PROMOTED_FROM, REUSED, RUN, RUNG, CHECKPOINT, candidate_key, difference
 from kdnas.candidates._estimate import Z
+from kdnas.config import SINGLE
 from kdnas.config._study import Rungs
 from kdnas.costs import DIRECTIONS
 from kdnas.study._rung_trial import DUPLICATE, check_duplicate, continuation
 from kdnas.study._runner import plan_next, when_stuck
 from kdnas.study._runtime import ladder_for
+from kdnas.study._teachers import Teachers
 from kdnas.study._trial import answer_from_replicates, objective_values, replicates, Sampled
 from kdnas.study._workers import Tickets, optimize
 
@@ -147,7 +149,9 @@ def simulate(rt: RungTruth, scorer, st: Strategy, seed: int, budgets: list[float
     object.__setattr__(cfg, "space_obj", t.cfg.space_obj)  # not an init field: replace() drops it
     recipe = {"space": t.name}
     ladder = ladder_for(cfg, t.n_val, recipe)
-    runtime = types.SimpleNamespace(cfg=cfg, table=ladder.first, recipe=recipe)
+    # The one teacher's figures: what an answer from replicates rates its distillation efficiency against.
+    teachers = Teachers({}, {SINGLE: dict(t.teacher)}, SINGLE)
+    runtime = types.SimpleNamespace(cfg=cfg, table=ladder.first, recipe=recipe, teachers=teachers)
     index = {k: i for i, k in enumerate(t.keys)}
     acc = {"curve": lambda: rt.curve[:, :, [rt.epochs.index(e) for e in st.epochs]], "restarts": lambda: rt.restarts,
            "brief": lambda: t.acc[:, :, None]}[st.source]()

@@ -103,7 +103,7 @@ def instrument(ledger: Ledger) -> None:
     for mod in ("kdnas.study._trial", "kdnas.study._teacher", "kdnas.distill._chain"):
         w(mod, "accuracy", ACCURACY)
     wrap_latency(ledger)
-    for mod in ("kdnas.study._runtime", "kdnas.distill._chain"):
+    for mod in ("kdnas.study._teachers", "kdnas.distill._chain"):
         w(mod, "teacher_logits", "logit tables of the teacher and assistants (computed or loaded)")
     w("kdnas.study._runtime", "load_split", "data loading")
     w("kdnas.study._runner", "check_storage", "storage: open and check")

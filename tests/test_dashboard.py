@@ -56,6 +56,8 @@ def test_dashboard_lists_the_study_and_its_trials(tiny_study: Path, tmp_path: Pa
         assert "tiny" in home, home[:2000]
         trials = _dom(f"{base}/dashboard/studies/{study['study_id']}/trials", tmp_path / "profile2")
         assert "2 Trials" in trials and "Trial 0" in trials and "Trial 1" in trials and "Complete" in trials
+        # Each trial's attributes, its teacher and distillation efficiency among them (issue #27).
+        assert all(k in trials for k in ("teacher_name", "retained", "efficiency", "candidate_key")), trials[:2000]
         history = _dom(f"{base}/dashboard/studies/{study['study_id']}", tmp_path / "profile3")
         assert "val_accuracy" in history and "latency_ms" in history, "objectives must be shown by name"
     finally:
