@@ -291,7 +291,7 @@ def objective(cfg, rt, lock, batched: bool, bookkeeping: bool, seed: int = 0):
             trial.set_constraint(key, value)
         put(trial, {"candidate": cand.to_dict(), "student": cand.student.label(), "method": cand.method.label(),
                     "chain": cand.chain.label(), "chain_length": len(cand.chain.assistants), "params": arch["params"],
-                    "macs": arch["macs"]})
+                    "macs": arch["macs"], **({"teacher_name": "teacher"} if cand.method.name != "none" else {})})
         if bookkeeping:
             full = _trial.replicates(rt, trial, cand)
             if full is not None:
@@ -304,7 +304,8 @@ def objective(cfg, rt, lock, batched: bool, bookkeeping: bool, seed: int = 0):
                     "latency_median_ms": arch["latency_ms"], "latency_stable": True, "teacher": "8f7dd11609355520",
                     "assistants": [], "method_hyperparameters": {}})
         put(trial, {"weights": f"{trial.number:016x}", "val_accuracy": val, "test_accuracy": val,
-                    "loss_history": [1.0, 0.5, 0.3, 0.2], "train_seconds": 8.0, "trial_seconds": 9.0, "score": val})
+                    "loss_history": [1.0, 0.5, 0.3, 0.2], "train_seconds": 8.0, "trial_seconds": 9.0, "score": val,
+                    **_trial.efficiency(rt, cand, val, {k: arch[k] for k in ("params", "macs", "latency_ms")})})
         return val, arch["params"], arch["latency_ms"]
 
     return objective

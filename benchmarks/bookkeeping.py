@@ -128,10 +128,13 @@ def per_trial(cfg, trials: int, rounds: int, seed: int, profile: int = 0) -> dic
     from kdnas.study._resume import recipe
     from kdnas.study._workers import Tickets
 
+    from kdnas.config import SINGLE
     from kdnas.study._runtime import ladder_for
+    from kdnas.study._teachers import Teachers
 
     ladder = ladder_for(cfg, N_VAL, recipe(cfg)["study"])
-    rt = SimpleNamespace(cfg=cfg, recipe=recipe(cfg)["study"], ladder=ladder, table=ladder.first)
+    teachers = Teachers({}, {SINGLE: _bigstudy.study_attrs(cfg)["teacher"]}, SINGLE)  # the figures efficiency is rated by
+    rt = SimpleNamespace(cfg=cfg, recipe=recipe(cfg)["study"], ladder=ladder, table=ladder.first, teachers=teachers)
     ledger = Ledger()
     study = _runner.open_study(cfg, create=True)  # cfg's storage: the copy of the study
     lock = WorkerLock(cfg.run_dir)

@@ -293,7 +293,7 @@ teachers: [small, big, [small, big]]
 """
 
 
-def test_a_tiny_real_study_of_two_teachers_end_to_end(tmp_path: Path) -> None:
+def test_a_tiny_real_study_of_two_teachers_end_to_end(tmp_path: Path, capsys) -> None:
     """Digits, two small teachers and their ensemble, one student and one method: every choice is sampled, so the
     report has twins to pair, and every figure it shows is checked against the stored trials."""
     from kdnas.cli import main
@@ -347,3 +347,18 @@ costs: {{latency: {QUICK_LATENCY}}}
         assert f"| `{t}` | `big` | 1 | 1 | {diff:+.1f} points [" in summary, summary
     assert "## Distillation efficiency" in summary and "| teacher | `big+small` | 1 | 1 |" in summary
     assert (report / "effects.png").stat().st_size > 0
+
+    # The ensemble trial's bundle carries both members and trains on its own (tests/test_teachers.py does the
+    # same, slow, on a study of three teachers searched by two commands at once).
+    ens = int(done[done["teacher_name"] == "big+small"]["number"].iloc[0])
+    out = tmp_path / "bundle"
+    assert main(["export", str(tmp_path / "study.yaml"), "--trial", str(ens), "--out", str(out)]) == 0
+    assert sorted(p.name for p in (out / "guides").iterdir()) == ["teacher-big.pt", "teacher-small.pt"]
+    assert main(["train", str(out), "--epochs", "1"]) == 0
+    # A changed teacher is refused on resume, before anything is trained.
+    changed = tmp_path / "changed.yaml"
+    changed.write_text((tmp_path / "study.yaml").read_text().replace("[8, 16], pool_every: 1}, train: {epochs: 1",
+                                                                     "[8, 16], pool_every: 1}, train: {epochs: 2"))
+    capsys.readouterr()
+    assert main(["search", str(changed), "--trials", "1"]) == 2
+    assert "teachers.small.train.epochs" in capsys.readouterr().err

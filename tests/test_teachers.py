@@ -79,6 +79,7 @@ def searched(tmp_path_factory) -> tuple[Path, str]:
     return folder, "\n".join(outs)
 
 
+@pytest.mark.slow  # two `kdnas search` commands at once, one with 2 workers: ~20 s
 def test_each_teacher_is_trained_once_for_the_study(searched) -> None:
     folder, out = searched
     assert sorted(TRAINED.findall(out)) == ["cnn", "narrow", "wide"], out  # once each, by either command
@@ -86,6 +87,7 @@ def test_each_teacher_is_trained_once_for_the_study(searched) -> None:
     assert "ensemble narrow+wide" not in out and "ensemble wide+narrow (mean of its members' softened outputs)" in out
 
 
+@pytest.mark.slow  # two `kdnas search` commands at once, one with 2 workers: ~20 s
 def test_every_trial_records_its_teacher_and_exports_it(searched) -> None:
     folder, _ = searched
     study = optuna.load_study(study_name="three", storage=f"sqlite:///{folder}/runs/three/study.db")
@@ -114,6 +116,7 @@ def test_every_trial_records_its_teacher_and_exports_it(searched) -> None:
     assert main(["train", str(folder / f"bundle-{by_label['wide+narrow'].number}"), "--epochs", "1"]) == 0
 
 
+@pytest.mark.slow  # two `kdnas search` commands at once, one with 2 workers: ~20 s
 def test_a_changed_teacher_refuses_to_resume(searched, capsys) -> None:
     folder, _ = searched
     changed = folder / "changed.yaml"
