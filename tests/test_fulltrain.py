@@ -135,6 +135,7 @@ def _student_epoch(state: Path) -> int:
     return _epochs_done(state, "student")
 
 
+@pytest.mark.slow  # ~13 s; Resumable is covered by default in tests/test_interrupt.py, Ctrl-C below
 def test_killed_training_resumes_and_ends_like_an_uninterrupted_run(bundle: Path, tmp_path: Path, capsys) -> None:
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     shutil.copytree(bundle, straight)

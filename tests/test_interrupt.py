@@ -63,6 +63,7 @@ def _equal_weights(a: dict, b: dict) -> None:
         assert torch.equal(a[k], b[k]), k
 
 
+@pytest.mark.slow  # ~10 s; the same Resumable path runs by default for assistants (below)
 def test_sigint_during_the_teacher_then_the_rerun_continues_after_its_last_epoch(tmp_path: Path, monkeypatch,
                                                                                  capsys) -> None:
     monkeypatch.chdir(tmp_path)
