@@ -101,8 +101,9 @@ def test_every_trial_records_its_teacher_and_exports_it(searched) -> None:
         ua = t.user_attrs
         label = ua["teacher_name"]
         assert ua["candidate"]["teacher"] == label and ua["teacher"] == choices[label]["identity"]
-        assert ua["retained"] == pytest.approx(ua["val_accuracy"] / choices[label]["val_accuracy"])
-        assert ua["compression_params"] == pytest.approx(choices[label]["params"] / ua["params"])
+        figures = ua["distillation"]
+        assert figures["retained"] == pytest.approx(ua["val_accuracy"] / choices[label]["val_accuracy"])
+        assert figures["compression_params"] == pytest.approx(choices[label]["params"] / ua["params"])
     by_label = {t.user_attrs["teacher_name"]: t for t in done}
     assert set(by_label) == {"wide+narrow", "cnn"}
     for label, t in by_label.items():

@@ -23,13 +23,23 @@ What it is for, and not for: docs/costs.md, "Distillation efficiency".
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from kdnas.costs._score import METRIC_NAMES, ScoreConfig, Targets, combined_score
 
-# Trial attribute -> the cost it compares (``compression_latency`` reads ``latency_ms``).
+# Figure -> the cost it compares (``compression_latency`` reads ``latency_ms``).
 COMPRESSION = {"compression_params": "params", "compression_macs": "macs", "compression_latency": "latency_ms"}
 EFFICIENCY_KEYS = ("retained", *COMPRESSION, "efficiency")
+# The trial attribute holding the five figures, as one mapping: each attribute is a statement in Optuna's storage
+# (~3 ms each on SQLite: benchmarks/bookkeeping.py), and these five are read together.
+ATTR = "distillation"
+
+
+def recorded(user_attrs: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's five figures as the search recorded them (``ATTR``; one attribute each, as a synthetic study may
+    hold them, also read); None where absent."""
+    held = user_attrs.get(ATTR) or {}
+    return {k: held.get(k, user_attrs.get(k)) for k in EFFICIENCY_KEYS}
 
 
 def distillation_efficiency(val_accuracy: float, costs: Mapping[str, float], teacher: Mapping[str, float],

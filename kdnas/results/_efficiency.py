@@ -1,9 +1,9 @@
 """The survey's metric in the report: distillation efficiency per trial and per candidate.
 
 What the metric is, and what it is for and not for: kdnas/costs/_efficiency.py and docs/costs.md ("Distillation
-efficiency"). A trial carries it as the search recorded it (``retained``, ``compression_params``,
-``compression_macs``, ``compression_latency``, ``efficiency``, against the trial's own teacher; a labels-only
-trial against the reference teacher). A trial recorded before the metric existed gets it computed here from its
+efficiency"). A trial carries it as the search recorded it (its ``distillation`` attribute: ``retained``,
+``compression_params``, ``compression_macs``, ``compression_latency``, ``efficiency``, against the trial's own
+teacher; a labels-only trial against the reference teacher). A trial recorded before the metric existed gets it computed here from its
 accuracy, costs and teacher, so that an old study's report shows it too.
 
 A candidate's figures are its *mean* accuracy's: ``retained`` and ``efficiency`` scale with the accuracy, the
@@ -24,7 +24,7 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from kdnas.candidates import CandidateTable, Difference, Entry, Estimate, Merged, difference
-from kdnas.costs import EFFICIENCY_KEYS, ScoreConfig, distillation_efficiency
+from kdnas.costs import EFFICIENCY_KEYS, ScoreConfig, distillation_efficiency, recorded_efficiency
 from kdnas.results._effects import baselines, is_baseline
 from kdnas.results._teachers import label_of, reference
 
@@ -49,9 +49,9 @@ def trial_metrics(ua: Mapping[str, Any], teachers: Mapping[str, Mapping[str, Any
     """A trial's ``teacher_name`` and the five figures: as recorded, or computed for a completed trial from before
     the metric (module docstring); blank without an accuracy or a teacher's figures."""
     label = label_of(ua)
-    out: dict[str, Any] = {"teacher_name": label, **{k: ua.get(k) for k in EFFICIENCY_KEYS}}
+    out: dict[str, Any] = {"teacher_name": label, **recorded_efficiency(ua)}
     info = teacher_info(label, teachers)
-    if all(ua.get(k) is None for k in EFFICIENCY_KEYS) and ua.get("val_accuracy") is not None and info:
+    if all(out[k] is None for k in EFFICIENCY_KEYS) and ua.get("val_accuracy") is not None and info:
         out.update(distillation_efficiency(float(ua["val_accuracy"]), {c: ua.get(c) for c in COSTS}, info,
                                            objectives, score))
     return out
@@ -61,7 +61,8 @@ def _factor(e: Entry, trials: Mapping[int, Any]) -> float | None:
     """``efficiency / retained`` of a replicate that recorded both (module docstring)."""
     for n in e.trials:
         ua = trials[n].user_attrs if n in trials else {}
-        eff, ret = ua.get("efficiency"), ua.get("retained")
+        figures = recorded_efficiency(ua)
+        eff, ret = figures["efficiency"], figures["retained"]
         if eff is not None and ret:
             return float(eff) / float(ret)
     return None

@@ -28,7 +28,7 @@ import pandas as pd
 
 from kdnas.candidates import EPOCHS, INTENSIFY, PROMOTED_FROM, REUSED, RUN, RUNG, trial_key
 from kdnas.core import atomic_write_bytes
-from kdnas.costs import EFFICIENCY_KEYS, METRIC_NAMES, feasible, hypervolume, normalise, pareto_mask
+from kdnas.costs import EFFICIENCY_KEYS, METRIC_NAMES, feasible, hypervolume, normalise, pareto_mask, recorded_efficiency
 from kdnas.results import _effects as effects, _fidelity_text as fidelity, _plots as plots, _rungs_text as rungs
 from kdnas.results._candidates import Snapshot
 from kdnas.results._efficiency import score_of, trial_metrics
@@ -119,7 +119,7 @@ def trials_frame(study: optuna.Study, trials: Trials | None = None, snap: Snapsh
             "run": ua.get(RUN) if snap.rungs else None,
             "promoted_from": ua.get(PROMOTED_FROM),
             **(trial_metrics(ua, teachers, objectives, score) if ok else
-               {"teacher_name": label_of(ua), **{k: ua.get(k) for k in EFFICIENCY_KEYS}}),
+               {"teacher_name": label_of(ua), **recorded_efficiency(ua)}),
         })
     # Whole numbers stay whole in the CSV (a column with gaps would be written as 1.0, 2.0).
     return pd.DataFrame(rows, columns=COLUMNS).astype({c: "Int64" for c in ("rung", "epochs", "run", "promoted_from")})

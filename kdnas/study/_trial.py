@@ -23,7 +23,8 @@ import torch
 from kdnas.candidates import CHECKPOINT, EPOCHS, KEY, PROMOTED_FROM, REUSED, RUN, RUNG, Entry, candidate_key
 from kdnas.config import SINGLE, Candidate, screen
 from kdnas.core import TrialFailure
-from kdnas.costs import METRIC_NAMES, Counts, Pending, combined_score, constraints, distillation_efficiency
+from kdnas.costs import (EFFICIENCY_ATTR, METRIC_NAMES, Counts, Pending, combined_score, constraints,
+                         distillation_efficiency)
 from kdnas.distill import METHODS, Guide, guided_loss, resolve_hyperparameters
 from kdnas.models import KDNet, build, digest
 from kdnas.study import _rung_trial as rungs
@@ -177,7 +178,7 @@ def answer_from_replicates(rt: Runtime, trial: optuna.Trial, s: Sampled) -> tupl
     score = combined_score(est.mean, costs, rt.cfg.score)
     for key, value in ((REUSED, True), ("replicates", est.n), ("val_accuracy", est.mean), ("val_accuracy_se", est.se),
                        ("test_accuracy", entry.test_mean()), ("score", score),
-                       *efficiency(rt, s.candidate, est.mean, costs).items(),
+                       (EFFICIENCY_ATTR, efficiency(rt, s.candidate, est.mean, costs)),
                        *((k, entry.attrs[k]) for k in ("latency_ms", "latency_iqr_ms", "latency_median_ms",
                                                        "latency_stable") if entry.attrs.get(k) is not None)):
         trial.set_user_attr(key, value)
@@ -256,7 +257,7 @@ def record(rt: Runtime, trial: optuna.Trial, s: Sampled, trained: Trained, measu
     for key, value in (("weights", measured.weights), ("val_accuracy", measured.val_accuracy),
                        ("test_accuracy", measured.test_accuracy), ("loss_history", trained.history),
                        ("train_seconds", trained.seconds), ("trial_seconds", time.perf_counter() - started),
-                       ("score", score), *efficiency(rt, s.candidate, measured.val_accuracy, costs).items()):
+                       ("score", score), (EFFICIENCY_ATTR, efficiency(rt, s.candidate, measured.val_accuracy, costs))):
         trial.set_user_attr(key, value)
     return objective_values(cfg, measured.val_accuracy, costs, score)
 
