@@ -30,7 +30,7 @@ from kdnas.bundle._files import (FORMATS, check_target, load_student, new_folder
 from kdnas.candidates import Entry
 from kdnas.config import StudyConfig
 from kdnas.core import ArtifactStore, KdnasError, __version__
-from kdnas.study import candidates_of
+from kdnas.study import candidates_of, teacher_suffix
 
 __all__ = ["export_trial", "load_student", "pick", "pick_trial", "parse_pick", "Pick", "FORMATS"]
 
@@ -82,7 +82,7 @@ def _describe(e: Entry, t: optuna.trial.FrozenTrial) -> str:
     at = f" @{t.user_attrs['epochs']} ep" if "rung" in t.user_attrs and "epochs" in t.user_attrs else ""
     return (f"val {e.estimate.text()}{at}, {int(e.attrs['params']):,} params, "
             f"{float(e.attrs['latency_ms']):.3f} ms, {e.attrs.get('student')} {e.attrs.get('method')}"
-            + (f" from {e.attrs['teacher_name']}" if (e.attrs.get("candidate") or {}).get("teacher") else ""))
+            + teacher_suffix(e.attrs))
 
 
 def _figure(e: Entry, key: str) -> float | None:

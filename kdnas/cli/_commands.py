@@ -60,6 +60,7 @@ def search_summary(name: str, snap) -> list[str]:
     """The closing lines of `kdnas search`: trainings, answers from replicates, the front of the candidates' means
     with each member's mean ± 90 % half-width (replicates) and whether it is separable."""
     from kdnas.results import pm, test_estimate
+    from kdnas.study import teacher_suffix
 
     table = snap.table
     reused = sum(t.state.name == "COMPLETE" and bool(t.user_attrs.get("reused")) for t in snap.trials)
@@ -77,13 +78,8 @@ def search_summary(name: str, snap) -> list[str]:
         note = f"  not separable from {', '.join(f'#{n}' for n in loose)}" if loose else ""
         lines.append(f"  trial {int(row['representative']):>3}: val {e.estimate.text()}{snap.budget(e)} test "
                      f"{pm(test_estimate(e, snap.n_test))}  {int(e.attrs['params']):>9,} params  "
-                     f"{float(e.attrs['latency_ms']):.3f} ms  {e.attrs['student']} {e.attrs['method']}{_from(e)}{note}")
+                     f"{float(e.attrs['latency_ms']):.3f} ms  {e.attrs['student']} {e.attrs['method']}{teacher_suffix(e.attrs)}{note}")
     return lines
-
-
-def _from(e) -> str:
-    teacher = (e.attrs.get("candidate") or {}).get("teacher")  # a study of several teachers names it
-    return f" from {teacher}" if teacher else ""
 
 
 def cmd_report(args: argparse.Namespace) -> int:

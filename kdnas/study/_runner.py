@@ -17,7 +17,7 @@ from kdnas.study import _resume as resume
 from kdnas.study._liveness import WorkerLock, sweep
 from kdnas.study._rung_trial import DUPLICATE, promote
 from kdnas.study._runtime import Runtime, prepare
-from kdnas.study._teachers import Teachers
+from kdnas.study._teachers import Teachers, teacher_suffix
 from kdnas.study._sampling import process_sampler
 from kdnas.study._storage import check_storage, is_local, mask_url, open_storage, read_trials
 from kdnas.study._trial import make_objective
@@ -91,12 +91,6 @@ def teacher_lines(teachers: Teachers) -> list[str]:
         logits = "come from a per-study table" if ti["logits_cached"] else "are computed per batch (random augmentation)"
         lines.append(f"{what}: {ti['params']:,} params, val acc {ti['val_accuracy']:.1%}{how}; its logits {logits}")
     return lines
-
-
-def _from(ua: dict) -> str:
-    """`` from resnet20`` in a study of several teachers (the candidate names it); empty otherwise."""
-    teacher = (ua.get("candidate") or {}).get("teacher")
-    return f" from {teacher}" if teacher else ""
 
 
 def _print(line: str) -> None:
@@ -207,7 +201,7 @@ def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: Worker
         else:
             reason = ua.get("fail_reason") or ua.get("prune_reason", "")
             # The candidate, as on COMPLETE lines (absent when sampling itself failed).
-            cand = " ".join(ua[k] for k in ("student", "method", "chain") if k in ua) + _from(ua)
+            cand = " ".join(ua[k] for k in ("student", "method", "chain") if k in ua) + teacher_suffix(ua)
             progress(f"{head} {trial.state.name}: {reason}" + (f" | {cand}" if cand else ""))
 
     def before_trial() -> None:
@@ -301,7 +295,7 @@ def _complete_line(cfg: StudyConfig, study: optuna.Study, candidates: CandidateT
     tail = f"front {len(front)}" + (f", best val {best.estimate.text()}{at}" if best else "")
     if cfg.score.mode == "score":
         tail = f"score {ua['score']:.4f}, best {study.best_value:.4f} | {tail}"
-    what = f"{ua['student']} {ua['method']} {ua['chain']}" + _from(ua)
+    what = f"{ua['student']} {ua['method']} {ua['chain']}" + teacher_suffix(ua)
     if ua.get(REUSED):
         return (f"not trained: {what} has its {cfg.search.replicates} replicates (search.replicates): "
                 f"val {entry.estimate.text() if entry else ''} | {tail}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any, Mapping
 
 import torch
 
@@ -41,6 +42,14 @@ class Teachers:
 
     def info(self, label: str | None) -> dict:
         return self.infos[label or self.reference]
+
+
+def teacher_suffix(attrs: Mapping[str, Any]) -> str:
+    """`` from resnet20`` for a candidate of a study of several teachers (its ``candidate`` names the teacher),
+    empty otherwise: what progress lines, the closing lines and ``--pick`` append to a candidate's description.
+    ``attrs``: a trial's user attributes or a candidate table entry's."""
+    teacher = (attrs.get("candidate") or {}).get("teacher")
+    return f" from {teacher}" if teacher else ""
 
 
 def teacher_labels(cfg: StudyConfig) -> list[str]:
