@@ -135,8 +135,13 @@ class ParallelConfig:
     heartbeat_interval: int = 15
     grace_period: int = 120
     max_retry: int = 1  # a candidate that killed its worker twice (out of memory?) is not tried again
+    # With `device: cuda`, the GPUs the workers go to, round robin (kdnas/study/_placement.py); null = every one.
+    gpus: Optional[list[int]] = None
 
     def check(self, report) -> None:
+        if self.gpus is not None and (not self.gpus or any(g < 0 for g in self.gpus) or
+                                      len(set(self.gpus)) != len(self.gpus)):
+            report("gpus", f"expected distinct GPU indices >= 0 (e.g. [0, 1]), or null for every GPU, got {self.gpus}")
         for key in ("workers", "heartbeat_interval"):
             if getattr(self, key) < 1:
                 report(key, f"`{key} >= 1` must hold, but got {key}={getattr(self, key)}")

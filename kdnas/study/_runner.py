@@ -7,6 +7,7 @@ import time
 from typing import Callable
 
 import optuna
+import torch
 
 from kdnas.candidates import INTENSIFY, KEY, REUSED, CandidateTable, Ladder, Merged, choose, due, rung_of
 from kdnas.config import SINGLE, StudyConfig
@@ -15,6 +16,7 @@ from kdnas.costs import DIRECTIONS, METRIC_NAMES
 from kdnas.models import make_spec
 from kdnas.study import _resume as resume
 from kdnas.study._liveness import WorkerLock, sweep
+from kdnas.study._placement import placement_line, worker_devices
 from kdnas.study._rung_trial import DUPLICATE, promote
 from kdnas.study._runtime import Runtime, prepare
 from kdnas.study._teachers import Teachers, teacher_suffix
@@ -131,7 +133,11 @@ def run_search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> op
             return study
         rt.close()  # the workers measure their own candidates
         threads = threads_per_worker(cfg.threads, n)
-        progress(f"starting {n} workers with {threads} torch thread{'s' * (threads > 1)} each")
+        gpu_count = torch.cuda.device_count() if cfg.device == "cuda" else 0
+        devices = worker_devices(cfg.device, n, cfg.parallel.gpus, gpu_count)  # each worker's GPU, round robin
+        where = placement_line(devices)
+        progress(f"starting {n} workers with {threads} torch thread{'s' * (threads > 1)} each"
+                 + (f" {where}" if where else ""))
         tickets = Tickets(cfg.search.trials, shared=True)
 
         def on_exit(index: int, pid: int, code: int) -> None:
@@ -140,13 +146,23 @@ def run_search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> op
             for line in sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry):
                 progress(line)
 
-        overrides = {**cfg.overrides, "parallel": {**cfg.overrides.get("parallel", {}), "workers": n}}
-        run_pool(n, lambda i: (run_worker, i, str(cfg.path), overrides, tickets, deadline, threads, started), on_exit)
+        args = worker_args(cfg, devices, tickets, deadline, threads, started)
+        run_pool(n, lambda i: args[i], on_exit)
     finally:
         rt.close()
         if lock is not None:
             lock.close()
     return study
+
+
+def worker_args(cfg: StudyConfig, devices: list[str], tickets: Tickets, deadline: float | None, threads: int,
+                started: float) -> list[tuple]:
+    """What each worker process is started with (:func:`kdnas.study._workers.worker_main`): the study file and the
+    command's overrides, with its worker count and the worker's own device (kdnas/study/_placement.py)."""
+    n = len(devices)
+    overrides = {**cfg.overrides, "parallel": {**cfg.overrides.get("parallel", {}), "workers": n}}
+    return [(run_worker, i, str(cfg.path), {**overrides, "device": devices[i]}, tickets, deadline, threads, started)
+            for i in range(n)]
 
 
 def run_worker(cfg: StudyConfig, index: int, tickets: Tickets, deadline: float | None, threads: int,
@@ -159,7 +175,8 @@ def run_worker(cfg: StudyConfig, index: int, tickets: Tickets, deadline: float |
     try:
         study = open_study(cfg, create=False)
         lock = WorkerLock(cfg.run_dir)
-        _run_trials(cfg, rt, study, lock, tickets, deadline, _print, started, prefix=f"w{index} ")
+        at = f"@{cfg.device}" if cfg.device.startswith("cuda") else ""  # the worker's GPU (kdnas/study/_placement.py)
+        _run_trials(cfg, rt, study, lock, tickets, deadline, _print, started, prefix=f"w{index}{at} ")
     finally:
         rt.close()
         if lock is not None:
