@@ -89,6 +89,8 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
     ("zero trials", _nothing, ["--trials", "0"], r"^  - --trials: `trials >= 1` must hold, but got trials=0"),
     ("negative timeout", _nothing, ["--timeout", "-5"], r"^  - --timeout: `timeout > 0` must hold"),
     ("bad device", _nothing, ["--device", "gpu"], r"^  - --device: expected cpu, cuda, cuda:N or mps, got 'gpu'"),
+    ("bad precision", edit("seed: 0\n", "seed: 0\nprecision: fp8\n"), [],
+     r"study\.yaml: precision: expected one of auto, fp32, bf16, fp16, got 'fp8'"),
     ("missing data root", edit("data: {dataset: digits, val_fraction: 0.2, test_fraction: 0.2, seed: 0}",
                                "data: {dataset: cifar10, root: no_such_folder}"), [],
      r"study\.yaml: data\.root: folder not found: .*no_such_folder \(set data\.download: true"),

@@ -50,12 +50,13 @@ def violating(hyper) -> float:
 class MethodContract:
     method: ClassVar[str]
 
-    def train(self, digits, teacher, epochs: int = 2, seed: int = 0):
+    def train(self, digits, teacher, epochs: int = 2, seed: int = 0, precision: str = "fp32"):
         torch.manual_seed(seed)
         student = build(STUDENT, digits.input_shape, 10)
         x, y = digits.train_x[:N_TRAIN], digits.train_y[:N_TRAIN]
         with make_loss((self.method, {}), student, teacher, x) as (loss_fn, adapters):
-            history = fit(student, TensorSource(x, y), TrainRecipe(epochs=epochs, lr=0.1), loss_fn, seed, extra=adapters)
+            history = fit(student, TensorSource(x, y), TrainRecipe(epochs=epochs, lr=0.1), loss_fn, seed, extra=adapters,
+                          precision=precision)
         return student, adapters, history
 
     def test_defaults_satisfy_their_own_rules(self) -> None:
@@ -80,6 +81,18 @@ class MethodContract:
         student, _, history = self.train(digits, trained_teacher)
         assert len(history) == 2 and all(math.isfinite(v) for v in history)
         assert all(torch.isfinite(p).all() for p in student.parameters())
+
+    @pytest.mark.parametrize("precision", ["bf16", "fp16"])
+    def test_trains_under_mixed_precision_with_float32_weights(self, digits, trained_teacher, precision) -> None:
+        # Autocast on the CPU runs the same code paths as on a GPU (the dtypes, the fp16 gradient scaler): a method
+        # whose loss mixes a half-precision student output with a float32 buffer (CRD's memory, a teacher's
+        # table) fails here, not on the user's GPU.
+        student, adapters, history = self.train(digits, trained_teacher, epochs=1, precision=precision)
+        _, _, exact = self.train(digits, trained_teacher, epochs=1)
+        assert math.isfinite(history[0]) and history != exact, "autocast must change the arithmetic"
+        for module in (student, adapters):
+            for name, p in (module.named_parameters() if module is not None else []):
+                assert p.dtype == torch.float32 and torch.isfinite(p).all(), name
 
     def test_gradients_reach_student_and_adapters_never_the_teacher(self, digits, trained_teacher) -> None:
         teacher = copy.deepcopy(trained_teacher).requires_grad_(True)  # frozen by make_loss's no_grad, not by us

@@ -184,3 +184,27 @@ def test_profile_measures_latency_on_cuda(tmp_path: Path, capsys) -> None:
     out = json.loads(capsys.readouterr().out)
     assert out["latency_setting"]["device"] == "cuda"
     assert 0 < out["latency_ms"] < 100
+
+
+def test_two_workers_train_in_mixed_precision_on_cuda(tiny_study: Path, tmp_path: Path, capfd) -> None:
+    # precision auto on a GPU: bf16 where it has bfloat16 arithmetic (compute capability 8.0 and up), fp16 with a
+    # gradient scaler on an older one. Two workers on one GPU (or one each on two), every trial completes, and the
+    # networks are kept apart from fp32 ones (their own teacher).
+    tiny_study = write_tiny_study(tmp_path, extra="device: cuda\nprecision: auto\nparallel: {workers: 2}\n")
+    assert main(["search", str(tiny_study), "--trials", "4"]) == 0
+    out = capfd.readouterr().out
+    done = stored_trials()
+    assert [t.state.name for t in done] == ["COMPLETE"] * 4, [t.user_attrs.get("fail_reason") for t in done]
+    assert all(t.user_attrs["val_accuracy"] > 0.2 for t in done)  # one epoch on digits: above chance (0.1)
+    lines = [line for line in out.splitlines() if line.startswith(("w0@cuda:", "w1@cuda:"))]
+    assert len(lines) >= 4, out  # each worker names its GPU
+    from kdnas.config import load_study
+    from kdnas.core import ArtifactStore
+    from kdnas.study._teacher import teacher_key
+
+    cfg = load_study(tiny_study)
+    split = load_split(cfg.data)
+    expected = "bf16" if torch.cuda.get_device_capability(0)[0] >= 8 else "fp16"
+    assert ArtifactStore(tmp_path / "runs/tiny/artifacts").has("teachers", teacher_key(cfg, split, None, expected))
+    for path in (tmp_path / "runs/tiny/artifacts").rglob("*.pt"):
+        assert on_cpu(torch.load(path, weights_only=True)), path

@@ -162,6 +162,7 @@ def _recipe(cfg: StudyConfig, study: optuna.Study, t: optuna.trial.FrozenTrial) 
                    **{k: v for k, v in ua["candidate"]["method"].items() if k != "name"}},
         "student_train": brief,
         "full_train": full,
+        "precision": cfg.precision,  # as the study declared it; `kdnas train` resolves it on its own device
         "data": {k: data.get(k) for k in ("dataset", "fingerprint", "train", "val", "test")} |
                 {"test_fraction_used": cfg.data.effective_test_fraction()},
         # The data section as the study file had it; a relative root is made absolute so the bundle can move.

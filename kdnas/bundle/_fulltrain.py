@@ -25,7 +25,7 @@ from kdnas.core import (Collector, KdnasError, atomic_write_bytes, load_object, 
 from kdnas.data import DataConfig, load_split
 from kdnas.distill import Guide, MethodSpec, TeacherLogits, ensemble_guide, guided_loss
 from kdnas.models import build, make_spec
-from kdnas.train import TrainRecipe, accuracy, fit, predict
+from kdnas.train import TrainRecipe, accuracy, fit, predict, resolve_precision
 
 log = logging.getLogger("kdnas")
 
@@ -38,9 +38,10 @@ def _recipe(d: dict[str, Any], epochs: int, where: str) -> TrainRecipe:
 
 
 def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "cpu", threads: int | None = None,
-                 say: Callable[[str], None] = print, force: bool = False) -> dict[str, Any]:
+                 say: Callable[[str], None] = print, force: bool = False, precision: str | None = None) -> dict[str, Any]:
     """Train the bundle's chain and student fully; return ``full_result``. A bundle already trained is
-    trained again only with ``force`` (its weights are replaced when the new training ends)."""
+    trained again only with ``force`` (its weights are replaced when the new training ends). ``precision``:
+    the training arithmetic (default: the study's, from the bundle's recipe; fp32 for older bundles)."""
     bundle = Path(bundle)
     recipe = read_json(bundle / "recipe.json")
     meta = read_json(bundle / "student.json")
@@ -53,6 +54,7 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
     from kdnas.costs import resolve_device
 
     dev = resolve_device(device)
+    precision = resolve_precision(precision or recipe.get("precision") or "fp32", dev)
     if threads is not None:
         if threads < 1:
             raise KdnasError(f"--threads: `threads >= 1` must hold, but got threads={threads}")
@@ -87,6 +89,10 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
             raise KdnasError(f"{state_path}: {stage} was interrupted after epoch {state['fit']['epoch']} of "
                              f"{state['epochs']}, not {train.epochs}; rerun with --epochs {state['epochs']} to "
                              f"continue it, or remove {state_path} to start this stage over")
+        if state is not None and state.get("precision", "fp32") != precision:
+            raise KdnasError(f"{state_path}: {stage} was interrupted training in {state.get('precision', 'fp32')}, not "
+                             f"{precision}; rerun with --precision {state.get('precision', 'fp32')} to continue it, or "
+                             f"remove {state_path} to start this stage over")
         if state is not None:
             say(f"{stage}: resuming after epoch {state['fit']['epoch']}/{train.epochs}")
         else:
@@ -94,13 +100,13 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
         t0 = time.perf_counter()
 
         def checkpoint(fit_state: dict) -> None:
-            buf = {"stage": stage, "fit": fit_state, "epochs": train.epochs}
+            buf = {"stage": stage, "fit": fit_state, "epochs": train.epochs, "precision": precision}
             save_object(state_path, buf)
             say(f"{stage}: epoch {fit_state['epoch']}/{train.epochs}, loss {fit_state['history'][-1]:.4f}")
 
         with guided_loss(method, model, guides, split.train, a_cfg["drop_rate"], seed) as (loss_fn, adapters):
             fit(model, split.train, train, loss_fn, seed, extra=adapters, checkpoint=checkpoint,
-                resume=state["fit"] if state else None)
+                resume=state["fit"] if state else None, precision=precision)
         model.eval()
         say(f"{stage}: val accuracy {accuracy(model, split.val):.2%} ({time.perf_counter() - t0:.0f}s)")
         return model
@@ -128,7 +134,7 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
                   int(recipe.get("seed") or 0))
     result = {"epochs": n_epochs, "assistant_epochs": a_epochs if len(stages) > 1 else None,
               "val_accuracy": accuracy(student, split.val),
-              "test_accuracy": accuracy(student, split.test), "device": str(dev)}
+              "test_accuracy": accuracy(student, split.test), "device": str(dev), "precision": precision}
     save_state_dict(bundle / "weights_full.pt", student.state_dict())
     recipe["full_result"] = result
     atomic_write_bytes(bundle / "recipe.json", (json.dumps(recipe, indent=2) + "\n").encode())

@@ -14,7 +14,7 @@ def _load(args: argparse.Namespace):
     from kdnas.study import as_config
 
     return as_config(args.study, **{k: getattr(args, k, None) for k in ("trials", "timeout", "workers", "seed", "device",
-                                                                         "storage")})
+                                                                         "precision", "storage")})
 
 
 def cmd_validate(args: argparse.Namespace) -> int:

@@ -49,6 +49,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, help="worker processes on this machine (default: parallel.workers, 1)")
     sp.add_argument("--seed", type=int, help="sampler and training seed (default: the study's seed)")
     sp.add_argument("--device", help="training device: cpu, cuda, cuda:N")
+    sp.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="training arithmetic (default: the study's precision, fp32); see docs/performance.md")
     sp = add("report", cmd_report, "write a study's report (trials.csv, summary.md, report.html, plots); "
                                    "with several studies, overlay their fronts")
     sp.add_argument("more", nargs="*", metavar="STUDY", help="more study files to compare (needs --out)")
@@ -72,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     sp.add_argument("--threads", type=int, help="torch threads (default: all cores); results repeat exactly only "
                                                 "with the same thread count")
+    sp.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+                    help="training arithmetic (default: the study's, from the bundle's recipe)")
     sp.add_argument("--force", action="store_true", help="train a bundle already trained again, from scratch")
     sp = add_bundle("deploy", cmd_deploy, "(re)write a bundle's deployment files from the weights load_student uses")
     sp.add_argument("--format", action="append", choices=["pt2", "onnx"], required=True, help="pt2 or onnx; repeatable")

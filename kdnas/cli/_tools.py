@@ -12,7 +12,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kdnas.bundle import train_bundle
 
     try:
-        result = train_bundle(args.bundle, args.epochs, args.device, threads=args.threads, force=args.force)
+        result = train_bundle(args.bundle, args.epochs, args.device, threads=args.threads, force=args.force,
+                              precision=args.precision)
     except KeyboardInterrupt:  # the last epoch's state is on disk (written atomically): one line, no traceback
         print("interrupted: run the same command again to continue after the last finished epoch", file=sys.stderr)
         return 130

@@ -18,7 +18,7 @@ from kdnas.core import Collector, Problem, is_missing, load_yaml, parse_section
 from kdnas.costs import DEVICE, METRIC_NAMES, CostsConfig, ScoreConfig
 from kdnas.data import DataConfig, check_data_root
 from kdnas.models import ArchSpec
-from kdnas.train import EarlyStopping, TrainRecipe
+from kdnas.train import PRECISIONS, EarlyStopping, TrainRecipe
 
 OBJECTIVES = tuple(METRIC_NAMES)  # accuracy, params, macs, latency
 
@@ -168,6 +168,9 @@ class StudyConfig:
     seed: int = 0  # seeds the sampler and each trial's training
     device: str = "cpu"  # where training runs: cpu, cuda, cuda:N
     threads: Optional[int] = None  # torch threads for training; null = all cores
+    # Training arithmetic: fp32, or bf16/fp16 autocast (auto: bf16 on a GPU that has it, fp16 on an older one, fp32
+    # on a CPU). Evaluation and latency are unaffected (kdnas/train/_precision.py).
+    precision: str = "fp32"
     storage: Optional[str] = None  # Optuna storage URL; null = sqlite in runs/<name>/study.db beside the study file
     objectives: list[str] = field(default_factory=lambda: ["accuracy", "params", "latency"])
     data: DataConfig = field(default_factory=DataConfig)
@@ -191,6 +194,8 @@ class StudyConfig:
         for key in ("device",):
             if not _DEVICE.match(self.device):
                 report(key, f"expected cpu, cuda, cuda:N or mps, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            report("precision", f"expected one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if self.storage is not None and not _URL.match(self.storage):
             shown = "***@" + self.storage.rsplit("@", 1)[1] if "@" in self.storage else self.storage  # may hold a password
             report("storage", "expected a database URL such as sqlite:///path/study.db or "
@@ -228,7 +233,7 @@ class StudyConfig:
 
 # The study keys that flags (and the notebook API's keyword arguments) set, and the flag each is typed as: a
 # problem with a value given that way names the flag, not the study file.
-FLAGS = {"seed": "--seed", "device": "--device", "storage": "--storage", "search.trials": "--trials",
+FLAGS = {"seed": "--seed", "device": "--device", "precision": "--precision", "storage": "--storage", "search.trials": "--trials",
          "search.timeout": "--timeout", "parallel.workers": "--workers"}
 
 

@@ -125,8 +125,9 @@ class AssistantPool:
     """Gets each assistant of a chain: from memory, from the store, or by training it (once)."""
 
     def __init__(self, split: DataSplit, store: ArtifactStore, device: torch.device, recipe: TrainRecipe,
-                 method: MethodSpec, drop_rate: float, seed: int, random_augment: bool = False):
+                 method: MethodSpec, drop_rate: float, seed: int, random_augment: bool = False, precision: str = "fp32"):
         self.split, self.store, self.device, self.random_augment = split, store, device, random_augment
+        self.precision = precision  # resolved (kdnas/train/_precision.py)
         self.recipe, self.method, self.drop_rate, self.seed = recipe, method, drop_rate, seed
         self._guides: dict[str, Guide] = {}
 
@@ -140,6 +141,8 @@ class AssistantPool:
             "drop_rate": self.drop_rate if len(parents) > 1 else None,  # irrelevant with one guide
             "data": self.split.fingerprint,
             "seed": self.seed,
+            # Only when not fp32: assistants trained before precision existed keep their keys.
+            **({"precision": self.precision} if self.precision != "fp32" else {}),
         })
 
     def chain(self, teacher: Guide, chain: Chain, trial_number: int | None = None) -> tuple[list[Guide], list[dict]]:
@@ -174,7 +177,7 @@ class AssistantPool:
                 with guided_loss(self.method, model, parents, self.split.train, self.drop_rate, self.seed,
                                  drops) as (loss_fn, extra):
                     fit(model, self.split.train, self.recipe, loss_fn, self.seed, extra=extra,
-                        checkpoint=run.checkpoint, resume=run.resume)
+                        checkpoint=run.checkpoint, resume=run.resume, precision=self.precision)
                 info = {"spec": spec.to_dict(), "key": key, "guides": [g.key for g in parents],
                         "val_accuracy": accuracy(model, self.split.val),
                         "seconds": time.perf_counter() - t0, "trained_in_trial": trial_number, "pid": os.getpid()}

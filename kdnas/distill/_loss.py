@@ -16,6 +16,19 @@ from kdnas.distill._methods import METHODS
 from kdnas.train import Batch, LossFn, predict
 
 
+def _in_float32(term: nn.Module, step: Step) -> torch.Tensor:
+    """``term(step)`` in float32, also under mixed precision (kdnas/train/_precision.py): the terms' arithmetic
+    (pairwise distances, angles, Gram matrices, normalised kernels, softmax ratios) loses its precision in half
+    precision (RKD's distances gave NaN in float16 on the method contract's digits run), and it costs little next
+    to the networks' passes. The casts are differentiable; outside autocast they are no-ops."""
+    def up(t):
+        return t.float() if t is not None and t.is_floating_point() else t
+
+    with torch.autocast(step.student_logits.device.type, enabled=False):
+        return term(Step(up(step.student_logits), up(step.teacher_logits), step.labels, step.idx, step.progress,
+                         tuple(up(f) for f in step.student_features), tuple(up(f) for f in step.teacher_features)))
+
+
 def _spec(method: Any) -> tuple[str, Mapping[str, Any]]:
     """A ``MethodSpec`` (``.name``, ``.hyperparameters``) or a ``(name, hyperparameters)`` pair."""
     if isinstance(method, tuple):
@@ -92,7 +105,7 @@ def make_loss(
             else:
                 t_logits = teacher_logits[batch.idx] if teacher_logits is not None else None
         step = Step(student_logits, t_logits, batch.y, batch.idx, batch.progress, s_feats, t_feats)
-        return (1.0 - alpha) * ce + alpha * term(step)
+        return (1.0 - alpha) * ce + alpha * _in_float32(term, step)
 
     try:
         if teacher is not None:

@@ -27,11 +27,12 @@ def as_config(study: StudyLike, **flags) -> StudyConfig:
 
 def search(study: StudyLike, *, trials: int | None = None, timeout: float | None = None,
            workers: int | None = None, seed: int | None = None, device: str | None = None,
-           storage: str | None = None, progress: Callable[[str], None] = print) -> optuna.Study:
+           precision: str | None = None, storage: str | None = None, progress: Callable[[str], None] = print) -> optuna.Study:
     """Run (or resume) a study, like ``kdnas search``, and return the Optuna study; ``progress`` gets each line.
 
     ``kdnas.report(study)`` then writes its report. Ctrl-C (KeyboardInterrupt) keeps every completed trial;
     calling ``search`` again resumes."""
-    cfg = as_config(study, trials=trials, timeout=timeout, workers=workers, seed=seed, device=device, storage=storage)
+    cfg = as_config(study, trials=trials, timeout=timeout, workers=workers, seed=seed, device=device, precision=precision,
+                    storage=storage)
     setup_logging()  # teacher and assistant progress lines, as the command shows them (unless set up already)
     return run_search(cfg, progress)

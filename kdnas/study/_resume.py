@@ -25,6 +25,9 @@ from kdnas.data import DataSplit
 from kdnas.study._storage import open_storage, sqlite_path
 
 RECORD = "comparable"
+# Keys of the "study" record written only when not at their default, so that the default keeps every older
+# study's record (and so its candidates' keys) as it was.
+_OMITTED_AT_DEFAULT = {"precision": "fp32"}
 
 
 def recipe(cfg: StudyConfig) -> dict[str, dict[str, Any]]:
@@ -32,6 +35,8 @@ def recipe(cfg: StudyConfig) -> dict[str, dict[str, Any]]:
     of every trial."""
     study: dict[str, Any] = {}
     _flatten("student.train", cfg.student.train.to_dict(), study)
+    if cfg.precision != "fp32":  # trains every network of the study; absent at fp32 (older studies' records)
+        study["precision"] = cfg.precision
     if cfg.search.rungs.enabled:  # where trials end and are compared; absent without rungs (older studies' keys)
         study["search.rungs.epochs"] = list(cfg.search.rungs.epochs)
     a = cfg.assistants
@@ -101,7 +106,10 @@ def check_recipe(cfg: StudyConfig, attrs: dict[str, Any] | None) -> None:
             continue
         old, new = stored[part], now[part]
         # In the study file's sections, a key recorded on one side only is a setting one kdnas version lacked
-        # (a new field takes its default, the old behaviour): not a change. In the space, it is one.
+        # (a new field takes its default, the old behaviour): not a change. In the space, it is one. A key
+        # recorded only away from its default (precision) is compared with the default filled in.
+        if part == "study":
+            old, new = {**_OMITTED_AT_DEFAULT, **old}, {**_OMITTED_AT_DEFAULT, **new}
         keys = set(old) | set(new) if part == "space" else set(old) & set(new)
         changed = [k for k in sorted(keys) if old.get(k, _ABSENT) != new.get(k, _ABSENT)]
         if changed:

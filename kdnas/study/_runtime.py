@@ -16,6 +16,7 @@ from kdnas.costs import (AFTER, HERE, Counts, LatencyCache, LatencyService, comb
 from kdnas.data import DataSplit, load_split
 from kdnas.distill import AssistantPool, Guide, MethodSpec
 from kdnas.models import ArchSpec
+from kdnas.train import resolve_precision
 from kdnas.study import _resume as resume
 from kdnas.study._teachers import Teachers, prepare_teachers
 
@@ -33,6 +34,7 @@ class Runtime:
     assistants: AssistantPool
     recipe: dict  # the study's training recipe: part of every candidate's key
     ladder: Ladder  # the study's candidates at each rung (one rung without search.rungs), updated from its trials
+    precision: str = "fp32"  # the study's precision as it runs on `device` (kdnas/train/_precision.py)
     _counts: dict = field(default_factory=dict)
 
     @property
@@ -64,6 +66,10 @@ def prepare(cfg: StudyConfig, threads: int | None = None, workers: int = 1,
     ``resumed``: the stored study's attributes, whose split and teacher these must be (kdnas.study._resume)."""
     device = resolve_device(cfg.device)
     resolve_device(cfg.costs.latency.device)
+    if device.type == "cuda" and device.index is not None:
+        # The worker's GPU is the process's current one (kdnas/study/_placement.py): a latency measured on plain
+        # `cuda` (costs.latency.device) and any allocation without an index land there, not on GPU 0.
+        torch.cuda.set_device(device)
     torch.set_num_threads(threads or cfg.threads or os.cpu_count() or 1)
     # Started first: the child's imports overlap with loading the data and the teacher.
     place = measuring_place(cfg.costs.latency, device, torch.get_num_threads() * workers)
@@ -83,10 +89,12 @@ def _prepare(cfg: StudyConfig, device: torch.device, latency: LatencyCache, resu
     teachers = prepare_teachers(cfg, split, store, device, latency, resumed)
     augment = cfg.student.train.augment.active
     a = cfg.assistants
+    precision = resolve_precision(cfg.precision, device)
     pool = AssistantPool(split, store, device, a.train, MethodSpec.from_dict(a.method), a.drop_rate, a.seed,
-                         random_augment=augment)
+                         random_augment=augment, precision=precision)
     recipe = resume.recipe(cfg)["study"]
-    return Runtime(cfg, split, device, store, latency, teachers, pool, recipe, ladder_for(cfg, len(split.val), recipe))
+    return Runtime(cfg, split, device, store, latency, teachers, pool, recipe, ladder_for(cfg, len(split.val), recipe),
+                   precision)
 
 
 def ladder_for(cfg: StudyConfig, n_val: int, recipe: dict | None) -> Ladder:

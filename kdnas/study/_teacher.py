@@ -14,16 +14,17 @@ from kdnas.core import ArtifactStore, KdnasError, TrialFailure, file_lock
 from kdnas.data import DataSplit
 from kdnas.models import KDNet, build, digest
 from kdnas.study._teacher_checks import chance_warning, load_teacher_checkpoint
-from kdnas.train import Resumable, accuracy, fit
+from kdnas.train import Resumable, accuracy, fit, resolve_precision
 
 log = logging.getLogger("kdnas")
 
 CACHE_FORMAT = 1  # bump when training code changes in a way that makes cached teachers stale
 
 
-def teacher_key(cfg: StudyConfig, split: DataSplit, name: str | None = None) -> str:
-    """Hash of everything that determines the trained teacher: spec, data split, recipe, seed, format. Not its
-    name: two studies (or two names) declaring the same teacher share its training."""
+def teacher_key(cfg: StudyConfig, split: DataSplit, name: str | None = None, precision: str = "fp32") -> str:
+    """Hash of everything that determines the trained teacher: spec, data split, recipe, seed, format, and the
+    precision it trains in (resolved; only when not fp32, so teachers trained before it existed keep their keys).
+    Not its name: two studies (or two names) declaring the same teacher share its training."""
     t = declared(cfg, name)
     return digest(
         {
@@ -32,6 +33,7 @@ def teacher_key(cfg: StudyConfig, split: DataSplit, name: str | None = None) -> 
             "data": split.fingerprint,
             "recipe": t.config.train.to_dict(),
             "seed": t.config.seed,
+            **({"precision": precision} if precision != "fp32" else {}),
         }
     )
 
@@ -59,7 +61,8 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
         source = {"checkpoint": str(path), "checkpoint_sha256": hashlib.sha256(path.read_bytes()).hexdigest()[:16]}
         trained = False
     else:
-        key = teacher_key(cfg, split, t.name)
+        precision = resolve_precision(cfg.precision, device)
+        key = teacher_key(cfg, split, t.name, precision)
         source = {"cache_key": key}
         # Locked: `kdnas search` processes started together (on machines sharing the run folder) train it once.
         with file_lock(store.root / "locks" / f"teacher-{key}.lock"):
@@ -74,7 +77,7 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
                                 t.config.train.epochs)
                 try:
                     fit(model, split.train, t.config.train, lambda logits, batch: F.cross_entropy(logits, batch.y),
-                        t.config.seed, checkpoint=run.checkpoint, resume=run.resume)
+                        t.config.seed, checkpoint=run.checkpoint, resume=run.resume, precision=precision)
                 except TrialFailure as err:
                     raise KdnasError(f"{cfg.path}: {t.key}.train: teacher training failed: {err.reason}") from None
                 store.put_state_dict("teachers", key, model.state_dict())

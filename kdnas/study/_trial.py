@@ -221,7 +221,7 @@ def train(rt: Runtime, trial: optuna.Trial, s: Sampled, chain: list[Guide]) -> T
     try:
         with guided_loss(cand.method, model, chain, split.train, cfg.assistants.drop_rate, s.seed, drops) as (loss_fn, adapters):
             history = fit(model, split.train, cfg.student.train, loss_fn, s.seed, on_epoch=stop, extra=adapters,
-                          checkpoint=keep, resume=state, until=until)
+                          checkpoint=keep, resume=state, until=until, precision=rt.precision)
     except optuna.TrialPruned:
         # A stopped trial keeps its latency when the figure is in hand (cached, or measured beside the training).
         # Measuring it now, for a trial that can no longer be on the front, would cost the study seconds for

@@ -6,9 +6,10 @@ evaluation (``accuracy``, ``predict``), partial checkpoints with progress lines 
 from kdnas.train._early_stop import EarlyStopping, checkpoint_hook
 from kdnas.train._fit import (Batch, LossFn, TrainRecipe, accuracy, fast_memory_format, fit, inference_batch_size,
                               predict)
+from kdnas.train._precision import PRECISIONS, Mixed, resolve_precision
 from kdnas.train._resumable import Resumable
 
 __all__ = [
     "accuracy", "Batch", "checkpoint_hook", "EarlyStopping", "fast_memory_format", "fit", "inference_batch_size",
-    "LossFn", "predict", "Resumable", "TrainRecipe",
+    "LossFn", "Mixed", "PRECISIONS", "predict", "resolve_precision", "Resumable", "TrainRecipe",
 ]

@@ -15,6 +15,7 @@ from torch import nn
 
 from kdnas.core import TrialFailure
 from kdnas.data import Augment, BatchSource, augment_batch
+from kdnas.train._precision import Mixed
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,7 @@ def fit(
     checkpoint: Callable[[dict], None] | None = None,
     resume: dict | None = None,
     until: int | None = None,
+    precision: str = "fp32",
 ) -> list[float]:
     """Train ``model`` in place on the batches of ``data``; return the mean loss of each epoch.
 
@@ -112,6 +114,8 @@ def fit(
     adapters, optimizer, shuffling generator, progress); ``resume=state`` continues from such a state, and
     the run then ends exactly as an uninterrupted one would. ``until`` ends the run after that many epochs (a
     rung's budget), mid-schedule: the learning rate follows ``recipe.epochs`` whatever ``until`` is.
+    ``precision``: ``fp32``, ``bf16`` or ``fp16``, resolved for the device (kdnas/train/_precision.py); the
+    forward pass and the loss run under autocast, and with fp16 the gradients are scaled.
 
     Raises :class:`TrialFailure` when the loss stops being finite. The check runs once per epoch on the
     summed loss, so it costs no device synchronisation per step.
@@ -120,7 +124,7 @@ def fit(
     trained = model if extra is None else nn.ModuleList([model, extra])
     with fast_layout(trained, data.device) as layout:
         return _fit(model, trained, data, recipe, loss_fn, gen, layout, on_epoch, extra, checkpoint, resume,
-                    recipe.epochs if until is None else until)
+                    recipe.epochs if until is None else until, Mixed(precision, data.device))
 
 
 def fast_memory_format(device: torch.device) -> torch.memory_format:
@@ -154,7 +158,8 @@ def fast_layout(module: nn.Module, device: torch.device) -> Iterator[torch.memor
         module.to(memory_format=torch.contiguous_format)
 
 
-def _fit(model, trained, data, recipe, loss_fn, gen, layout, on_epoch, extra, checkpoint, resume, until) -> list[float]:
+def _fit(model, trained, data, recipe, loss_fn, gen, layout, on_epoch, extra, checkpoint, resume, until,
+         mixed: Mixed) -> list[float]:
     opt = make_optimizer(trained, recipe)
     n = len(data)
     steps_per_epoch = max(1, math.ceil(n / recipe.batch_size))
@@ -168,6 +173,7 @@ def _fit(model, trained, data, recipe, loss_fn, gen, layout, on_epoch, extra, ch
             extra.load_state_dict(resume["extra"])
         opt.load_state_dict(resume["optimizer"])
         gen.set_state(resume["generator"])
+        mixed.load_state_dict(resume.get("scaler"))
         history, step, start = list(resume["history"]), int(resume["step"]), int(resume["epoch"])
     trained.train()
     for epoch in range(start, until):
@@ -181,10 +187,10 @@ def _fit(model, trained, data, recipe, loss_fn, gen, layout, on_epoch, extra, ch
             factor = lr_factor(recipe, step / total)
             for g, base in zip(opt.param_groups, base_lrs):
                 g["lr"] = base * factor
-            loss = loss_fn(model(xb), Batch(xb, data.y[idx], idx, step / total))
+            with mixed.autocast():
+                loss = loss_fn(model(xb), Batch(xb, data.y[idx], idx, step / total))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            mixed.step(loss, opt)
             loss_sum += loss.detach()
             step += 1
         mean = float(loss_sum) / steps_per_epoch
@@ -197,7 +203,7 @@ def _fit(model, trained, data, recipe, loss_fn, gen, layout, on_epoch, extra, ch
                 "epoch": epoch + 1, "step": step, "history": list(history),
                 "model": {k: v.contiguous() for k, v in model.state_dict().items()},
                 "extra": {k: v.contiguous() for k, v in extra.state_dict().items()} if extra is not None else None,
-                "optimizer": opt.state_dict(), "generator": gen.get_state()}))
+                "optimizer": opt.state_dict(), "generator": gen.get_state(), "scaler": mixed.state_dict()}))
         if on_epoch is not None:
             on_epoch(epoch, mean)
     return history
