@@ -188,9 +188,9 @@ def _train_teacher(study: str) -> None:
     print(info["seconds"])
 
 
-def trials(cwd: Path, study: Path):
+def trials(cwd: Path, study: Path, storage: str | None = None):
     """The stored trials of ``study`` (its run folder is beside it; read through kdnas, as `kdnas report`
-    does, from ``cwd``)."""
+    does, from ``cwd``), or of the study in ``storage``."""
     import warnings
 
     study = Path(study).resolve()
@@ -201,7 +201,7 @@ def trials(cwd: Path, study: Path):
         from kdnas.config import load_study
         from kdnas.study import open_study
 
-        return open_study(load_study(study), create=False).get_trials(deepcopy=False)
+        return open_study(load_study(study, {"storage": storage} if storage else None), create=False).get_trials(deepcopy=False)
     finally:
         os.chdir(prev)
 

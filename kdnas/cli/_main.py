@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--seed", type=int, help="sampler and training seed (default: the study's seed)")
     sp.add_argument("--device", help="training device: cpu, cuda, cuda:N")
     sp.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
-                    help="training arithmetic (default: the study's precision, fp32); see docs/performance.md")
+                    help="training arithmetic (default: the study's precision, fp32); see docs/gpu.md")
     sp = add("report", cmd_report, "write a study's report (trials.csv, summary.md, report.html, plots); "
                                    "with several studies, overlay their fronts")
     sp.add_argument("more", nargs="*", metavar="STUDY", help="more study files to compare (needs --out)")

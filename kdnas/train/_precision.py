@@ -14,7 +14,7 @@ Evaluation, logit tables and the exported weights stay float32 whatever the prec
 autocast): an accuracy is always that of the float32 network, and latency is measured in the study's own
 ``costs.latency.dtype``.
 
-The study's default is ``fp32``; see docs/performance.md "Mixed precision" for what is measured and why.
+The study's default is ``fp32``; see docs/gpu.md "Mixed precision" for what is measured and why.
 """
 
 from __future__ import annotations

@@ -1,0 +1,266 @@
+"""On a GPU: trials per hour at 1, 2, 4 and 8 workers per GPU, and fp32 against mixed precision (issue #28).
+
+One prepared run (about 5 minutes on an H100 or H200; ``--budget`` scales it), printing side by side:
+
+1. **Workers per GPU**: the mnist5k study's small students (``studies/mnist5k_rungs.yaml``'s space,
+   search_spaces/mnist5k_small.yaml: 438 to 19k parameters, labels only or Hinton KD; flat, early stopping
+   off) on one GPU, the same ``--trials`` candidates (drawn once, enqueued in the same order) at each worker
+   count, every side in one run folder (so the teacher, trained once first, and the latency cache are shared)
+   with a study database of its own. Trials per hour are counted from the first trial's start to the last
+   one's end (the steady state: worker start-up, ~5 s of imports and CUDA set-up each, is printed apart);
+   ratio to one worker, ``N.Nx``, and the mean validation accuracy of each side (the same candidates, so
+   equal within noise unless something broke).
+2. **Precision**: the study's ResNet-20 teacher (its own recipe) and one small student (Hinton KD from that
+   teacher's table, the student recipe), each trained ``--seeds`` times in fp32, bf16 and fp16 in this
+   process: seconds per training (after one warm-up), speed-up ``N.Nx`` over fp32, validation accuracy as
+   mean ± 90 % half-width (n seeds), and the paired difference to fp32 with its interval ("within noise" when
+   the interval holds 0). Whether kdnas's default (``precision: fp32``) should become ``auto`` is decided on
+   this table: on only where it is faster and within noise.
+3. **Memory layout on CUDA**: seconds per training epoch of a ResNet-20, a MobileNetV2 and a plain CNN in
+   contiguous (kdnas's CUDA layout today) against channels-last, in fp32 and bf16: kdnas keeps the
+   contiguous layout on CUDA unless this shows channels-last faster.
+
+    PYTHONPATH=. python benchmarks/device.py [--out DIR] [--workers 1,2,4,8] [--trials 32] [--seeds 3]
+    PYTHONPATH=. python benchmarks/device.py --smoke     # on CPU in seconds (digits); its figures mean nothing
+
+On the device machine: ``PYTHONPATH=. python benchmarks/device.py --out $OUT`` (writes device.json there).
+CUDA MPS (several processes sharing one GPU's scheduler) is not started by this script: it changes the GPU's
+state for every process on the machine. To measure it, start ``nvidia-cuda-mps-control -d`` first and rerun
+part 1 with ``--only workers``; the README says how.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _studies  # noqa: E402
+from workers_vs_threads import candidates  # noqa: E402
+
+SMALL = "mnist5k_rungs.yaml"  # its space is mnist5k_small: the students where KD's effects are measurable
+PRECISIONS = ("fp32", "bf16", "fp16")
+LAYOUT_ARCHS = [{"family": "resnet_cifar", "depth": 20, "width": 1.0},
+                {"family": "mobilenetv2", "blocks": [1, 1, 1], "expansion": 4, "kernel_size": 5, "width": 1.0},
+                {"family": "plain_cnn", "channels": [16, 16, 32, 32], "hidden": 0, "kernel_size": 5, "pool_every": 2}]
+
+
+def study_overrides(device: str, trials: int) -> dict:
+    # Flat (the rung study's budget ladder off) so every candidate trains the same epochs at every worker count;
+    # early stopping off for the same reason. Latency on the CPU beside the training, as a GPU user runs it.
+    # The mnist5k study's brief budget (4 epochs) for the students.
+    return {"name": "device", "device": device, "threads": 2, "student": {"train": {"epochs": 4}},
+            "search": {"trials": trials, "rungs": None, "early_stopping": {"enabled": False}}}
+
+
+def enqueue(study: Path, cwd: Path, params: list[dict], storage: str) -> None:
+    """Create the side's study in ``storage`` and queue ``params`` in order (as workers_vs_threads.py does)."""
+    import os
+
+    from kdnas.config import load_study
+    from kdnas.study import open_study
+
+    prev = os.getcwd()
+    os.chdir(cwd)
+    try:
+        s = open_study(load_study(study, {"storage": storage}), create=True)
+        for p in params:
+            s.enqueue_trial(p, skip_if_exists=False)
+    finally:
+        os.chdir(prev)
+
+
+def throughput(args, tmp: Path, device: str) -> list[dict]:
+    study = _studies.derive(SMALL, tmp, study_overrides(device, args.trials), smoke=args.smoke)
+    params = candidates(study, args.trials, seed=0)
+    t = _studies.pretrain_teacher(study, tmp, [tmp])
+    print(f"teacher trained once in {t:.1f}s", flush=True)
+    sides = []
+    # A warm-up side (not counted): measures each student's latency and fills the caches every side then shares.
+    for n in ([] if args.smoke else [0]) + args.workers:
+        db = tmp / f"w{n}.db"
+        storage = f"sqlite:///{db}"
+        enqueue(study, tmp, params, storage)
+        wall, _ = _studies.kdnas_search(study, tmp, ["--trials", str(args.trials), "--workers", str(max(n, 1)),
+                                                     "--storage", storage], log=tmp / f"w{n}.log")
+        done = [x for x in _studies.trials(tmp, study, storage) if x.state.name == "COMPLETE"]
+        if n == 0:
+            print(f"warm-up: {len(done)} trials in {wall:.1f}s (latencies measured, caches filled)", flush=True)
+            continue
+        first = min(x.datetime_start for x in done)
+        last = max(x.datetime_complete for x in done)
+        steady = (last - first).total_seconds()
+        accs = [x.user_attrs["val_accuracy"] for x in done]
+        sides.append({"workers": n, "trials": len(done), "wall_s": wall, "steady_s": steady,
+                      "per_hour": 3600 * len(done) / steady if steady > 0 else float("nan"),
+                      "val_mean": statistics.fmean(accs) if accs else float("nan")})
+        s = sides[-1]
+        print(f"{n} worker(s): {s['trials']} trials, {s['steady_s']:.1f}s first start to last end "
+              f"({s['wall_s']:.1f}s command), {s['per_hour']:.0f} trials/hour, {s['per_hour'] / sides[0]['per_hour']:.1f}x "
+              f"one worker; mean val accuracy {s['val_mean']:.1%}", flush=True)
+    return sides
+
+
+def _timed(fn, sync) -> float:
+    sync()
+    t0 = time.perf_counter()
+    fn()
+    sync()
+    return time.perf_counter() - t0
+
+
+def precision(args, tmp: Path, device_name: str) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
+    from kdnas.candidates import difference, estimate
+    from kdnas.config import load_study
+    from kdnas.data import load_split
+    from kdnas.distill import make_loss
+    from kdnas.models import build, make_spec
+    from kdnas.train import accuracy, fit, resolve_precision
+
+    cfg = load_study(_studies.derive(SMALL, tmp / "precision", study_overrides(device_name, 1), smoke=args.smoke))
+    device = torch.device(device_name)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    split = load_split(cfg.data, device, cfg.path)
+    n_val = len(split.val)
+    student_spec = make_spec({"family": "plain_cnn", "channels": [8, 16], "pool_every": 1, "kernel_size": 3})
+    teacher_spec, t_recipe, s_recipe = cfg.teacher_spec, cfg.teacher.train, cfg.student.train
+    # The smoke run skips fp16 (the gradient scaler's path is tests/test_precision.py's): seconds count there.
+    available = [p for p in (PRECISIONS[:2] if args.smoke else PRECISIONS) if _runs(resolve_precision, p, device)]
+    rows = []
+
+    def train(spec, recipe, seed, prec, teacher=None):
+        torch.manual_seed(seed)
+        model = build(spec, split.input_shape, split.num_classes).to(device)
+        if teacher is None:
+            run = lambda: fit(model, split.train, recipe, lambda o, b: F.cross_entropy(o, b.y), seed, precision=prec)  # noqa: E731
+            return _timed(run, sync), accuracy(model, split.val), model
+        with make_loss(("hinton", {"temperature": 4.0, "alpha": 0.9}), model, teacher, split.train) as (loss_fn, extra):
+            run = lambda: fit(model, split.train, recipe, loss_fn, seed, extra=extra, precision=prec)  # noqa: E731
+            return _timed(run, sync), accuracy(model, split.val), model
+
+    reference_teacher = None
+    for what, spec, recipe in (("teacher " + teacher_spec.label(), teacher_spec, t_recipe),
+                               ("student " + student_spec.label(), student_spec, s_recipe)):
+        is_student = what.startswith("student")
+        # One untimed training per precision first: cuDNN's algorithm search and autocast's caches, once.
+        for prec in [] if args.smoke else available:
+            train(spec, recipe, 99, prec, reference_teacher if is_student else None)
+        by = {}
+        for prec in available:
+            runs = [train(spec, recipe, seed, prec, reference_teacher if is_student else None) for seed in range(args.seeds)]
+            by[prec] = runs
+            if not is_student and prec == "fp32":
+                reference_teacher = runs[0][2].eval()
+        base_s = statistics.median(r[0] for r in by["fp32"])
+        base = estimate([r[1] for r in by["fp32"]], n_val, 1.0)
+        for prec in available:
+            secs = statistics.median(r[0] for r in by[prec])
+            e = estimate([r[1] for r in by[prec]], n_val, 1.0)
+            d = difference(e, base)
+            rows.append({"network": what, "precision": prec, "seconds": secs, "speedup": base_s / secs,
+                         "val": e.mean, "val_half": e.half_width, "n": e.n, "diff": d.mean, "diff_lo": d.lo,
+                         "diff_hi": d.hi, "within_noise": d.within_noise})
+            r = rows[-1]
+            print(f"{what:42s} {prec}: {secs:6.2f}s per training (median of {e.n}), {r['speedup']:.1f}x fp32; "
+                  f"val {e.text()}; minus fp32 {100 * d.mean:+.1f} [{100 * d.lo:+.1f}, {100 * d.hi:+.1f}]"
+                  f"{' within noise' if d.within_noise else ''}", flush=True)
+    return rows
+
+
+def _runs(resolve, prec: str, device) -> bool:
+    try:
+        return resolve(prec, device) == prec
+    except Exception as err:  # bf16 on a GPU without it: say so, measure the others
+        print(f"{prec}: skipped ({err})", flush=True)
+        return False
+
+
+def layout(args, device_name: str) -> list[dict]:
+    import torch
+    import torch.nn.functional as F
+
+    import kdnas.train._fit as fit_module
+    from kdnas.data import TensorSource
+    from kdnas.models import build, make_spec
+    from kdnas.train import TrainRecipe, fit, resolve_precision
+
+    device = torch.device(device_name)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    n = 512 if args.smoke else 4000
+    shape = (1, 8, 8) if args.smoke else (1, 28, 28)
+    g = torch.Generator().manual_seed(0)
+    data = TensorSource(torch.randn(n, *shape, generator=g).to(device), torch.randint(0, 10, (n,), generator=g).to(device))
+    recipe = TrainRecipe(epochs=1, batch_size=128, lr=0.05)
+    original = fit_module.fast_memory_format
+    rows = []
+    try:
+        for arch in LAYOUT_ARCHS[-1:] if args.smoke else LAYOUT_ARCHS:
+            spec = make_spec(arch)
+            for prec in ("fp32", "bf16"):
+                if not _runs(resolve_precision, prec, device):
+                    continue
+                times = {}
+                for name, fmt in (("contiguous", torch.contiguous_format), ("channels_last", torch.channels_last)):
+                    fit_module.fast_memory_format = lambda _d, fmt=fmt: fmt
+                    model = build(spec, shape, 10).to(device)
+                    step = lambda: fit(model, data, recipe, lambda o, b: F.cross_entropy(o, b.y), 0, precision=prec)  # noqa: E731
+                    step()  # warm-up: cuDNN's algorithm search for this layout
+                    times[name] = min(_timed(step, sync) for _ in range(1 if args.smoke else 3))
+                rows.append({"network": spec.label(), "precision": prec, **times,
+                             "ratio": times["contiguous"] / times["channels_last"]})
+                print(f"{spec.label():60s} {prec}: contiguous {times['contiguous']:.3f}s, channels-last "
+                      f"{times['channels_last']:.3f}s per epoch: channels-last {rows[-1]['ratio']:.2f}x", flush=True)
+    finally:
+        fit_module.fast_memory_format = original
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--workers", default="1,2,4,8", help="worker counts on the one GPU (comma-separated)")
+    ap.add_argument("--trials", type=int, default=32, help="candidates trained at each worker count")
+    ap.add_argument("--seeds", type=int, default=3, help="trainings per network and precision")
+    ap.add_argument("--only", choices=["workers", "precision", "layout"], help="one part only")
+    ap.add_argument("--out", help="write device.json (every figure) into this folder")
+    ap.add_argument("--keep", help="keep the run folders here (default: a temporary folder, removed)")
+    ap.add_argument("--smoke", action="store_true", help="on the CPU, digits, 1 worker, 2 trials, 1 seed, in "
+                                                         "seconds (tests/test_benchmarks.py); figures mean nothing")
+    args = ap.parse_args()
+    args.workers = [int(w) for w in args.workers.split(",")]
+    import torch
+
+    if args.smoke:
+        # One worker: a second one's start costs ~10 s here, and tests/test_workers.py runs two workers already.
+        args.workers, args.trials, args.seeds = [1], 2, 1
+        device = "cpu"
+    elif not torch.cuda.is_available():
+        sys.exit("benchmarks/device.py measures a GPU: CUDA is not available here (--smoke runs the code on a CPU)")
+    else:
+        device = "cuda:0"
+    gpu = torch.cuda.get_device_name(0) if device != "cpu" else "CPU (smoke)"
+    print(f"{gpu}; torch {torch.__version__}; {_studies.machine()}; {datetime.datetime.now():%Y-%m-%d %H:%M}", flush=True)
+    result: dict = {"device": gpu, "torch": torch.__version__}
+    t0 = time.perf_counter()
+    with _studies.work_folder(args.keep, "kdnas-device-") as tmp:
+        if args.only in (None, "workers"):
+            result["workers"] = throughput(args, tmp, device)
+        if args.only in (None, "precision"):
+            result["precision"] = precision(args, tmp, device)
+        if args.only in (None, "layout"):
+            result["layout"] = layout(args, device)
+    print(f"total {time.perf_counter() - t0:.0f}s", flush=True)
+    if args.out:
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "device.json").write_text(json.dumps(result, indent=1, default=str))
+
+
+if __name__ == "__main__":
+    main()
