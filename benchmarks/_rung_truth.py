@@ -70,11 +70,12 @@ def _restarting_fit(rungs: list[int], split, real_fit, curve_now: dict):
 
     from kdnas.train import accuracy
 
-    def fit(model, data, recipe, loss_fn, seed, on_epoch=None, extra=None, checkpoint=None, resume=None, until=None):
+    def fit(model, data, recipe, loss_fn, seed, on_epoch=None, extra=None, checkpoint=None, resume=None, until=None,
+            precision="fp32"):
         history, start = [], 0
         for k, end in enumerate(rungs):
             part = dataclasses.replace(recipe, epochs=end - start)
-            history += real_fit(model, data, part, loss_fn, seed + k, extra=extra)
+            history += real_fit(model, data, part, loss_fn, seed + k, extra=extra, precision=precision)
             curve_now[str(end)] = accuracy(model, split.val)
             start = end
         return history
