@@ -51,12 +51,14 @@ def url_problem(url: str) -> str | None:
         return (f"expected a folder path or s3://bucket/prefix, got a {m[1]}:// URL (a shared folder is written as a "
                 "plain path; S3-compatible servers are named by AWS_ENDPOINT_URL in the environment)")
     parts = urlsplit(url)
-    if "@" in parts.netloc or parts.query or parts.fragment:
+    # `@` anywhere: a secret may hold `/`, which would end the URL's host part before its `@`.
+    if "@" in url or ":" in parts.netloc or parts.query or parts.fragment:
         return ("holds credentials or parameters (not shown): an S3 URL is s3://bucket/prefix only; credentials come "
                 "from the environment (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY) or the standard AWS configuration "
                 "(~/.aws), never from the study file")
     if not _BUCKET.match(parts.netloc):
-        return f"expected s3://bucket/prefix with a bucket name of 3-63 lowercase letters, digits, '.', '-'; got {url!r}"
+        return ("expected s3://bucket/prefix with a bucket name of 3-63 lowercase letters, digits, '.', '-'; got "
+                f"bucket {parts.netloc!r}")
     return None
 
 

@@ -36,7 +36,9 @@ def open_store(cfg: StudyConfig) -> ArtifactStore:
         return ArtifactStore(local)
     claim = _claims(cfg)
     if cfg.artifacts.is_s3:
-        return ArtifactStore(local, remote=S3Remote(url), claim=claim, shown=url)
+        remote = S3Remote(url)
+        remote.check()  # a missing bucket or no credentials: said now, not after the teacher has trained
+        return ArtifactStore(local, remote=remote, claim=claim, shown=url)
     root = cfg.resolve(url)
     try:
         root.mkdir(parents=True, exist_ok=True)
@@ -82,6 +84,14 @@ class S3Remote:
             # A client of its own: boto3 reads credentials and AWS_ENDPOINT_URL from the environment and ~/.aws.
             self._store = Boto3ArtifactStore(self.bucket, client=boto3.client("s3"))
         return self._store
+
+    def check(self) -> None:
+        try:
+            self._open().client.head_bucket(Bucket=self.bucket)
+        except KdnasError:
+            raise
+        except Exception as err:
+            raise self._error("cannot reach bucket", self.bucket, err) from None
 
     def _id(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
