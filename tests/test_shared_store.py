@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from kdnas.cli import main
 from kdnas.config import load_study
-from kdnas.study import open_store
+from kdnas.study import open_store, rdb_storage
 from tests._util import CHAIN_SPACE, REPO, write_tiny_study
 
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
@@ -132,7 +132,7 @@ def test_two_machines_share_one_store_and_one_postgres_study(postgres_url: str, 
     assert both.count("training teacher") == 1, "the teacher is trained once for the study, by one machine"
     assert both.count("training assistant") == 1 == len(list((shared / "assistants").glob("*.json")))
     assert "waiting for" in both, "the other machine waited for it"
-    study = optuna.load_study(study_name="tiny", storage=postgres_url)
+    study = optuna.load_study(study_name="tiny", storage=rdb_storage(postgres_url))
     trials = study.trials
     assert sorted(t.number for t in trials) == [0, 1, 2, 3] and all(t.state == TrialState.COMPLETE for t in trials)
     by_pid = {p.pid: i for i, p in enumerate(procs)}
@@ -147,20 +147,30 @@ def test_two_machines_share_one_store_and_one_postgres_study(postgres_url: str, 
     assert main(["report", str(studies[1])]) == 0
 
     # A machine killed (SIGKILL) while it trains a shared network: the other takes its claim over and finishes.
-    third = [machine(tmp_path / m, tmp_path / "shared2", postgres_url) for m in ("m3", "m4")]
-    for s in third:
-        s.write_text(s.read_text().replace("name: tiny", "name: tiny2").replace("epochs: 2, lr", "epochs: 6, lr"))
-    studies[:] = third
-    first = search(0)
-    for line in first.stdout:
-        if "epoch 2/6" in line:  # it has saved a partial checkpoint of the teacher in the shared folder
-            break
-    second = search(1)
-    time.sleep(4)  # the second machine finds the claim held and waits
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    out = _out(second)
-    assert second.returncode == 0, out
+    studies[:] = [machine(tmp_path / m, tmp_path / "shared2", postgres_url) for m in ("m3", "m4")]
+    for s in studies:
+        s.write_text(s.read_text().replace("name: tiny", "name: tiny2").replace("epochs: 2, lr", "epochs: 30, lr"))
+    procs = [search(0), search(1)]
+    lines: list[list[str]] = [[], []]
+    readers = [threading.Thread(target=lambda i=i: lines[i].extend(procs[i].stdout)) for i in (0, 1)]
+    for r in readers:
+        r.start()
+
+    def said(i: int, text: str) -> bool:
+        return any(text in line for line in list(lines[i]))
+
+    deadline = time.monotonic() + 120
+    while not any(said(i, "epoch 1/30") and said(1 - i, "waiting for") for i in (0, 1)):
+        assert time.monotonic() < deadline and all(p.poll() is None for p in procs), lines
+        time.sleep(0.05)
+    holder = 0 if said(0, "epoch 1/30") else 1
+    procs[holder].send_signal(signal.SIGKILL)  # after its first epoch: a partial checkpoint in the shared folder
+    procs[1 - holder].wait(timeout=600)
+    for r in readers:
+        r.join()
+    out = "".join(lines[1 - holder])
+    assert procs[1 - holder].returncode == 0, out
     assert "taking over from" in out and "resuming after epoch" in out, out
-    study = optuna.load_study(study_name="tiny2", storage=postgres_url)
-    assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 2
+    study = optuna.load_study(study_name="tiny2", storage=rdb_storage(postgres_url))
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE]
+    assert len(done) == 2 and not [t for t in study.trials if t.state == TrialState.RUNNING]
