@@ -123,8 +123,14 @@ class S3Remote:
             raise self._error("cannot write", name, err) from None
 
     def _error(self, what: str, name: str, err: Exception) -> KdnasError:
-        lines = str(err).strip().splitlines()
-        cause = strike_secrets(lines[0] if lines else type(err).__name__)
+        code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket"):
+            cause = "no such bucket (create it first)"
+        elif code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
+            cause = f"access denied ({code}): check the credentials in the environment or ~/.aws"
+        else:
+            lines = str(err).strip().splitlines()
+            cause = strike_secrets(lines[0] if lines else type(err).__name__)
         return KdnasError(f"artifact store {self.url}: {what} {name}: {cause}")
 
 
