@@ -224,6 +224,8 @@ def _where(store: ArtifactStore, kind: str) -> str:
 def _protected(cfg: StudyConfig) -> list[Path]:
     """Folders an --out must neither be nor hold: where the user works, and the study's files and results."""
     folders = [Path.cwd(), cfg.path.parent, cfg.run_dir, cfg.report_dir, cfg.resolve(cfg.search.space).parent]
+    if cfg.artifacts.url is not None and not cfg.artifacts.is_s3:  # the study's shared store
+        folders.append(cfg.resolve(cfg.artifacts.url))
     return folders + ([cfg.resolve(cfg.data.root)] if cfg.data.root else [])
 
 

@@ -78,6 +78,7 @@ class StorageClaims:
         table = self._setup()
         seen, since, told = None, time.monotonic(), False
         poll = min(1.0, self.lease / 8)
+        away = None  # since when the database has not answered
         while True:
             try:
                 with self._engine.begin() as con:
@@ -85,6 +86,14 @@ class StorageClaims:
                 return
             except sa.exc.IntegrityError:
                 pass  # held: by whom, and is it alive?
+            except sa.exc.OperationalError:
+                # The database away for a moment (a restart, a dropped connection): try again for a lease's time.
+                away = away or time.monotonic()
+                if time.monotonic() - away > max(self.lease, 30):
+                    raise
+                time.sleep(poll)
+                continue
+            away = None
             with self._engine.begin() as con:
                 row = con.execute(sa.select(table.c.holder, table.c.beat).where(table.c.name == name)).first()
             if row is None:
