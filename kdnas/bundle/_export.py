@@ -30,7 +30,7 @@ from kdnas.bundle._files import (FORMATS, check_target, load_student, new_folder
 from kdnas.candidates import Entry
 from kdnas.config import StudyConfig
 from kdnas.core import ArtifactStore, KdnasError, __version__
-from kdnas.study import candidates_of, teacher_suffix
+from kdnas.study import candidates_of, open_store, teacher_suffix
 
 __all__ = ["export_trial", "load_student", "pick", "pick_trial", "parse_pick", "Pick", "FORMATS"]
 
@@ -180,10 +180,11 @@ def export_trial(cfg: StudyConfig, study: optuna.Study, number: int, out: Path, 
     out = Path(out)
     check_target(out, force, _protected(cfg))
     ua = t.user_attrs
-    store = ArtifactStore(cfg.run_dir / "artifacts")
-    weights = store.path("students", ua["weights"])
+    store = open_store(cfg)  # the run folder's, or the study's shared store: any machine exports any trial
+    weights = store.fetch("students", ua["weights"])
     if not weights.is_file():
-        raise KdnasError(f"weights of trial {number} are missing from {weights.parent} (was the run folder moved?)")
+        raise KdnasError(f"weights of trial {number} are missing from {_where(store, 'students')} (was the run "
+                         "folder moved?)")
     data = study.user_attrs.get("data", {})
     student = {"format": BUNDLE_FORMAT, "spec": ua["candidate"]["student"],
                "input_shape": data.get("input_shape"), "num_classes": data.get("num_classes")}
@@ -192,10 +193,11 @@ def export_trial(cfg: StudyConfig, study: optuna.Study, number: int, out: Path, 
     costs.update(counter=cfg.costs.counter, latency_setting=cfg.costs.latency.identity())
     guides = _teacher_weights(store, recipe["teacher"])
     for a in recipe["chain"]["assistants"]:
-        guides[f"{a['key']}.pt"] = store.path("assistants", a["key"])
+        guides[f"{a['key']}.pt"] = store.fetch("assistants", a["key"])
     for name, path in guides.items():
         if not path.is_file():
-            raise KdnasError(f"weights for guides/{name} are missing at {path} (was the run folder moved?)")
+            shown = path if store.remote is None else f"{store.shown}/{path.parent.name}/{path.name}"
+            raise KdnasError(f"weights for guides/{name} are missing at {shown} (was the run folder moved?)")
     preprocess = _preprocess(cfg, study)
     tmp = new_folder(out.parent, out.name)
     try:
@@ -216,9 +218,15 @@ def export_trial(cfg: StudyConfig, study: optuna.Study, number: int, out: Path, 
     return out
 
 
+def _where(store: ArtifactStore, kind: str) -> str:
+    return f"{store.shown}/{kind}" if store.remote is not None else str(store.root / kind)
+
+
 def _protected(cfg: StudyConfig) -> list[Path]:
     """Folders an --out must neither be nor hold: where the user works, and the study's files and results."""
     folders = [Path.cwd(), cfg.path.parent, cfg.run_dir, cfg.report_dir, cfg.resolve(cfg.search.space).parent]
+    if cfg.artifacts.url is not None and not cfg.artifacts.is_s3:  # the study's shared store
+        folders.append(cfg.resolve(cfg.artifacts.url))
     return folders + ([cfg.resolve(cfg.data.root)] if cfg.data.root else [])
 
 
@@ -261,6 +269,6 @@ def _network(info: dict) -> dict[str, Any]:
 def _teacher_weights(store: ArtifactStore, teacher: dict) -> dict[str, Path]:
     """guides/ file name -> where the run folder holds those weights, for the teacher or each ensemble member."""
     def where(net: dict) -> Path:
-        return Path(net["checkpoint"]) if net.get("checkpoint") else store.path("teachers", net["cache_key"])
+        return Path(net["checkpoint"]) if net.get("checkpoint") else store.fetch("teachers", net["cache_key"])
 
     return {Path(net["weights"]).name: where(net) for net in teacher.get("members") or [teacher]}

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Optional
 
+from kdnas.config._artifacts import ArtifactsConfig
 from kdnas.config._space import SearchSpace, check_space
 from kdnas.config._teachers import DeclaredTeacher, TeacherConfig, parse_teachers, teacher_choices
 from kdnas.core import Collector, Problem, is_missing, load_yaml, parse_section
@@ -179,6 +180,7 @@ class StudyConfig:
     costs: CostsConfig = field(default_factory=CostsConfig)  # how MACs are counted, where latency is measured
     score: ScoreConfig = field(default_factory=ScoreConfig)  # pareto or one combined score; hard limits
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    artifacts: ArtifactsConfig = field(default_factory=ArtifactsConfig)  # where weights live (config/_artifacts.py)
     # Filled in by load_study, not read from the file:
     path: Path = field(default=Path("."), init=False, compare=False)
     space_obj: Optional[SearchSpace] = field(default=None, init=False, compare=False)
@@ -263,6 +265,8 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None,
     if not isinstance(raw, dict):
         problems.add("", f"expected a mapping of study settings, got {raw!r}")
         problems.raise_if_any()
+    if isinstance(raw.get("artifacts"), str):  # `artifacts: /shared/path` for `artifacts: {url: /shared/path}`
+        raw = {**raw, "artifacts": {"url": raw["artifacts"]}}
     for key, value in (overrides or {}).items():  # flags win over the file; sections merge key by key
         if isinstance(value, dict) and isinstance(raw.get(key), dict):
             raw = {**raw, key: {**raw[key], **value}}

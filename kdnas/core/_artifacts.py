@@ -112,41 +112,88 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
 
 class ArtifactStore:
-    """Files under ``root/<kind>/<key>.<ext>``; ``key`` is a content hash chosen by the caller."""
+    """Files under ``root/<kind>/<key>.<ext>``; ``key`` is a content hash chosen by the caller.
 
-    def __init__(self, root: Path):
+    ``root`` is where code reads and writes (``torch.load`` always opens a local file): the run folder's
+    ``artifacts/`` by default, a shared folder that every machine mounts, or this machine's cache of a
+    ``remote`` store. ``remote`` (an ``optuna.artifacts`` store: ``open_reader``/``write`` by artifact id,
+    here ``<kind>/<key>.<ext>`` under its prefix) is fetched from on read and published to on write; its
+    objects appear whole or not at all, as the atomic rename makes local files appear. ``claim`` makes
+    :meth:`once` exclusive between machines (kdnas/study/_claims.py); without it, between the processes of
+    this machine (``flock`` in ``root/locks/``)."""
+
+    def __init__(self, root: Path, remote: Any = None, claim: Any = None, shown: str | None = None):
         self.root = Path(root)
+        self.remote, self.claim = remote, claim
+        self.shown = shown or str(self.root)  # how messages name the store (a URL never holds credentials)
+
+    @property
+    def shared(self) -> bool:
+        """Whether other machines reach this store (work on it is claimed through the study's storage)."""
+        return self.claim is not None
 
     def path(self, kind: str, key: str, ext: str = "pt") -> Path:
         return self.root / kind / f"{key}.{ext}"
 
+    def fetch(self, kind: str, key: str, ext: str = "pt") -> Path:
+        """The local path of an artifact, fetched from the remote store first if only that holds it (the path of
+        a file that does not exist when neither does)."""
+        path = self.path(kind, key, ext)
+        if self.remote is not None and not path.is_file():
+            data = self.remote.read(f"{kind}/{key}.{ext}")
+            if data is not None:
+                atomic_write_bytes(path, data)
+        return path
+
+    def publish(self, kind: str, key: str, ext: str = "pt") -> None:
+        """Copy a local artifact to the remote store (nothing to do without one)."""
+        if self.remote is not None:
+            self.remote.write(f"{kind}/{key}.{ext}", self.path(kind, key, ext).read_bytes())
+
+    def once(self, name: str, label: str | None = None, locally: bool = True) -> contextlib.AbstractContextManager:
+        """Held while one process computes what ``name`` names (``label``: in words, for progress lines), so that
+        it is computed once: by one machine of the study with a shared store; else by one process of this machine
+        (``locally=False``: no lock, as for outputs cheap enough to compute twice)."""
+        if self.claim is not None:
+            return self.claim(name, label)
+        return file_lock(self.root / "locks" / f"{name}.lock") if locally else contextlib.nullcontext()
+
     def has(self, kind: str, key: str, ext: str = "pt") -> bool:
-        return self.path(kind, key, ext).is_file()
+        return self.fetch(kind, key, ext).is_file()
 
     def has_pair(self, kind: str, key: str) -> bool:
         """Weights and their JSON description both present (the description is written last)."""
-        return self.has(kind, key) and self.has(kind, key, "json")
+        return self.has(kind, key, "json") and self.has(kind, key)
 
     def put_state_dict(self, kind: str, key: str, state_dict: dict[str, torch.Tensor]) -> Path:
         path = self.path(kind, key)
         save_state_dict(path, state_dict)
+        self.publish(kind, key)
         return path
 
     def put_content(self, kind: str, state_dict: dict[str, torch.Tensor]) -> str:
         """Store weights under the hash of their bytes; return that key."""
         data = state_dict_bytes(state_dict)
         key = hashlib.sha256(data).hexdigest()[:16]
-        if not self.has(kind, key):
+        if not self.path(kind, key).is_file():
             atomic_write_bytes(self.path(kind, key), data)
+            self.publish(kind, key)
         return key
 
+    def put_object(self, kind: str, key: str, obj: Any) -> Path:
+        path = self.path(kind, key)
+        save_object(path, obj)
+        self.publish(kind, key)
+        return path
+
     def get_state_dict(self, kind: str, key: str) -> dict[str, torch.Tensor]:
-        return load_state_dict(self.path(kind, key))
+        return load_state_dict(self.fetch(kind, key))
 
     def put_json(self, kind: str, key: str, obj: Any) -> Path:
         path = self.path(kind, key, "json")
         atomic_write_bytes(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+        self.publish(kind, key, "json")
         return path
 
     def get_json(self, kind: str, key: str) -> Any:
-        return json.loads(self.path(kind, key, "json").read_text())
+        return json.loads(self.fetch(kind, key, "json").read_text())

@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from kdnas.core import ArtifactStore, file_lock
+from kdnas.core import ArtifactStore
 from kdnas.data import BatchSource, DataSplit
 from kdnas.distill._ensemble import Ensemble, ensemble_logits
 from kdnas.distill._loss import make_loss
@@ -162,7 +162,8 @@ class AssistantPool:
         if key in self._guides:
             return self._guides[key], False
         trained_now = False
-        with file_lock(self.store.root / "locks" / f"{key}.lock"):
+        # Trained by one process of this machine, or of the study's machines with a shared store; the others wait.
+        with self.store.once(key, f"assistant {spec.label()}"):
             torch.manual_seed(self.seed)  # before build: the initial weights are part of what the seed fixes
             model = build(spec, self.split.input_shape, self.split.num_classes).to(self.device)
             if self.store.has_pair("assistants", key):

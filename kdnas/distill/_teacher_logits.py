@@ -64,11 +64,14 @@ def teacher_logits(model: nn.Module, model_key: str, split: DataSplit, store: Ar
         return TeacherLogits(model)
     key = logits_key(model_key, split)
     expected = (len(split.train), split.num_classes)
-    if store.has(KIND, key):
-        table = store.get_state_dict(KIND, key).get("logits")
-        if table is not None and tuple(table.shape) == expected:
-            return TeacherLogits(model, table.to(split.train.device))
-        log.warning("stored teacher logits %s do not match the split; computing them again", key)
-    table = predict(model, split.train)
-    store.put_state_dict(KIND, key, {"logits": table})
+    # With a shared store one machine computes the table and the others wait for it; on one machine two processes
+    # computing it at once cost seconds, not a lock.
+    with store.once(f"logits-{key}", f"outputs of {model_key} on the training split", locally=False):
+        if store.has(KIND, key):
+            table = store.get_state_dict(KIND, key).get("logits")
+            if table is not None and tuple(table.shape) == expected:
+                return TeacherLogits(model, table.to(split.train.device))
+            log.warning("stored teacher logits %s do not match the split; computing them again", key)
+        table = predict(model, split.train)
+        store.put_state_dict(KIND, key, {"logits": table})
     return TeacherLogits(model, table)

@@ -21,7 +21,7 @@ import torch
 
 from kdnas.candidates import CARRIED, CHECKPOINT, EPOCHS, KEY, PROMOTED_FROM, RUN, RUNG, TWIN_OF, Ladder, twin_params
 from kdnas.config import StudyConfig
-from kdnas.core import ArtifactStore, KdnasError, TrialFailure, load_object, save_object
+from kdnas.core import ArtifactStore, KdnasError, TrialFailure, load_object
 from kdnas.models import digest
 from kdnas.study._storage import read_trials
 
@@ -61,8 +61,8 @@ def checkpoint_key(candidate: str, seed: int, rung: int) -> str:
 
 def save_run(store: ArtifactStore, key: str, fit_state: dict, drops: torch.Generator) -> None:
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
-    save_object(store.path("rungs", key), {"fit": fit_state, "drops": drops.get_state(),
-                                           "global": {"cpu": torch.get_rng_state(), "cuda": cuda}})
+    store.put_object("rungs", key, {"fit": fit_state, "drops": drops.get_state(),
+                                    "global": {"cpu": torch.get_rng_state(), "cuda": cuda}})
 
 
 def load_run(store: ArtifactStore, key: str, drops: torch.Generator) -> dict:
@@ -70,7 +70,7 @@ def load_run(store: ArtifactStore, key: str, drops: torch.Generator) -> dict:
     (the run cannot be continued; the study goes on)."""
     path = store.path("rungs", key)
     try:
-        state = load_object(path)
+        state = load_object(store.fetch("rungs", key))  # written by whichever machine ran the rung below
         drops.set_state(state["drops"])
         torch.set_rng_state(state["global"]["cpu"])
         cuda = state["global"]["cuda"]

@@ -18,6 +18,7 @@ from kdnas.distill import AssistantPool, Guide, MethodSpec
 from kdnas.models import ArchSpec
 from kdnas.train import resolve_precision
 from kdnas.study import _resume as resume
+from kdnas.study._store import open_store
 from kdnas.study._teachers import Teachers, prepare_teachers
 
 
@@ -85,7 +86,7 @@ def prepare(cfg: StudyConfig, threads: int | None = None, workers: int = 1,
 def _prepare(cfg: StudyConfig, device: torch.device, latency: LatencyCache, resumed: dict | None) -> Runtime:
     split = load_split(cfg.data, device, cfg.path)
     resume.check_inputs(cfg, resumed, fingerprint=split.fingerprint)  # before a teacher is trained for it
-    store = ArtifactStore(cfg.run_dir / "artifacts")
+    store = open_store(cfg)  # the run folder's, or one every machine of the study reaches
     teachers = prepare_teachers(cfg, split, store, device, latency, resumed)
     augment = cfg.student.train.augment.active
     a = cfg.assistants

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from kdnas.config import SINGLE, DeclaredTeacher, StudyConfig
-from kdnas.core import ArtifactStore, KdnasError, TrialFailure, file_lock
+from kdnas.core import ArtifactStore, KdnasError, TrialFailure
 from kdnas.data import DataSplit
 from kdnas.models import KDNet, build, digest
 from kdnas.study._teacher_checks import chance_warning, load_teacher_checkpoint
@@ -64,15 +64,16 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
         precision = resolve_precision(cfg.precision, device)
         key = teacher_key(cfg, split, t.name, precision)
         source = {"cache_key": key}
-        # Locked: `kdnas search` processes started together (on machines sharing the run folder) train it once.
-        with file_lock(store.root / "locks" / f"teacher-{key}.lock"):
+        shown = t.spec.label() if t.name == SINGLE else f"{t.name} ({t.spec.label()})"
+        # Held while it trains: `kdnas search` processes started together (on this machine, or on every machine
+        # of a study with a shared store) train it once; the others wait, then load it.
+        with store.once(f"teacher-{key}", f"teacher {shown}"):
             trained = not store.has("teachers", key)
             if not trained:
                 model.load_state_dict(store.get_state_dict("teachers", key))
             else:
                 model.to(device)
                 # After every epoch: a partial checkpoint, read back only here, under this lock, after Ctrl-C.
-                shown = t.spec.label() if t.name == SINGLE else f"{t.name} ({t.spec.label()})"
                 run = Resumable(store.path("teachers", f"{key}.partial"), f"teacher {shown}",
                                 t.config.train.epochs)
                 try:
