@@ -30,6 +30,7 @@ from urllib.parse import unquote
 import optuna
 
 from kdnas.core import KdnasError
+from kdnas.study._retry import RetryingRDBStorage
 
 if TYPE_CHECKING:
     from kdnas.config import StudyConfig
@@ -114,8 +115,9 @@ def _with_driver(url: str) -> str:
 
 
 def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                stale_callback: Any = None) -> optuna.storages.RDBStorage:
-    """An ``RDBStorage`` set up for concurrent workers (raises the driver's errors unchanged)."""
+                stale_callback: Any = None, outage: float | None = None) -> optuna.storages.RDBStorage:
+    """An ``RDBStorage`` set up for concurrent workers (raises the driver's errors unchanged). With ``outage``, a
+    database server's calls ride out a lost connection for up to that many seconds (kdnas/study/_retry.py)."""
     _OPENED.add(url)
     db = sqlite_path(url)
     if db is not None:
@@ -125,9 +127,12 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
         engine_kwargs = {"pool_pre_ping": True}
         if url.startswith(("postgresql", "mysql")):
             engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-    storage = optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs,
-                                         heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                         heartbeat_stale_trial_callback=stale_callback)
+    kwargs: dict[str, Any] = dict(engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                  grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
+    if outage is not None and db is None:  # a SQLite file has no server to restart
+        storage = RetryingRDBStorage(_with_driver(url), outage=outage, **kwargs)
+    else:
+        storage = optuna.storages.RDBStorage(_with_driver(url), **kwargs)
     if db is not None:
         from sqlalchemy import event  # Optuna's RDBStorage has imported it
 
@@ -171,7 +176,8 @@ def open_storage(cfg: "StudyConfig", create: bool) -> optuna.storages.RDBStorage
     p = cfg.parallel
     for attempt in range(3):
         try:
-            return rdb_storage(url, p.heartbeat_interval, p.grace_period, partial(retry_trial, max_retry=p.max_retry))
+            return rdb_storage(url, p.heartbeat_interval, p.grace_period, partial(retry_trial, max_retry=p.max_retry),
+                               outage=p.storage_outage)
         except Exception as err:  # bad URL, unreachable server, missing driver, wrong password
             # Workers on several machines starting at once on an empty database race to create its tables.
             if "already exists" in str(err) and attempt < 2:
