@@ -88,3 +88,84 @@ def test_storage_rides_out_a_restart_and_gives_up_after_the_limit(postgres_clust
     assert message.startswith("database unreachable for 1s, longer than parallel.storage_outage (1s): ")
     assert "run `kdnas search` again to resume" in message and PASSWORD not in message + capfd.readouterr().err
     assert len(short.get_all_studies()) == 1, "usable again once the server is back"
+
+
+def _search(study: Path, url: str, *flags: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "kdnas.cli", "search", str(study), "--storage", url, *flags],
+                            cwd=study.parent, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
+    try:
+        return optuna.load_study(study_name="tiny", storage=rdb_storage(url)).trials
+    except KeyError:  # not created yet
+        return []
+
+
+def _when_running(url: str, proc: subprocess.Popen) -> None:
+    """Wait until a trial has completed and another is running: the middle of the study."""
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        states = [t.state for t in _trials(url)]
+        if TrialState.COMPLETE in states and TrialState.RUNNING in states:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the study never got going: {proc.communicate()[0] if proc.poll() is not None else ''}")
+
+
+def _clean(out: str) -> None:
+    assert "Traceback" not in out and PASSWORD not in out, out
+
+
+@pytest.mark.slow  # 25 s: two worker processes and a 3-s outage
+def test_a_restart_mid_study_loses_nothing(postgres_cluster, postgres_url: str, tmp_path: Path) -> None:
+    # The outage outlasts the grace period: a worker's trial must not be taken for dead by the other one.
+    study = write_tiny_study(tmp_path, extra="parallel: {heartbeat_interval: 1, grace_period: 2, storage_outage: 60}\n")
+    proc = _search(study, postgres_url, "--workers", "2", "--trials", "4")
+    try:
+        _when_running(postgres_url, proc)
+        postgres_cluster.server("stop")
+        time.sleep(3)
+    finally:
+        postgres_cluster.server("start")
+    out = proc.communicate(timeout=600)[0]
+    assert proc.returncode == 0, out
+    _clean(out)
+    assert "database unreachable (" in out and "database back after" in out, out
+    for w in (0, 1):  # one line when it goes, one when it is back: not one per attempt
+        assert out.count(f"worker {w}: database unreachable (") == out.count(f"worker {w}: database back after") <= 1
+    trials = _trials(postgres_url)
+    assert [t.number for t in trials] == [0, 1, 2, 3], "the requested trials, none twice"
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, "none lost, failed or left RUNNING"
+
+
+@pytest.mark.slow  # 30 s: a stopped two-worker search, then its resumption
+def test_an_outage_past_the_limit_stops_the_workers_and_the_study_resumes(postgres_cluster, postgres_url: str,
+                                                                           tmp_path: Path) -> None:
+    study = write_tiny_study(tmp_path, extra="parallel: {heartbeat_interval: 1, grace_period: 2, storage_outage: 2}\n")
+    proc = _search(study, postgres_url, "--workers", "2", "--trials", "4")
+    try:
+        _when_running(postgres_url, proc)
+        postgres_cluster.server("stop")
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        postgres_cluster.server("start")
+    assert proc.returncode == 2, out
+    _clean(out)
+    (error,) = [line for line in out.splitlines() if "error" in line]  # one, from the command itself
+    assert error.startswith("kdnas: error: the database was unreachable longer than parallel.storage_outage (2s)")
+    assert error.endswith("Completed trials are kept: run `kdnas search` again to resume"), out
+    before = _trials(postgres_url)
+    interrupted = [t.number for t in before if t.state == TrialState.RUNNING]
+    assert interrupted, "a trial was running when the workers stopped"
+
+    again = _search(study, postgres_url, "--trials", "2")
+    out = again.communicate(timeout=600)[0]
+    assert again.returncode == 0, out
+    trials = _trials(postgres_url)
+    assert not [t for t in trials if t.state == TrialState.RUNNING], "the interrupted trials are failed and retried"
+    done = sum(t.state == TrialState.COMPLETE for t in before)
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == done + 2, out
+    retried = {t.system_attrs.get("failed_trial") for t in trials}
+    assert set(interrupted) <= retried | {t.number for t in trials if t.state == TrialState.FAIL and
+                                           "not retried" in t.user_attrs.get("fail_reason", "")}, out

@@ -75,10 +75,9 @@ def outage_in(err: BaseException | None) -> Optional[StorageOutage]:
     return None
 
 
-def _cause(err: BaseException) -> str:
-    """The driver's first line (``OperationalError: server closed the connection unexpectedly``), password-free."""
-    from kdnas.study._storage import scrub
-
+def _cause(err: BaseException, mask: Callable[[str], str]) -> str:
+    """The driver's first line (``OperationalError: server closed the connection unexpectedly``), through ``mask``
+    (kdnas/study/_storage.py's ``scrub``: no password)."""
     inner, e, seen = err, err, set()
     while e is not None and id(e) not in seen:  # the driver's own error, under SQLAlchemy's and Optuna's
         seen.add(id(e))
@@ -87,7 +86,7 @@ def _cause(err: BaseException) -> str:
             break
         e = e.__cause__ or e.__context__
     lines = str(inner).strip().splitlines()
-    return scrub(f"{type(inner).__name__}: {lines[0]}" if lines else type(inner).__name__)
+    return mask(f"{type(inner).__name__}: {lines[0]}" if lines else type(inner).__name__)
 
 
 class _Outage:
@@ -99,13 +98,13 @@ class _Outage:
         self.since: Optional[float] = None
         self.ended: Optional[float] = None
 
-    def failed(self, err: BaseException, limit: float) -> float:
+    def failed(self, cause: str, limit: float) -> float:
         """Note a failed call; return how long the database has been away."""
         with self._lock:
             now = time.monotonic()
             if self.since is None:
                 self.since = now
-                _say(f"database unreachable ({_cause(err)}), retrying for up to {limit:g}s (parallel.storage_outage)")
+                _say(f"database unreachable ({cause}), retrying for up to {limit:g}s (parallel.storage_outage)")
             return now - self.since
 
     def succeeded(self) -> None:
@@ -136,9 +135,9 @@ def backoff(attempt: int) -> float:
 _DEPTH = threading.local()  # Optuna's methods call each other: only the outermost call retries
 
 
-def retrying(fn: Callable[..., Any], limit: float, *args: Any, **kwargs: Any) -> Any:
+def retrying(fn: Callable[..., Any], storage: "RetryingRDBStorage", *args: Any, **kwargs: Any) -> Any:
     """``fn(*args, **kwargs)``, retried on a lost connection until it succeeds or the database has been away for
-    ``limit`` seconds (then :class:`StorageOutage`)."""
+    ``storage.outage`` seconds (then :class:`StorageOutage`)."""
     if getattr(_DEPTH, "n", 0):
         return fn(*args, **kwargs)
     attempt = 0
@@ -149,11 +148,12 @@ def retrying(fn: Callable[..., Any], limit: float, *args: Any, **kwargs: Any) ->
         except Exception as err:
             if not transient(err):
                 raise
-            away = OUTAGE.failed(err, limit)
+            limit, cause = storage.outage, _cause(err, storage.mask)
+            away = OUTAGE.failed(cause, limit)
             if away >= limit:
                 raise StorageOutage(
                     f"database unreachable for {away:.0f}s, longer than parallel.storage_outage ({limit:g}s): "
-                    f"{_cause(err)}; stopped. Completed trials are kept: run `kdnas search` again to resume") from None
+                    f"{cause}; stopped. Completed trials are kept: run `kdnas search` again to resume") from None
             time.sleep(min(backoff(attempt), limit - away))
             attempt += 1
             continue
@@ -177,14 +177,14 @@ _RETRIED = (
 class RetryingRDBStorage(RDBStorage):
     """Optuna's ``RDBStorage`` whose calls ride out an outage of up to ``outage`` seconds (see the module)."""
 
-    def __init__(self, *args: Any, outage: float, **kwargs: Any):
-        self.outage = outage
+    def __init__(self, *args: Any, outage: float, mask: Callable[[str], str], **kwargs: Any):
+        self.outage, self.mask = outage, mask  # mask: what removes passwords from the driver's messages
         super().__init__(*args, **kwargs)
 
     def set_trial_state_values(self, trial_id: int, state: TrialState, values: Any = None) -> bool:
         told = RDBStorage.set_trial_state_values
         if not state.is_finished():  # a claim of a waiting trial: kdnas/study/_liveness.py sweeps an orphaned one
-            return retrying(told, self.outage, self, trial_id, state, values)
+            return retrying(told, self, self, trial_id, state, values)
         tried = False
 
         def tell() -> bool:
@@ -194,16 +194,16 @@ class RetryingRDBStorage(RDBStorage):
             tried = True
             return told(self, trial_id, state, values)
 
-        return retrying(tell, self.outage)
+        return retrying(tell, self)
 
     def record_heartbeat(self, trial_id: int) -> None:
         try:
-            retrying(RDBStorage.record_heartbeat, self.outage, self, trial_id)
+            retrying(RDBStorage.record_heartbeat, self, self, trial_id)
         except StorageOutage:
             pass  # the main thread stops at its next call if the database is still away; this beat is skipped
 
     def _get_stale_trial_ids(self, study_id: int) -> list[int]:
-        stale = retrying(RDBStorage._get_stale_trial_ids, self.outage, self, study_id)
+        stale = retrying(RDBStorage._get_stale_trial_ids, self, self, study_id)
         grace = self.grace_period if self.grace_period is not None else 2 * (self.heartbeat_interval or 0)
         # Another worker's next beat may wait for its backoff pause, then for its heartbeat interval.
         return [] if OUTAGE.ended_within(grace + BACKOFF_CAP_S) else stale
@@ -214,7 +214,7 @@ def _retried(name: str) -> Callable[..., Any]:
 
     @functools.wraps(base)
     def method(self: RetryingRDBStorage, *args: Any, **kwargs: Any) -> Any:
-        return retrying(base, self.outage, self, *args, **kwargs)
+        return retrying(base, self, self, *args, **kwargs)
 
     return method
 

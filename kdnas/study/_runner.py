@@ -141,18 +141,25 @@ def run_search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> op
                  + (f" {where}" if where else ""))
         tickets = Tickets(cfg.search.trials, shared=True)
 
+        outage = []  # the database stayed away too long for a worker (it said so), or for this process's sweep
+
         def on_exit(index: int, pid: int, code: int) -> None:
-            if code == OUTAGE_EXIT:  # it said why; the storage is away, so no sweep (resuming sweeps)
+            if code == OUTAGE_EXIT:  # no sweep: the storage is away (the resumed search sweeps)
+                outage.append(index)
                 return
             if code not in (0, 130):  # 130: interrupted, like this command
                 progress(f"worker {index} (pid {pid}) ended with exit code {code}")
-            for line in _sweep(cfg, study, lock):
-                progress(line)
+            try:
+                for line in _sweep(cfg, study, lock):
+                    progress(line)
+            except StorageOutage:  # the other workers go on while they can
+                outage.append(None)
 
         args = worker_args(cfg, devices, tickets, deadline, threads, started)
-        if OUTAGE_EXIT in run_pool(n, lambda i: args[i], on_exit):
+        run_pool(n, lambda i: args[i], on_exit)
+        if outage:
             raise StorageOutage(f"the database was unreachable longer than parallel.storage_outage "
-                                f"({cfg.parallel.storage_outage:g}s): the workers stopped. Completed trials are kept: "
+                                f"({cfg.parallel.storage_outage:g}s); the search stopped. Completed trials are kept: "
                                 f"run `kdnas search` again to resume")
     finally:
         rt.close()

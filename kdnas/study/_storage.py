@@ -130,7 +130,7 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
     kwargs: dict[str, Any] = dict(engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
                                   grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
     if outage is not None and db is None:  # a SQLite file has no server to restart
-        storage = RetryingRDBStorage(_with_driver(url), outage=outage, **kwargs)
+        storage = RetryingRDBStorage(_with_driver(url), outage=outage, mask=scrub, **kwargs)
     else:
         storage = optuna.storages.RDBStorage(_with_driver(url), **kwargs)
     if db is not None:
