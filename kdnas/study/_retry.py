@@ -75,7 +75,7 @@ def outage_in(err: BaseException | None) -> Optional[StorageOutage]:
     return None
 
 
-def _cause(err: BaseException, mask: Callable[[str], str]) -> str:
+def cause_of(err: BaseException, mask: Callable[[str], str]) -> str:
     """The driver's first line (``OperationalError: server closed the connection unexpectedly``), through ``mask``
     (kdnas/study/_storage.py's ``scrub``: no password)."""
     inner, e, seen = err, err, set()
@@ -148,7 +148,7 @@ def retrying(fn: Callable[..., Any], storage: "RetryingRDBStorage", *args: Any, 
         except Exception as err:
             if not transient(err):
                 raise
-            limit, cause = storage.outage, _cause(err, storage.mask)
+            limit, cause = storage.outage, cause_of(err, storage.mask)
             away = OUTAGE.failed(cause, limit)
             if away >= limit:
                 raise StorageOutage(

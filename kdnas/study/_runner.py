@@ -193,7 +193,7 @@ def run_worker(cfg: StudyConfig, index: int, tickets: Tickets, deadline: float |
     rt = prepare(cfg, threads, workers=cfg.parallel.workers)
     lock = None
     try:
-        study = open_study(cfg, create=False)
+        study = open_study(cfg, create=False, storage=open_storage(cfg, create=False, wait=True))
         lock = WorkerLock(cfg.run_dir)
         at = f"@{cfg.device}" if cfg.device.startswith("cuda") else ""  # the worker's GPU (kdnas/study/_placement.py)
         _run_trials(cfg, rt, study, lock, tickets, deadline, _print, started, prefix=f"w{index}{at} ")
