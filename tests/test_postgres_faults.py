@@ -117,7 +117,7 @@ def _clean(out: str) -> None:
     assert "Traceback" not in out and PASSWORD not in out, out
 
 
-@pytest.mark.slow  # 25 s: two worker processes and a 3-s outage
+@pytest.mark.slow  # 40-60 s on the busy 2-core VM: two worker processes and a 3-s outage
 def test_a_restart_mid_study_loses_nothing(postgres_cluster, postgres_url: str, tmp_path: Path) -> None:
     # The outage outlasts the grace period: a worker's trial must not be taken for dead by the other one.
     study = write_tiny_study(tmp_path, extra="parallel: {heartbeat_interval: 1, grace_period: 2, storage_outage: 60}\n")
@@ -139,7 +139,7 @@ def test_a_restart_mid_study_loses_nothing(postgres_cluster, postgres_url: str, 
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 4, "none lost, failed or left RUNNING"
 
 
-@pytest.mark.slow  # 30 s: a stopped two-worker search, then its resumption
+@pytest.mark.slow  # 55-70 s on the busy 2-core VM: a stopped two-worker search, then its resumption
 def test_an_outage_past_the_limit_stops_the_workers_and_the_study_resumes(postgres_cluster, postgres_url: str,
                                                                            tmp_path: Path) -> None:
     study = write_tiny_study(tmp_path, extra="parallel: {heartbeat_interval: 1, grace_period: 2, storage_outage: 2}\n")
