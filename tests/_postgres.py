@@ -79,15 +79,20 @@ class Cluster:
         cluster = cls(bindir, base, _free_port(), account)
         cluster._run(str(bindir / "initdb"), "-D", str(base / "data"), "-U", SUPERUSER, "--pwfile", str(base / "pw"),
                      "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync", "-E", "UTF8")
-        # fsync off: a test cluster needs no durability, and its commits then cost nothing.
-        opts = f"-c listen_addresses=127.0.0.1 -p {cluster.port} -k {base} -c fsync=off -c max_connections=100"
-        cluster._run(str(bindir / "pg_ctl"), "-D", str(base / "data"), "-l", str(base / "log"), "-o", opts,
-                     "-w", "-t", "60", "start")
+        cluster.server("start")
         return cluster
+
+    def server(self, action: str, mode: str = "fast") -> None:
+        """``pg_ctl start|stop|restart`` on this cluster (its data kept): what a database restart looks like to
+        the workers. ``fast`` ends the open connections (their transactions roll back); ``immediate`` kills them."""
+        # fsync off: a test cluster needs no durability, and its commits then cost nothing.
+        opts = f"-c listen_addresses=127.0.0.1 -p {self.port} -k {self.base} -c fsync=off -c max_connections=100"
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.base / "data"), "-l", str(self.base / "log"), "-o", opts,
+                  "-m", mode, "-w", "-t", "60", action)
 
     def stop(self) -> None:
         try:
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.base / "data"), "-m", "immediate", "-w", "stop")
+            self.server("stop", mode="immediate")
         finally:
             shutil.rmtree(self.base, ignore_errors=True)
 

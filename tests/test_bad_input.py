@@ -86,6 +86,8 @@ CASES: list[tuple[str, Callable[[Path], None], list[str], str]] = [
     ("workers not a number", _nothing, ["--workers", "two"], r"^kdnas search: error: argument --workers: invalid int value: 'two' \(see kdnas search --help\)$"),
     ("heartbeat without grace", edit("seed: 0\n", "seed: 0\nparallel: {heartbeat_interval: 30, grace_period: 30}\n"), [],
      r"parallel\.grace_period: `grace_period >= 2 \* heartbeat_interval` must hold"),
+    ("no outage allowed", edit("seed: 0\n", "seed: 0\nparallel: {storage_outage: 0}\n"), [],
+     r"parallel\.storage_outage: `storage_outage > 0` \(seconds\) must hold, but got 0"),
     ("zero trials", _nothing, ["--trials", "0"], r"^  - --trials: `trials >= 1` must hold, but got trials=0"),
     ("negative timeout", _nothing, ["--timeout", "-5"], r"^  - --timeout: `timeout > 0` must hold"),
     ("bad device", _nothing, ["--device", "gpu"], r"^  - --device: expected cpu, cuda, cuda:N or mps, got 'gpu'"),

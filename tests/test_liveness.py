@@ -95,6 +95,21 @@ def test_sweep_fails_and_retries_only_the_trials_of_dead_workers(tmp_path: Path)
             c.wait()
 
 
+def test_sweep_of_a_shared_storage_fails_a_trial_no_worker_took_up(tmp_path: Path) -> None:
+    # On a database server, a RUNNING trial without a worker was asked for by a worker killed at once, or by an ask
+    # whose connection dropped while it was committed (the worker asked again: kdnas/study/_retry.py). It has no
+    # heartbeat either, so Optuna's check never fails it: the sweep does, once it is older than `unmarked`.
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 'study.db'}", directions=["maximize"])
+    orphan = _running_trial(study, None)
+    assert sweep(study, tmp_path, local_storage=False, mine=None, max_retry=1, unmarked=3600) == [], "too young"
+    assert sweep(study, tmp_path, local_storage=False, mine=None, max_retry=1) == [], "no age given: left alone"
+    (line,) = sweep(study, tmp_path, local_storage=False, mine=None, max_retry=1, unmarked=0)
+    trials = study.get_trials()
+    assert trials[orphan.number].state == TrialState.FAIL and trials[-1].state == TrialState.WAITING
+    assert line == f"trial {orphan.number:>3} FAIL: its worker never started it (no worker recorded in 0s); " \
+                   f"retried as trial {trials[-1].number}"
+
+
 def _take_all(tickets: Tickets, out) -> None:
     n = 0
     while tickets.take():

@@ -136,6 +136,9 @@ class ParallelConfig:
     heartbeat_interval: int = 15
     grace_period: int = 120
     max_retry: int = 1  # a candidate that killed its worker twice (out of memory?) is not tried again
+    # A database server that goes away (a restart, a failover, a dropped connection): each worker retries with
+    # backoff for up to this many seconds, then stops cleanly; `kdnas search` resumes (kdnas/study/_retry.py).
+    storage_outage: float = 300
     # With `device: cuda`, the GPUs the workers go to, round robin (kdnas/study/_placement.py); null = every one.
     gpus: Optional[list[int]] = None
 
@@ -149,6 +152,8 @@ class ParallelConfig:
         if self.grace_period < 2 * self.heartbeat_interval:
             report("grace_period", f"`grace_period >= 2 * heartbeat_interval` must hold, but got "
                    f"grace_period={self.grace_period}, heartbeat_interval={self.heartbeat_interval}")
+        if not self.storage_outage > 0:
+            report("storage_outage", f"`storage_outage > 0` (seconds) must hold, but got {self.storage_outage}")
         if self.max_retry < 0:
             report("max_retry", f"`max_retry >= 0` must hold, but got max_retry={self.max_retry}")
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import os
 import secrets
 import socket
+from datetime import datetime
 from pathlib import Path
 from typing import Optional
 
@@ -140,13 +141,16 @@ def fail_dead(study: optuna.Study, trial: optuna.trial.FrozenTrial, reason: str,
 
 
 def sweep(study: optuna.Study, run_dir: Path, local_storage: bool, mine: Optional[WorkerLock],
-          max_retry: int, trials: Optional[list[optuna.trial.FrozenTrial]] = None) -> list[str]:
+          max_retry: int, trials: Optional[list[optuna.trial.FrozenTrial]] = None,
+          unmarked: Optional[float] = None) -> list[str]:
     """Fail (and retry) the RUNNING trials whose worker is known dead; return one line per trial failed.
     ``trials``: the study's trials, read just now (default: read here).
 
     A trial records its worker in the first milliseconds of its objective; one without a record was left by
-    a worker killed in between. Such a trial is failed only where every worker is visible from here (a local
-    storage) and none but ``mine`` is alive; elsewhere Optuna's heartbeat fails it after the grace period.
+    a worker killed in between, or by an ask whose connection dropped while it was committed (the worker asked
+    again: kdnas/study/_retry.py). Such a trial is failed where every worker is visible from here (a local
+    storage) and none but ``mine`` is alive; elsewhere once it has been RUNNING for ``unmarked`` seconds (it
+    has no heartbeat either: Optuna's check skips it).
     """
     lines = []
     if trials is None:
@@ -156,9 +160,12 @@ def sweep(study: optuna.Study, run_dir: Path, local_storage: bool, mine: Optiona
     others_alive: Optional[bool] = None
     for t in running:
         worker = t.system_attrs.get(WORKER_ATTR)
-        if worker is None:
-            if not local_storage:
+        if worker is None and not local_storage:
+            if unmarked is None or t.datetime_start is None or \
+                    (datetime.now() - t.datetime_start).total_seconds() < unmarked:
                 continue
+            reason = f"its worker never started it (no worker recorded in {unmarked:g}s)"
+        elif worker is None:
             if others_alive is None:
                 others_alive = bool(live_workers(run_dir, mine))
             if others_alive:

@@ -17,6 +17,7 @@ from kdnas.models import make_spec
 from kdnas.study import _resume as resume
 from kdnas.study._liveness import WorkerLock, sweep
 from kdnas.study._placement import placement_line, worker_devices
+from kdnas.study._retry import OUTAGE_EXIT, StorageOutage
 from kdnas.study._rung_trial import DUPLICATE, promote
 from kdnas.study._runtime import Runtime, prepare
 from kdnas.study._teachers import Teachers, teacher_suffix
@@ -120,7 +121,7 @@ def run_search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> op
         for line in teacher_lines(rt.teachers):
             progress(line)
         resume.record(study, cfg, rt.teacher_info, rt.split, rt.teachers.infos)
-        for line in sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry):
+        for line in _sweep(cfg, study, lock):
             progress(line)
         # The study's wall clock counts from the start of the command, teacher training included; a trial
         # that is running when it ends finishes (no new one starts).
@@ -140,19 +141,38 @@ def run_search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> op
                  + (f" {where}" if where else ""))
         tickets = Tickets(cfg.search.trials, shared=True)
 
+        outage = []  # the database stayed away too long for a worker (it said so), or for this process's sweep
+
         def on_exit(index: int, pid: int, code: int) -> None:
+            if code == OUTAGE_EXIT:  # no sweep: the storage is away (the resumed search sweeps)
+                outage.append(index)
+                return
             if code not in (0, 130):  # 130: interrupted, like this command
                 progress(f"worker {index} (pid {pid}) ended with exit code {code}")
-            for line in sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry):
-                progress(line)
+            try:
+                for line in _sweep(cfg, study, lock):
+                    progress(line)
+            except StorageOutage:  # the other workers go on while they can
+                outage.append(None)
 
         args = worker_args(cfg, devices, tickets, deadline, threads, started)
         run_pool(n, lambda i: args[i], on_exit)
+        if outage:
+            raise StorageOutage(f"the database was unreachable longer than parallel.storage_outage "
+                                f"({cfg.parallel.storage_outage:g}s); the search stopped. Completed trials are kept: "
+                                f"run `kdnas search` again to resume")
     finally:
         rt.close()
         if lock is not None:
             lock.close()
     return study
+
+
+def _sweep(cfg: StudyConfig, study: optuna.Study, lock: WorkerLock,
+           trials: list[optuna.trial.FrozenTrial] | None = None) -> list[str]:
+    """kdnas/study/_liveness.py's sweep with the study file's settings."""
+    p = cfg.parallel
+    return sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, p.max_retry, trials, unmarked=p.grace_period)
 
 
 def worker_args(cfg: StudyConfig, devices: list[str], tickets: Tickets, deadline: float | None, threads: int,
@@ -173,7 +193,7 @@ def run_worker(cfg: StudyConfig, index: int, tickets: Tickets, deadline: float |
     rt = prepare(cfg, threads, workers=cfg.parallel.workers)
     lock = None
     try:
-        study = open_study(cfg, create=False)
+        study = open_study(cfg, create=False, storage=open_storage(cfg, create=False, wait=True))
         lock = WorkerLock(cfg.run_dir)
         at = f"@{cfg.device}" if cfg.device.startswith("cuda") else ""  # the worker's GPU (kdnas/study/_placement.py)
         _run_trials(cfg, rt, study, lock, tickets, deadline, _print, started, prefix=f"w{index}{at} ")
@@ -224,7 +244,7 @@ def _run_trials(cfg: StudyConfig, rt: Runtime, study: optuna.Study, lock: Worker
     def before_trial() -> None:
         nonlocal snapshot
         trials, snapshot = snapshot, None
-        lines = sweep(study, cfg.run_dir, is_local(cfg.storage_url()), lock, cfg.parallel.max_retry, trials)
+        lines = _sweep(cfg, study, lock, trials)
         for line in lines:
             progress(prefix + line)
         plan_next(cfg, study, ladder, None if lines else trials)  # a trial the sweep failed: read again

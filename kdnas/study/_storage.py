@@ -4,7 +4,8 @@ Every storage is an ``RDBStorage`` with Optuna's heartbeat: each running trial r
 ``parallel.heartbeat_interval`` seconds, and any worker starting a trial fails the RUNNING trials whose
 heartbeat is older than ``parallel.grace_period`` (their worker died) and retries them once. That is what
 lets workers on many machines share a PostgreSQL study; on one machine, :mod:`kdnas.study._liveness` finds dead
-workers at once, without waiting for the grace period.
+workers at once, without waiting for the grace period. On a database server, every call rides out an outage
+of up to ``parallel.storage_outage`` seconds (:mod:`kdnas.study._retry`).
 
 Why SQLite and not Optuna's journal file, which Optuna suggests for workers on one machine
 (measured side by side, docs/performance.md): the journal costs less per trial (tens of milliseconds
@@ -30,6 +31,7 @@ from urllib.parse import unquote
 import optuna
 
 from kdnas.core import KdnasError
+from kdnas.study._retry import OUTAGE, RetryingRDBStorage, StorageOutage, backoff, cause_of, transient
 
 if TYPE_CHECKING:
     from kdnas.config import StudyConfig
@@ -114,8 +116,9 @@ def _with_driver(url: str) -> str:
 
 
 def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: int | None = None,
-                stale_callback: Any = None) -> optuna.storages.RDBStorage:
-    """An ``RDBStorage`` set up for concurrent workers (raises the driver's errors unchanged)."""
+                stale_callback: Any = None, outage: float | None = None) -> optuna.storages.RDBStorage:
+    """An ``RDBStorage`` set up for concurrent workers (raises the driver's errors unchanged). With ``outage``, a
+    database server's calls ride out a lost connection for up to that many seconds (kdnas/study/_retry.py)."""
     _OPENED.add(url)
     db = sqlite_path(url)
     if db is not None:
@@ -125,9 +128,12 @@ def rdb_storage(url: str, heartbeat_interval: int | None = None, grace_period: i
         engine_kwargs = {"pool_pre_ping": True}
         if url.startswith(("postgresql", "mysql")):
             engine_kwargs["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_S}
-    storage = optuna.storages.RDBStorage(_with_driver(url), engine_kwargs=engine_kwargs,
-                                         heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-                                         heartbeat_stale_trial_callback=stale_callback)
+    kwargs: dict[str, Any] = dict(engine_kwargs=engine_kwargs, heartbeat_interval=heartbeat_interval,
+                                  grace_period=grace_period, heartbeat_stale_trial_callback=stale_callback)
+    if outage is not None and db is None:  # a SQLite file has no server to restart
+        storage = RetryingRDBStorage(_with_driver(url), outage=outage, mask=scrub, **kwargs)
+    else:
+        storage = optuna.storages.RDBStorage(_with_driver(url), **kwargs)
     if db is not None:
         from sqlalchemy import event  # Optuna's RDBStorage has imported it
 
@@ -159,7 +165,10 @@ def check_storage(cfg: "StudyConfig") -> optuna.storages.RDBStorage | None:
     return None
 
 
-def open_storage(cfg: "StudyConfig", create: bool) -> optuna.storages.RDBStorage:
+def open_storage(cfg: "StudyConfig", create: bool, wait: bool = False) -> optuna.storages.RDBStorage:
+    """The study's storage. ``wait``: a database server that cannot be reached is waited for as an outage
+    (kdnas/study/_retry.py), up to ``parallel.storage_outage`` seconds (a worker process: the command that started
+    it has just reached the database; anything else is told at once)."""
     from kdnas.study._liveness import retry_trial
 
     url = cfg.storage_url()
@@ -169,20 +178,33 @@ def open_storage(cfg: "StudyConfig", create: bool) -> optuna.storages.RDBStorage
             raise KdnasError(f"no study database at {db}; run `kdnas search {cfg.path}` first")
         db.parent.mkdir(parents=True, exist_ok=True)
     p = cfg.parallel
-    for attempt in range(3):
+    races, waits = 0, 0
+    while True:
         try:
-            return rdb_storage(url, p.heartbeat_interval, p.grace_period, partial(retry_trial, max_retry=p.max_retry))
+            storage = rdb_storage(url, p.heartbeat_interval, p.grace_period, partial(retry_trial, max_retry=p.max_retry),
+                                  outage=p.storage_outage)
+            OUTAGE.succeeded()
+            return storage
         except Exception as err:  # bad URL, unreachable server, missing driver, wrong password
             # Workers on several machines starting at once on an empty database race to create its tables.
-            if "already exists" in str(err) and attempt < 2:
-                time.sleep(0.5 + attempt)
+            if "already exists" in str(err) and races < 2:
+                time.sleep(0.5 + races)
+                races += 1
                 continue
+            if wait and db is None and transient(err):
+                cause = cause_of(err, partial(mask_text, url=url))
+                away = OUTAGE.failed(cause, p.storage_outage)
+                if away < p.storage_outage:
+                    time.sleep(min(backoff(waits), p.storage_outage - away))
+                    waits += 1
+                    continue
+                raise StorageOutage(f"database unreachable for {away:.0f}s, longer than parallel.storage_outage "
+                                    f"({p.storage_outage:g}s): {cause}; stopped") from None
             lines = str(err).strip().splitlines()
             cause = mask_text(lines[0] if lines else type(err).__name__, url)
             if isinstance(err, ImportError):
                 cause += " (install the database driver, e.g. pip install psycopg2-binary)"
             raise KdnasError(f"cannot open storage {mask_url(url)}: {cause}") from None
-    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def read_trials(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

@@ -24,6 +24,7 @@ from typing import Any, Callable, Optional
 import optuna
 
 from kdnas.core import KdnasError, TrialFailure
+from kdnas.study._retry import OUTAGE_EXIT, PREFIX, StorageOutage, outage_in
 
 # A worker that outlives its parent (killed) would go on adding trials nobody asked for: it checks this often.
 PARENT_POLL_S = 1.0
@@ -98,7 +99,15 @@ def optimize(study: optuna.Study, objective: Callable, tickets: Tickets, deadlin
         return
     before_trial()
     timeout = None if deadline is None else max(0.0, deadline - time.time())
-    study.optimize(objective, timeout=timeout, catch=(TrialFailure,), callbacks=[after], gc_after_trial=False)
+    try:
+        study.optimize(objective, timeout=timeout, catch=(TrialFailure,), callbacks=[after], gc_after_trial=False)
+    except Exception as err:
+        # Optuna, failing the trial that an outage interrupted, reads the storage again and can raise another
+        # error on top of the outage: the outage is what to report.
+        outage = outage_in(err)
+        if outage is None:
+            raise
+        raise outage from None
 
 
 def threads_per_worker(threads: Optional[int], workers: int) -> int:
@@ -159,12 +168,16 @@ def worker_main(run: Callable[..., None], index: int, study_file: str, overrides
 
     _malloc.tune()  # a spawned interpreter: as the command's own process (kdnas/core/_malloc.py)
     setup_logging()
+    PREFIX[0] = f"kdnas: worker {index}: "  # its database outage lines (kdnas/study/_retry.py)
     try:
         from kdnas.config import load_study
 
         run(load_study(Path(study_file), overrides), index, tickets, deadline, threads, started)
     except KeyboardInterrupt:
         sys.exit(130)
+    except StorageOutage as err:  # its own exit code: the parent does not read the storage that is away
+        print(scrub(f"kdnas: worker {index}: {err}"), file=sys.stderr, flush=True)
+        sys.exit(OUTAGE_EXIT)
     except KdnasError as err:
         print(scrub(f"kdnas: worker {index}: error: {err}"), file=sys.stderr, flush=True)
         sys.exit(2)
