@@ -15,10 +15,18 @@ import pytest
 from optuna.trial import TrialState
 
 from kdnas.study import rdb_storage
-from kdnas.study._retry import StorageOutage
+from kdnas.study._retry import OUTAGE, StorageOutage
 from tests._postgres import PASSWORD, SUPERUSER
 from tests._util import write_tiny_study
 from tests.test_workers import ENV
+
+
+@pytest.fixture(autouse=True)
+def _forget_the_outage():
+    # The outage this process saw holds back its stale-trial check for a while after (kdnas/study/_retry.py): the
+    # tests that follow in this process must not inherit it (test_postgres.py's heartbeat test failed so).
+    yield
+    OUTAGE.since = OUTAGE.ended = None
 
 
 def _later(seconds: float, action) -> threading.Thread:
