@@ -168,6 +168,7 @@ def test_a_study_records_the_same_latency_figures_either_way(tiny_study: Path, m
     assert study.user_attrs["teacher"]["latency_ms"] > 0
 
 
+@pytest.mark.slow  # 8 s; test_a_study_records_the_same_latency_figures_either_way runs each place by default
 def test_measuring_beside_the_evaluation_changes_no_trial_result(tmp_path: Path, monkeypatch) -> None:
     # At `threads: 2` with every core training (`after`), the study evaluates each student on one thread
     # while the child measures its latency: the trials must train and score exactly as in a study that
