@@ -30,6 +30,20 @@ from kdnas.train import TrainRecipe, accuracy, fit, predict, resolve_precision
 log = logging.getLogger("kdnas")
 
 
+
+def _check_resumable(state: dict, state_path: Path, epochs: int, precision: str) -> None:
+    """Refuse to continue an interrupted stage with another epoch count (that would splice two learning-rate
+    schedules into one run) or another precision."""
+    stage = state.get("stage")
+    if state.get("epochs", epochs) != epochs:
+        raise KdnasError(f"{state_path}: {stage} was interrupted after epoch {state['fit']['epoch']} of "
+                         f"{state['epochs']}, not {epochs}; rerun with --epochs {state['epochs']} to "
+                         f"continue it, or remove {state_path} to start this stage over")
+    if state.get("precision", "fp32") != precision:
+        raise KdnasError(f"{state_path}: {stage} was interrupted training in {state.get('precision', 'fp32')}, not "
+                         f"{precision}; rerun with --precision {state.get('precision', 'fp32')} to continue it, or "
+                         f"remove {state_path} to start this stage over")
+
 def _recipe(d: dict[str, Any], epochs: int, where: str) -> TrainRecipe:
     problems = Collector(where)
     recipe = parse_section(TrainRecipe, {**d, "epochs": epochs}, "", problems.add)
@@ -72,27 +86,20 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
     resume = load_object(state_path) if state_path.is_file() else None
 
     augment = _recipe(recipe["full_train"], 1, f"{bundle / 'recipe.json'}: full_train").augment.active
-    guides_above = [_teacher(bundle, recipe["teacher"], split, dev, augment)]
     mode = recipe["chain"]["mode"]
     a_cfg = recipe["assistant_train"]
     full_student = recipe["full_train"]
     n_epochs = epochs or full_student["epochs"]
     a_epochs = epochs or max(full_student["epochs"], 4 * a_cfg["train"]["epochs"])
     stages = [f"assistant_{i}" for i in range(len(recipe["chain"]["assistants"]))] + ["student"]
+    if resume is not None:  # before anything trains: a stage trained first would overwrite the interrupted one's state
+        _check_resumable(resume, state_path, n_epochs if resume.get("stage") == "student" else a_epochs, precision)
+    guides_above = [_teacher(bundle, recipe["teacher"], split, dev, augment)]
 
     def run(stage: str, spec: dict, method: MethodSpec, train: TrainRecipe, guides: list[Guide], seed: int):
         torch.manual_seed(seed)
         model = build(make_spec(spec, f"recipe.json {stage}"), shape, classes).to(dev)
         state = resume if resume is not None and resume.get("stage") == stage else None
-        if state is not None and state.get("epochs", train.epochs) != train.epochs:
-            # Continuing with another epoch count would splice two learning-rate schedules into one run.
-            raise KdnasError(f"{state_path}: {stage} was interrupted after epoch {state['fit']['epoch']} of "
-                             f"{state['epochs']}, not {train.epochs}; rerun with --epochs {state['epochs']} to "
-                             f"continue it, or remove {state_path} to start this stage over")
-        if state is not None and state.get("precision", "fp32") != precision:
-            raise KdnasError(f"{state_path}: {stage} was interrupted training in {state.get('precision', 'fp32')}, not "
-                             f"{precision}; rerun with --precision {state.get('precision', 'fp32')} to continue it, or "
-                             f"remove {state_path} to start this stage over")
         if state is not None:
             say(f"{stage}: resuming after epoch {state['fit']['epoch']}/{train.epochs}")
         else:
@@ -116,13 +123,23 @@ def train_bundle(bundle: str | Path, epochs: int | None = None, device: str = "c
         done_path = state_dir / f"{stage}.pt"
         parents = guides_above if mode == "dgkd" else [guides_above[-1]]
         model = build(make_spec(a["spec"], f"recipe.json {stage}"), shape, classes).to(dev)
-        if done_path.is_file():
+        # A finished assistant is reused only where this run would train it alike (same epochs and precision:
+        # training is seeded, so it would come out the same); otherwise it is trained again, and the line says why.
+        how = {"epochs": a_epochs, "precision": precision}
+        done_how = done_path.with_suffix(".json")
+        before = read_json(done_how) if done_path.is_file() and done_how.is_file() else None
+        if before == how:
             model.load_state_dict(load_state_dict(done_path))
             say(f"{stage}: already trained")
         else:
+            if done_path.is_file():
+                was = (f"{before['epochs']} epochs in {before['precision']}" if before
+                       else "by a kdnas that did not record how")
+                say(f"{stage}: trained {was}, not {a_epochs} epochs in {precision}: training it again")
             model = run(stage, a["spec"], MethodSpec.from_dict(a_cfg["method"]),
                         _recipe(a_cfg["train"], a_epochs, f"{bundle / 'recipe.json'}: assistant_train.train"), parents, a_cfg["seed"])
             save_state_dict(done_path, model.state_dict())
+            atomic_write_bytes(done_how, json.dumps(how).encode())  # after the weights: its presence means both
         model.eval()
         for p in model.parameters():
             p.requires_grad_(False)
