@@ -230,6 +230,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=32, help="candidates trained at each worker count")
     ap.add_argument("--seeds", type=int, default=3, help="trainings per network and precision")
     ap.add_argument("--only", choices=["workers", "precision", "layout"], help="one part only")
+    ap.add_argument("--device", help="the device measured (default cuda:0; `cpu` runs the full script on a CPU, to check it "
+                                     "before a GPU session: its figures are the CPU's)")
     ap.add_argument("--out", help="write device.json (every figure) into this folder")
     ap.add_argument("--keep", help="keep the run folders here (default: a temporary folder, removed)")
     ap.add_argument("--smoke", action="store_true", help="on the CPU, digits, 1 worker, 2 trials, 1 seed, in "
@@ -242,11 +244,14 @@ def main() -> None:
         # One worker: a second one's start costs ~10 s here, and tests/test_workers.py runs two workers already.
         args.workers, args.trials, args.seeds = [1], 2, 1
         device = "cpu"
+    elif args.device:
+        device = args.device
     elif not torch.cuda.is_available():
-        sys.exit("benchmarks/device.py measures a GPU: CUDA is not available here (--smoke runs the code on a CPU)")
+        sys.exit("benchmarks/device.py measures a GPU: CUDA is not available here (--smoke or --device cpu run the "
+                 "code on a CPU)")
     else:
         device = "cuda:0"
-    gpu = torch.cuda.get_device_name(0) if device != "cpu" else "CPU (smoke)"
+    gpu = torch.cuda.get_device_name(torch.device(device)) if device.startswith("cuda") else f"CPU ({device})"
     print(f"{gpu}; torch {torch.__version__}; {_studies.machine()}; {datetime.datetime.now():%Y-%m-%d %H:%M}", flush=True)
     result: dict = {"device": gpu, "torch": torch.__version__}
     t0 = time.perf_counter()

@@ -98,6 +98,31 @@ def test_storage_rides_out_a_restart_and_gives_up_after_the_limit(postgres_clust
     assert len(short.get_all_studies()) == 1, "usable again once the server is back"
 
 
+def test_a_claim_waits_through_an_outage_and_leaves_a_live_holder_its_claim(postgres_cluster, postgres_url: str,
+                                                                           capfd) -> None:
+    # A machine waiting for another's teacher (kdnas/study/_claims.py) while the database restarts: it waits as
+    # every storage call does, and the holder's silence during the outage (nobody could beat) is not taken for death.
+    from kdnas.study._claims import StorageClaims
+
+    lease = 2.0
+    holder, waiter = (StorageClaims(lambda: rdb_storage(postgres_url).engine, lease, outage=30) for _ in range(2))
+    got: list[float] = []
+    with holder("teacher-x", "teacher x"):
+        waiting = threading.Thread(target=lambda: (waiter._acquire("teacher-x", "teacher x"), got.append(time.monotonic())))
+        waiting.start()
+        time.sleep(0.5)
+        postgres_cluster.server("stop")
+        time.sleep(1.5 * lease)  # longer than the lease: no beat reaches the table meanwhile
+        postgres_cluster.server("start")
+        time.sleep(1.0)
+        assert not got and waiting.is_alive(), "a live holder keeps its claim through an outage"
+    released = time.monotonic()
+    waiting.join(timeout=10)
+    assert got and got[0] - released < 3, "the waiter takes the claim once it is released"
+    err = capfd.readouterr().err
+    assert "database unreachable" in err and "database back after" in err and "Traceback" not in err
+
+
 def _search(study: Path, url: str, *flags: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "kdnas.cli", "search", str(study), "--storage", url, *flags],
                             cwd=study.parent, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -37,9 +37,11 @@ class StorageClaims:
     """``claims(name)``: a context manager held while this process computes ``name`` for the whole study.
     ``engine``: a callable returning the study storage's SQLAlchemy engine (opened on the first claim)."""
 
-    def __init__(self, engine: Any, lease: float):
+    def __init__(self, engine: Any, lease: float, outage: float = 300.0):
         self._engine_fn, self._engine, self.lease = engine, None, float(lease)
+        self.outage = float(outage)  # parallel.storage_outage: how long a claim's reads and writes wait for the database
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._outages = 0  # outages its calls met: a waiter restarts its count of a holder's silence after one
         self._table = None
 
     def _setup(self):
@@ -52,9 +54,9 @@ class StorageClaims:
                              sa.Column("holder", sa.String(255), nullable=False),
                              sa.Column("beat", sa.Integer, nullable=False))
             try:
-                meta.create_all(self._engine, checkfirst=True)
+                self._db(lambda con: meta.create_all(con, checkfirst=True))
             except Exception:  # another machine created it between the check and the create
-                meta.create_all(self._engine, checkfirst=True)
+                self._db(lambda con: meta.create_all(con, checkfirst=True))
             self._table = table
         return self._table
 
@@ -78,34 +80,24 @@ class StorageClaims:
         table = self._setup()
         seen, since, told = None, time.monotonic(), False
         poll = min(1.0, self.lease / 8)
-        away = None  # since when the database has not answered
         while True:
-            try:
-                with self._engine.begin() as con:
-                    con.execute(table.insert().values(name=name, holder=self.holder, beat=0))
+            outages = self._outages
+            if self._db(lambda con: con.execute(table.insert().values(name=name, holder=self.holder, beat=0)),
+                        unique=True):
                 return
-            except sa.exc.IntegrityError:
-                pass  # held: by whom, and is it alive?
-            except sa.exc.OperationalError:
-                # The database away for a moment (a restart, a dropped connection): try again for a lease's time.
-                away = away or time.monotonic()
-                if time.monotonic() - away > max(self.lease, 30):
-                    raise
-                time.sleep(poll)
-                continue
-            away = None
-            with self._engine.begin() as con:
-                row = con.execute(sa.select(table.c.holder, table.c.beat).where(table.c.name == name)).first()
+            row = self._db(lambda con: con.execute(sa.select(table.c.holder, table.c.beat)
+                                                   .where(table.c.name == name)).first())
             if row is None:
                 continue  # released meanwhile: try again at once
             row = tuple(row)
-            if row != seen:
+            if row != seen or self._outages != outages:
+                # A new beat, or the database was away meanwhile: nobody could beat then, so the holder's silence
+                # is counted again from now (a live holder is not taken over because of an outage).
                 seen, since = row, time.monotonic()
             elif time.monotonic() - since > self.lease:
-                with self._engine.begin() as con:
-                    won = con.execute(table.update().where(
-                        (table.c.name == name) & (table.c.holder == row[0]) & (table.c.beat == row[1])
-                    ).values(holder=self.holder, beat=0)).rowcount == 1
+                won = self._db(lambda con: con.execute(table.update().where(
+                    (table.c.name == name) & (table.c.holder == row[0]) & (table.c.beat == row[1])
+                ).values(holder=self.holder, beat=0)).rowcount == 1)
                 if won:
                     log.info("%s: taking over from %s, silent for %.0f s (it died?)", label,
                              _host_pid(row[0]), self.lease)
@@ -114,6 +106,41 @@ class StorageClaims:
                 log.info("%s: waiting for %s, which is computing it", label, _host_pid(row[0]))
                 told = True
             time.sleep(poll)
+
+    def _db(self, work, unique: bool = False):
+        """``work(connection)`` in one transaction, riding out an outage of the study's database for up to
+        ``parallel.storage_outage`` seconds as every storage call does (kdnas/study/_retry.py: backoff, one line per
+        outage). ``unique``: an insert, True when it went in and False when the name is taken."""
+        import sqlalchemy as sa
+
+        from kdnas.study._retry import OUTAGE, StorageOutage, backoff, cause_of, transient
+        from kdnas.study._storage import scrub
+
+        attempt, away = 0, 0.0
+        while True:
+            try:
+                with self._engine.begin() as con:
+                    out = work(con)
+            except sa.exc.IntegrityError:
+                if unique:
+                    OUTAGE.succeeded()
+                    return False
+                raise
+            except Exception as err:
+                if not transient(err):
+                    raise
+                self._outages += attempt == 0
+                cause = cause_of(err, scrub)
+                away = OUTAGE.failed(cause, self.outage)
+                if away >= self.outage:
+                    raise StorageOutage(f"database unreachable for {away:.0f}s, longer than parallel.storage_outage "
+                                        f"({self.outage:g}s): {cause}; stopped. Completed trials are kept: run "
+                                        f"`kdnas search` again to resume") from None
+                time.sleep(min(backoff(attempt), self.outage - away))
+                attempt += 1
+                continue
+            OUTAGE.succeeded()
+            return True if unique else out
 
     def _beat(self, name: str, stop: threading.Event) -> None:
         table = self._table
@@ -128,8 +155,8 @@ class StorageClaims:
     def _release(self, name: str, label: str) -> None:
         table = self._table
         try:
-            with self._engine.begin() as con:
-                con.execute(table.delete().where((table.c.name == name) & (table.c.holder == self.holder)))
+            self._db(lambda con: con.execute(table.delete().where((table.c.name == name)
+                                                                  & (table.c.holder == self.holder))))
         except Exception:  # unreachable database: the claim is taken over after its lease
             log.warning("%s: could not release its claim in the study's storage; others wait %.0f s for it",
                         label, self.lease)

@@ -53,7 +53,8 @@ def _claims(cfg: StudyConfig):
     from kdnas.study._claims import StorageClaims
     from kdnas.study._storage import rdb_storage
 
-    return StorageClaims(lambda: rdb_storage(cfg.storage_url()).engine, cfg.artifacts.lease)
+    return StorageClaims(lambda: rdb_storage(cfg.storage_url()).engine, cfg.artifacts.lease,
+                         cfg.parallel.storage_outage)
 
 
 def strike_secrets(text: str) -> str:
