@@ -24,9 +24,9 @@ One prepared run (about 5 minutes on an H100 or H200; ``--budget`` scales it), p
     PYTHONPATH=. python benchmarks/device.py --smoke     # on CPU in seconds (digits); its figures mean nothing
 
 On the device machine: ``PYTHONPATH=. python benchmarks/device.py --out $OUT`` (writes device.json there).
-CUDA MPS (several processes sharing one GPU's scheduler) is not started by this script: it changes the GPU's
-state for every process on the machine. To measure it, start ``nvidia-cuda-mps-control -d`` first and rerun
-part 1 with ``--only workers``; the README says how.
+``--mps`` runs part 1's sides again under CUDA MPS (several processes' kernels on one GPU at once): a private
+control daemon with its own pipe and log folders, which only this script's processes are pointed at, quit at the
+end; the GPU's settings and every other process are left as they are. ``--only workers --mps`` is that alone.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import shutil
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -86,29 +88,65 @@ def throughput(args, tmp: Path, device: str) -> list[dict]:
     # The warm-up trains one candidate per student architecture: each one's latency is then in the cache.
     firsts = list({json.dumps({k: v for k, v in p.items() if k.startswith("student")}, sort_keys=True): p
                    for p in reversed(params)}.values())
-    for n in ([] if args.smoke else [0]) + args.workers:
-        db = tmp / f"w{n}.db"
-        storage = f"sqlite:///{db}"
-        side = firsts if n == 0 else params
-        enqueue(study, tmp, side, storage)
-        wall, _ = _studies.kdnas_search(study, tmp, ["--trials", str(len(side)), "--workers", str(max(n, 1)),
-                                                     "--storage", storage], log=tmp / f"w{n}.log")
-        done = [x for x in _studies.trials(tmp, study, storage) if x.state.name == "COMPLETE"]
-        if n == 0:
-            print(f"warm-up: {len(done)} trials in {wall:.1f}s (latencies measured, caches filled)", flush=True)
-            continue
-        first = min(x.datetime_start for x in done)
-        last = max(x.datetime_complete for x in done)
-        steady = (last - first).total_seconds()
-        accs = [x.user_attrs["val_accuracy"] for x in done]
-        sides.append({"workers": n, "trials": len(done), "wall_s": wall, "steady_s": steady,
-                      "per_hour": 3600 * len(done) / steady if steady > 0 else float("nan"),
-                      "val_mean": statistics.fmean(accs) if accs else float("nan")})
-        s = sides[-1]
-        print(f"{n} worker(s): {s['trials']} trials, {s['steady_s']:.1f}s first start to last end "
-              f"({s['wall_s']:.1f}s command), {s['per_hour']:.0f} trials/hour, {s['per_hour'] / sides[0]['per_hour']:.1f}x "
-              f"one worker; mean val accuracy {s['val_mean']:.1%}", flush=True)
+    counts = ([] if args.smoke else [(0, None)]) + [(n, None) for n in args.workers]
+    if args.mps:  # the same sides again under a private MPS daemon (measured after the plain ones, same caches)
+        counts += [(n, "mps") for n in args.workers]
+    mps = None
+    try:
+        for n, how in counts:
+            if how == "mps" and mps is None:
+                mps = _start_mps(tmp)
+                if mps is None:
+                    break
+            sides += _side(tmp, study, firsts if n == 0 else params, n, how, mps, sides)
+    finally:
+        if mps is not None:
+            subprocess.run(["nvidia-cuda-mps-control"], input="quit\n", text=True, env=mps, check=False)
     return sides
+
+
+def _start_mps(tmp: Path) -> dict | None:
+    """A private MPS control daemon (its own pipe and log folders, so only processes given this environment use
+    it: the GPU's settings and every other process are left as they are); the environment for its clients."""
+    if shutil.which("nvidia-cuda-mps-control") is None:
+        print("MPS: nvidia-cuda-mps-control is not installed here; skipped", flush=True)
+        return None
+    env = {**_studies.child_env(), "CUDA_MPS_PIPE_DIRECTORY": str(tmp / "mps-pipe"),
+           "CUDA_MPS_LOG_DIRECTORY": str(tmp / "mps-log")}
+    for d in ("mps-pipe", "mps-log"):
+        (tmp / d).mkdir(exist_ok=True)
+    started = subprocess.run(["nvidia-cuda-mps-control", "-d"], env=env, capture_output=True, text=True)
+    if started.returncode:
+        print(f"MPS: the daemon did not start ({started.stderr.strip() or started.returncode}); skipped", flush=True)
+        return None
+    print("MPS: a private control daemon started for the sides that follow", flush=True)
+    return env
+
+
+def _side(tmp: Path, study: Path, params: list[dict], n: int, how: str | None, env: dict | None,
+          sides: list[dict]) -> list[dict]:
+    """Train ``params`` with ``n`` workers (0: the uncounted warm-up, one worker) in a study database of its own."""
+    name = f"w{n}{'-' + how if how else ''}"
+    storage = f"sqlite:///{tmp / name}.db"
+    enqueue(study, tmp, params, storage)
+    wall, _ = _studies.kdnas_search(study, tmp, ["--trials", str(len(params)), "--workers", str(max(n, 1)),
+                                                 "--storage", storage], log=tmp / f"{name}.log", env=env)
+    done = [x for x in _studies.trials(tmp, study, storage) if x.state.name == "COMPLETE"]
+    if n == 0:
+        print(f"warm-up: {len(done)} trials in {wall:.1f}s (latencies measured, caches filled)", flush=True)
+        return []
+    first = min(x.datetime_start for x in done)
+    last = max(x.datetime_complete for x in done)
+    steady = (last - first).total_seconds()
+    accs = [x.user_attrs["val_accuracy"] for x in done]
+    s = {"workers": n, "mps": how == "mps", "trials": len(done), "wall_s": wall, "steady_s": steady,
+         "per_hour": 3600 * len(done) / steady if steady > 0 else float("nan"),
+         "val_mean": statistics.fmean(accs) if accs else float("nan")}
+    one = sides[0]["per_hour"] if sides else s["per_hour"]
+    print(f"{n} worker(s){' under MPS' if how else ''}: {s['trials']} trials, {s['steady_s']:.1f}s first start to "
+          f"last end ({s['wall_s']:.1f}s command), {s['per_hour']:.0f} trials/hour, {s['per_hour'] / one:.1f}x one "
+          f"worker without MPS; mean val accuracy {s['val_mean']:.1%}", flush=True)
+    return [s]
 
 
 def _timed(fn, sync) -> float:
@@ -234,6 +272,8 @@ def main() -> None:
     ap.add_argument("--trials", type=int, default=32, help="candidates trained at each worker count")
     ap.add_argument("--seeds", type=int, default=3, help="trainings per network and precision")
     ap.add_argument("--only", choices=["workers", "precision", "layout"], help="one part only")
+    ap.add_argument("--mps", action="store_true", help="also run part 1's sides under a private CUDA MPS daemon "
+                                                       "(its own pipe folder: no other process is affected)")
     ap.add_argument("--device", help="the device measured (default cuda:0; `cpu` runs the full script on a CPU, to check it "
                                      "before a GPU session: its figures are the CPU's)")
     ap.add_argument("--out", help="write device.json (every figure) into this folder")
