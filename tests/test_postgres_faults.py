@@ -104,7 +104,7 @@ def test_a_claim_waits_through_an_outage_and_leaves_a_live_holder_its_claim(post
     # every storage call does, and the holder's silence during the outage (nobody could beat) is not taken for death.
     from kdnas.study._claims import StorageClaims
 
-    lease = 2.0
+    lease = 1.0
     holder, waiter = (StorageClaims(lambda: rdb_storage(postgres_url).engine, lease, outage=30) for _ in range(2))
     got: list[float] = []
     with holder("teacher-x", "teacher x"):
