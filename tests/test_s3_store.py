@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +22,7 @@ pytest.importorskip("moto")
 
 from kdnas.cli import main  # noqa: E402
 from kdnas.study import rdb_storage  # noqa: E402
-from tests._util import CHAIN_SPACE, write_tiny_study  # noqa: E402
+from tests._util import CHAIN_SPACE, REPO, write_tiny_study  # noqa: E402
 
 KEY_ID = "AKIAKDNASFAKEKEY0001"
 SECRET = "kdnasFakeSecret/never+shown/0123456789abcdef"
@@ -101,3 +103,53 @@ def test_s3_store_serves_every_machine_and_never_shows_a_credential(s3_server: s
                         [[t.user_attrs, t.system_attrs, t.params] for t in study.trials]], default=str)
     assert SECRET not in attrs and KEY_ID not in attrs
     assert os.environ["AWS_SECRET_ACCESS_KEY"] == SECRET  # the secret was there all along, for boto3 to use
+
+
+@pytest.mark.slow  # ~30 s: a teacher trainer killed after its first epoch, then a second "machine" takes over
+def test_a_machine_taking_over_a_killed_holder_resumes_from_the_partial_checkpoint_in_s3(s3_server: str,
+                                                                                         tmp_path: Path,
+                                                                                         monkeypatch, capfd) -> None:
+    import boto3
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=BUCKET)
+
+    def partials() -> list[str]:
+        return [o["Key"] for o in s3.list_objects_v2(Bucket=BUCKET).get("Contents", []) if ".partial" in o["Key"]]
+
+    db = f"sqlite:///{tmp_path / 'db' / 'study.db'}"
+    studies = []
+    for m in ("a", "b"):
+        (tmp_path / m).mkdir()
+        studies.append(write_tiny_study(tmp_path / m, teacher_width=1.0, teacher_epochs=20, extra=(
+            f"artifacts: {{url: 's3://{BUCKET}/p', lease: 2}}\nstorage: {db}\nassistants: {{train: {{epochs: 1}}}}\n")))
+        (tmp_path / m / "space.yaml").write_text(CHAIN_SPACE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    holder = subprocess.Popen([sys.executable, "-m", "kdnas.cli", "search", str(studies[0]), "--trials", "1"],
+                              cwd=tmp_path / "a", env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    said = []
+    try:
+        for line in holder.stdout:  # progress lines come after the epoch's checkpoint is published
+            said.append(line)
+            if "epoch 1/20" in line:
+                break
+        holder.send_signal(signal.SIGKILL)
+        holder.wait(timeout=60)
+    finally:
+        holder.kill()
+    assert said and "epoch 1/20" in said[-1], "".join(said)
+    published = partials()
+    assert len(published) == 1 and published[0].startswith("p/teachers/"), published  # one network's state only
+    assert holder.returncode == -signal.SIGKILL
+
+    monkeypatch.chdir(tmp_path / "b")  # the other machine: nothing in its cache, the claim held by a dead process
+    capfd.readouterr()
+    assert main(["search", str(studies[1]), "--trials", "1"]) == 0
+    err = capfd.readouterr().err
+    resumed = re.search(r"teacher resnet_cifar\(depth=8,width=1.0\): resuming after epoch (\d+)/20", err)
+    assert "taking over from" in err and resumed and int(resumed[1]) >= 1, err
+    assert "training teacher" not in err, "not from the start"
+    assert partials() == [], "removed once the networks are stored, like the local partial files"
+    assert not list((tmp_path / "b").rglob("*.partial.pt"))
+    key = published[0].removeprefix("p/teachers/").removesuffix(".partial.pt")
+    assert s3.head_object(Bucket=BUCKET, Key=f"p/teachers/{key}.pt")["ContentLength"] > 0

@@ -4,7 +4,7 @@ nothing else from kdnas.
 """
 
 from kdnas.core._artifacts import (ArtifactStore, atomic_write_bytes, cache_dir, file_lock, load_object,
-                                   load_state_dict, save_object, save_state_dict)
+                                   load_state_dict, Partial, save_object, save_state_dict)
 from kdnas.core._errors import ConfigError, KdnasError, Problem, TrialFailure
 from kdnas.core._logging import setup_logging
 from kdnas.core._registry import Registry
@@ -13,6 +13,6 @@ from kdnas.core._version import __version__
 
 __all__ = [
     "ArtifactStore", "atomic_write_bytes", "cache_dir", "Collector", "ConfigError", "file_lock", "is_missing",
-    "KdnasError", "load_object", "load_state_dict", "load_yaml", "parse_section", "Problem", "Registry",
-    "save_object", "save_state_dict", "setup_logging", "TrialFailure", "__version__",
+    "KdnasError", "load_object", "load_state_dict", "load_yaml", "parse_section", "Partial", "Problem",
+    "Registry", "save_object", "save_state_dict", "setup_logging", "TrialFailure", "__version__",
 ]

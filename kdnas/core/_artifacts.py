@@ -150,6 +150,10 @@ class ArtifactStore:
         if self.remote is not None:
             self.remote.write(f"{kind}/{key}.{ext}", self.path(kind, key, ext).read_bytes())
 
+    def partial(self, kind: str, key: str) -> "Partial":
+        """Where the per-epoch training state of the network ``key`` lives (kdnas/train/_resumable.py)."""
+        return Partial(self.path(kind, f"{key}.partial"), self.remote, f"{kind}/{key}.partial.pt")
+
     def once(self, name: str, label: str | None = None, locally: bool = True) -> contextlib.AbstractContextManager:
         """Held while one process computes what ``name`` names (``label``: in words, for progress lines), so that
         it is computed once: by one machine of the study with a shared store; else by one process of this machine
@@ -197,3 +201,35 @@ class ArtifactStore:
 
     def get_json(self, kind: str, key: str) -> Any:
         return json.loads(self.fetch(kind, key, "json").read_text())
+
+
+class Partial:
+    """A network's training state between epochs: the local file ``path`` (``torch.load`` reads only that) and,
+    with a ``remote`` store, its copy there as ``name``. Only the holder of the network's claim reads or writes
+    it. Published after every epoch, so that a machine taking over a dead holder's claim on S3 resumes after
+    the last finished epoch, as it does from a shared folder; one put per epoch of a teacher or an assistant
+    (student trials keep no partial state). The name holds the network's content-addressed key: no other
+    network's state can be read for it."""
+
+    def __init__(self, path: Path, remote: Any = None, name: str | None = None):
+        self.path, self.remote, self.name = Path(path), remote, name or Path(path).name
+
+    def fetch(self) -> Path:
+        """The local path, the remote copy written over it first where there is one: every holder published
+        after each epoch, so the remote copy is the newest (this machine's may be from before another
+        machine took the claim over and went further)."""
+        if self.remote is not None:
+            data = self.remote.read(self.name)
+            if data is not None:
+                atomic_write_bytes(self.path, data)
+        return self.path
+
+    def publish(self) -> None:
+        if self.remote is not None:
+            self.remote.write(self.name, self.path.read_bytes())  # a whole object: readers see one epoch's state
+
+    def remove(self) -> None:
+        """The network is stored: its partial state is no longer needed, here or in the remote store."""
+        self.path.unlink(missing_ok=True)
+        if self.remote is not None:
+            self.remote.remove(self.name)

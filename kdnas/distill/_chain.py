@@ -171,9 +171,10 @@ class AssistantPool:
                 info = self.store.get_json("assistants", key)
             else:
                 t0 = time.perf_counter()
-                # After every epoch: a partial checkpoint, read back only here, under this lock, after Ctrl-C.
+                # After every epoch: a partial checkpoint (in an S3 store too), read back only here, under this lock or
+                # claim: after Ctrl-C, or by the machine that takes a dead holder's claim over.
                 drops = torch.Generator().manual_seed(self.seed)
-                run = Resumable(self.store.path("assistants", f"{key}.partial"), f"assistant {spec.label()}",
+                run = Resumable(self.store.partial("assistants", key), f"assistant {spec.label()}",
                                 self.recipe.epochs, [drops], f" from {', '.join(g.name for g in parents)}")
                 with guided_loss(self.method, model, parents, self.split.train, self.drop_rate, self.seed,
                                  drops) as (loss_fn, extra):

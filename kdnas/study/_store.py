@@ -7,7 +7,9 @@
 - ``s3://bucket/prefix``: Optuna's ``Boto3ArtifactStore`` (its ``open_reader``/``write`` are all a
   content-addressed store of whole files needs; S3 objects appear whole, as renamed files do), with
   ``runs/<name>/artifacts`` as this machine's cache: files are fetched on first read and published on write,
-  so every ``torch.load`` stays ``weights_only`` on a local file. Claims as for a shared folder.
+  so every ``torch.load`` stays ``weights_only`` on a local file. Claims as for a shared folder; a teacher's or
+  assistant's partial checkpoint is published after every epoch, so a machine taking a dead holder's claim over
+  resumes from it as from a shared folder (kdnas/core/_artifacts.py ``Partial``).
 
 S3 credentials come from boto3's usual places (environment, ``~/.aws``, an instance role), and a server other
 than AWS from ``AWS_ENDPOINT_URL``; none is ever in the study file, and the values of the environment's secrets
@@ -68,7 +70,8 @@ def strike_secrets(text: str) -> str:
 
 class S3Remote:
     """Whole objects under ``s3://bucket/prefix/`` through Optuna's ``Boto3ArtifactStore``: ``read`` (None when
-    absent) and ``write``. Every other failure is one line naming the URL and the object, without secrets."""
+    absent), ``write`` and ``remove`` (of a partial checkpoint once its network is stored). Every other failure
+    is one line naming the URL and the object, without secrets."""
 
     def __init__(self, url: str):
         self.url = url.rstrip("/")
@@ -122,6 +125,14 @@ class S3Remote:
             raise
         except Exception as err:
             raise self._error("cannot write", name, err) from None
+
+    def remove(self, name: str) -> None:
+        try:
+            self._open().remove(self._id(name))  # S3 answers a delete of an absent object with success
+        except KdnasError:
+            raise
+        except Exception as err:
+            raise self._error("cannot remove", name, err) from None
 
     def _error(self, what: str, name: str, err: Exception) -> KdnasError:
         code = str(getattr(err, "response", {}).get("Error", {}).get("Code", ""))

@@ -73,8 +73,9 @@ def get_teacher(cfg: StudyConfig, split: DataSplit, store: ArtifactStore, device
                 model.load_state_dict(store.get_state_dict("teachers", key))
             else:
                 model.to(device)
-                # After every epoch: a partial checkpoint, read back only here, under this lock, after Ctrl-C.
-                run = Resumable(store.path("teachers", f"{key}.partial"), f"teacher {shown}",
+                # After every epoch: a partial checkpoint (in an S3 store too), read back only here, under this lock or
+                # claim: after Ctrl-C, or by the machine that takes a dead holder's claim over.
+                run = Resumable(store.partial("teachers", key), f"teacher {shown}",
                                 t.config.train.epochs)
                 try:
                     fit(model, split.train, t.config.train, lambda logits, batch: F.cross_entropy(logits, batch.y),
