@@ -185,12 +185,14 @@ def test_an_outage_past_the_limit_stops_the_workers_and_the_study_resumes(postgr
         postgres_cluster.server("start")
     assert proc.returncode == 2, out
     _clean(out)
-    (error,) = [line for line in out.splitlines() if "error" in line]  # one, from the command itself
+    errors = [line for line in out.splitlines() if "error" in line]
+    assert len(errors) == 1, out  # one, from the command itself
+    error = errors[0]
     assert error.startswith("kdnas: error: the database was unreachable longer than parallel.storage_outage (2s)")
     assert error.endswith("Completed trials are kept: run `kdnas search` again to resume"), out
     before = _trials(postgres_url)
     interrupted = [t.number for t in before if t.state == TrialState.RUNNING]
-    assert interrupted, "a trial was running when the workers stopped"
+    assert interrupted, f"a trial was running when the workers stopped: {[t.state.name for t in before]}\n{out}"
 
     again = _search(study, postgres_url, "--trials", "2")
     out = again.communicate(timeout=600)[0]
