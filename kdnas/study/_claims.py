@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 from typing import Any, Iterator
 
 log = logging.getLogger("kdnas")
@@ -90,6 +91,8 @@ class StorageClaims:
             if row is None:
                 continue  # released meanwhile: try again at once
             row = tuple(row)
+            if row[0] == self.holder:  # our insert was committed as its connection dropped; the retry found it
+                return
             if row != seen or self._outages != outages:
                 # A new beat, or the database was away meanwhile: nobody could beat then, so the holder's silence
                 # is counted again from now (a live holder is not taken over because of an outage).
@@ -113,34 +116,25 @@ class StorageClaims:
         outage). ``unique``: an insert, True when it went in and False when the name is taken."""
         import sqlalchemy as sa
 
-        from kdnas.study._retry import OUTAGE, StorageOutage, backoff, cause_of, transient
+        from kdnas.study._retry import OUTAGE, retrying
         from kdnas.study._storage import scrub
 
-        attempt, away = 0, 0.0
-        while True:
+        def once():
             try:
                 with self._engine.begin() as con:
                     out = work(con)
             except sa.exc.IntegrityError:
                 if unique:
-                    OUTAGE.succeeded()
                     return False
                 raise
-            except Exception as err:
-                if not transient(err):
-                    raise
-                self._outages += attempt == 0
-                cause = cause_of(err, scrub)
-                away = OUTAGE.failed(cause, self.outage)
-                if away >= self.outage:
-                    raise StorageOutage(f"database unreachable for {away:.0f}s, longer than parallel.storage_outage "
-                                        f"({self.outage:g}s): {cause}; stopped. Completed trials are kept: run "
-                                        f"`kdnas search` again to resume") from None
-                time.sleep(min(backoff(attempt), self.outage - away))
-                attempt += 1
-                continue
-            OUTAGE.succeeded()
             return True if unique else out
+
+        before = (OUTAGE.since, OUTAGE.ended)
+        try:
+            return retrying(once, SimpleNamespace(outage=self.outage, mask=scrub))
+        finally:
+            if (OUTAGE.since, OUTAGE.ended) != before:  # the database was away meanwhile (seen by any thread)
+                self._outages += 1
 
     def _beat(self, name: str, stop: threading.Event) -> None:
         table = self._table
