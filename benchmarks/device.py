@@ -43,7 +43,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _studies  # noqa: E402
-from workers_vs_threads import candidates  # noqa: E402
+from workers_vs_threads import candidates, enqueue  # noqa: E402
 
 SMALL = "mnist5k_rungs.yaml"  # its space is mnist5k_small: the students where KD's effects are measurable
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -58,23 +58,6 @@ def study_overrides(device: str, trials: int) -> dict:
     # The mnist5k study's brief budget (4 epochs) for the students.
     return {"name": "device", "device": device, "threads": 2, "student": {"train": {"epochs": 4}},
             "search": {"trials": trials, "rungs": None, "early_stopping": {"enabled": False}}}
-
-
-def enqueue(study: Path, cwd: Path, params: list[dict], storage: str) -> None:
-    """Create the side's study in ``storage`` and queue ``params`` in order (as workers_vs_threads.py does)."""
-    import os
-
-    from kdnas.config import load_study
-    from kdnas.study import open_study
-
-    prev = os.getcwd()
-    os.chdir(cwd)
-    try:
-        s = open_study(load_study(study, {"storage": storage}), create=True)
-        for p in params:
-            s.enqueue_trial(p, skip_if_exists=False)
-    finally:
-        os.chdir(prev)
 
 
 def throughput(args, tmp: Path, device: str) -> list[dict]:

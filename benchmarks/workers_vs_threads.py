@@ -48,15 +48,15 @@ def candidates(study: Path, n: int, seed: int) -> list[dict]:
     return out
 
 
-def enqueue(study: Path, cwd: Path, params: list[dict]) -> None:
-    """Create the side's study (as `kdnas search` will open it) and queue ``params`` in order."""
+def enqueue(study: Path, cwd: Path, params: list[dict], storage: str | None = None) -> None:
+    """Create the side's study (as `kdnas search` will open it, or in ``storage``) and queue ``params`` in order."""
     from kdnas.config import load_study
     from kdnas.study import open_study
 
     prev = os.getcwd()
     os.chdir(cwd)  # the run folder is relative to the working directory, as for the command
     try:
-        s = open_study(load_study(study), create=True)
+        s = open_study(load_study(study, {"storage": storage} if storage else None), create=True)
         for p in params:
             s.enqueue_trial(p, skip_if_exists=False)
     finally:

@@ -9,6 +9,7 @@ from typing import Callable, Sequence
 from kdnas.cli._commands import cmd_dashboard, cmd_export, cmd_fidelity, cmd_report, cmd_search, cmd_validate
 from kdnas.cli._tools import cmd_deploy, cmd_predict, cmd_profile, cmd_space, cmd_train
 from kdnas.core import KdnasError, setup_logging
+from kdnas.train import PRECISIONS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -49,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workers", type=int, help="worker processes on this machine (default: parallel.workers, 1)")
     sp.add_argument("--seed", type=int, help="sampler and training seed (default: the study's seed)")
     sp.add_argument("--device", help="training device: cpu, cuda, cuda:N")
-    sp.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+    sp.add_argument("--precision", choices=PRECISIONS,
                     help="training arithmetic (default: the study's precision, fp32); see docs/gpu.md")
     sp = add("report", cmd_report, "write a study's report (trials.csv, summary.md, report.html, plots); "
                                    "with several studies, overlay their fronts")
@@ -74,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N")
     sp.add_argument("--threads", type=int, help="torch threads (default: all cores); results repeat exactly only "
                                                 "with the same thread count")
-    sp.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"],
+    sp.add_argument("--precision", choices=PRECISIONS,
                     help="training arithmetic (default: the study's, from the bundle's recipe)")
     sp.add_argument("--force", action="store_true", help="train a bundle already trained again, from scratch")
     sp = add_bundle("deploy", cmd_deploy, "(re)write a bundle's deployment files from the weights load_student uses")

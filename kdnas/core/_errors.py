@@ -8,6 +8,7 @@ traceback. Programming errors stay ordinary exceptions.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Iterator
 
 
 class KdnasError(Exception):
@@ -46,3 +47,13 @@ class TrialFailure(Exception):
     def __init__(self, reason: str):
         super().__init__(reason)
         self.reason = reason
+
+
+def error_chain(err: BaseException | None) -> Iterator[BaseException]:
+    """``err``, then what caused it or was being handled when it was raised, and so on, each once: where a library
+    wraps the error that matters (Optuna around SQLAlchemy around the driver) or raises on top of it."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or err.__context__

@@ -35,7 +35,7 @@ from typing import Any, Callable, Optional
 from optuna.storages import RDBStorage
 from optuna.trial import TrialState
 
-from kdnas.core import KdnasError
+from kdnas.core import KdnasError, error_chain
 
 BACKOFF_FIRST_S = 0.25  # the first pause; each next one doubles, up to the cap
 BACKOFF_CAP_S = 8.0  # so that a worker notices the database's return within seconds
@@ -52,39 +52,21 @@ def transient(err: BaseException | None) -> bool:
     """Whether ``err`` (or what caused it: Optuna wraps SQLAlchemy's errors) is a lost or refused connection."""
     from sqlalchemy import exc
 
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if isinstance(err, (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError)):
-            return True
-        if isinstance(err, exc.DBAPIError) and err.connection_invalidated:
-            return True
-        err = err.__cause__ or err.__context__
-    return False
+    return any(isinstance(e, (exc.OperationalError, exc.InterfaceError, exc.DisconnectionError))
+               or (isinstance(e, exc.DBAPIError) and e.connection_invalidated) for e in error_chain(err))
 
 
 def outage_in(err: BaseException | None) -> Optional[StorageOutage]:
     """The :class:`StorageOutage` behind ``err``: Optuna, failing the trial it interrupted, can raise another error
     on top of it (its own bookkeeping reads the storage again)."""
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, StorageOutage):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
+    return next((e for e in error_chain(err) if isinstance(e, StorageOutage)), None)
 
 
 def cause_of(err: BaseException, mask: Callable[[str], str]) -> str:
     """The driver's first line (``OperationalError: server closed the connection unexpectedly``), through ``mask``
     (kdnas/study/_storage.py's ``scrub``: no password)."""
-    inner, e, seen = err, err, set()
-    while e is not None and id(e) not in seen:  # the driver's own error, under SQLAlchemy's and Optuna's
-        seen.add(id(e))
-        if getattr(e, "orig", None) is not None:
-            inner = e.orig
-            break
-        e = e.__cause__ or e.__context__
+    # The driver's own error, under SQLAlchemy's and Optuna's.
+    inner = next((e.orig for e in error_chain(err) if getattr(e, "orig", None) is not None), err)
     lines = str(inner).strip().splitlines()
     return mask(f"{type(inner).__name__}: {lines[0]}" if lines else type(inner).__name__)
 

@@ -23,7 +23,7 @@ from typing import Any, Callable, Optional
 
 import optuna
 
-from kdnas.core import KdnasError, TrialFailure
+from kdnas.core import KdnasError, TrialFailure, error_chain
 from kdnas.study._retry import OUTAGE_EXIT, PREFIX, StorageOutage, outage_in
 
 # A worker that outlives its parent (killed) would go on adding trials nobody asked for: it checks this often.
@@ -191,10 +191,4 @@ def worker_main(run: Callable[..., None], index: int, study_file: str, overrides
 
 
 def _interrupted(err: BaseException | None) -> bool:
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, KeyboardInterrupt):
-            return True
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return False
+    return any(isinstance(e, KeyboardInterrupt) for e in error_chain(err))
