@@ -19,6 +19,11 @@ One prepared run (about 5 minutes on an H100 or H200; ``--budget`` scales it), p
 3. **Memory layout on CUDA**: seconds per training epoch of a ResNet-20, a MobileNetV2 and a plain CNN in
    contiguous (kdnas's CUDA layout today) against channels-last, in fp32 and bf16: kdnas keeps the
    contiguous layout on CUDA unless this shows channels-last faster.
+4. **Compiling** (``--only compile``, not in the default run: ~2 minutes of compiling): a small student and the
+   ResNet-20 trained eagerly against ``torch.compile`` (inductor) and its CUDA-graph mode (``reduce-overhead``):
+   the first epoch (which pays the compile), the steady epoch, and after how many epochs compiling has paid
+   back. Every trial is a new architecture, so the compile is paid per trial: it pays only where that number is
+   below the trial's budget (the mnist5k study's students: 4 epochs).
 
     PYTHONPATH=. python benchmarks/device.py [--out DIR] [--workers 1,2,4,8] [--trials 32] [--seeds 3]
     PYTHONPATH=. python benchmarks/device.py --smoke     # on CPU in seconds (digits); its figures mean nothing
@@ -27,6 +32,7 @@ On the device machine: ``PYTHONPATH=. python benchmarks/device.py --out $OUT`` (
 ``--mps`` runs part 1's sides again under CUDA MPS (several processes' kernels on one GPU at once): a private
 control daemon with its own pipe and log folders, which only this script's processes are pointed at, quit at the
 end; the GPU's settings and every other process are left as they are. ``--only workers --mps`` is that alone.
+The smoke run goes through all four parts (part 4 with dynamo's ``eager`` backend: the tracing, not inductor).
 """
 
 from __future__ import annotations
@@ -50,13 +56,16 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 LAYOUT_ARCHS = [{"family": "resnet_cifar", "depth": 20, "width": 1.0},
                 {"family": "mobilenetv2", "blocks": [1, 1, 1], "expansion": 4, "kernel_size": 5, "width": 1.0},
                 {"family": "plain_cnn", "channels": [16, 16, 32, 32], "hidden": 0, "kernel_size": 5, "pool_every": 2}]
+SMALL_STUDENT = {"family": "plain_cnn", "channels": [8, 16], "pool_every": 1, "kernel_size": 3}
+COMPILE_ARCHS = [SMALL_STUDENT, LAYOUT_ARCHS[0]]
+BRIEF_EPOCHS = 4  # the mnist5k study's student budget: a compile paid per trial must pay back within it
 
 
 def study_overrides(device: str, trials: int) -> dict:
     # Flat (the rung study's budget ladder off) so every candidate trains the same epochs at every worker count;
     # early stopping off for the same reason. Latency on the CPU beside the training, as a GPU user runs it.
     # The mnist5k study's brief budget (4 epochs) for the students.
-    return {"name": "device", "device": device, "threads": 2, "student": {"train": {"epochs": 4}},
+    return {"name": "device", "device": device, "threads": 2, "student": {"train": {"epochs": BRIEF_EPOCHS}},
             "search": {"trials": trials, "rungs": None, "early_stopping": {"enabled": False}}}
 
 
@@ -153,10 +162,10 @@ def precision(args, tmp: Path, device_name: str) -> list[dict]:
 
     cfg = load_study(_studies.derive(SMALL, tmp / "precision", study_overrides(device_name, 1), smoke=args.smoke))
     device = torch.device(device_name)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = _sync(device)
     split = load_split(cfg.data, device, cfg.path)
     n_val = len(split.val)
-    student_spec = make_spec({"family": "plain_cnn", "channels": [8, 16], "pool_every": 1, "kernel_size": 3})
+    student_spec = make_spec(SMALL_STUDENT)
     teacher_spec, t_recipe, s_recipe = cfg.teacher_spec, cfg.teacher.train, cfg.student.train
     # The smoke run skips fp16 (the gradient scaler's path is tests/test_precision.py's): seconds count there.
     available = [p for p in (PRECISIONS[:2] if args.smoke else PRECISIONS) if _runs(resolve_precision, p, device)]
@@ -214,17 +223,12 @@ def layout(args, device_name: str) -> list[dict]:
     import torch.nn.functional as F
 
     import kdnas.train._fit as fit_module
-    from kdnas.data import TensorSource
     from kdnas.models import build, make_spec
-    from kdnas.train import TrainRecipe, fit, resolve_precision
+    from kdnas.train import fit, resolve_precision
 
     device = torch.device(device_name)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    n = 512 if args.smoke else 4000
-    shape = (1, 8, 8) if args.smoke else (1, 28, 28)
-    g = torch.Generator().manual_seed(0)
-    data = TensorSource(torch.randn(n, *shape, generator=g).to(device), torch.randint(0, 10, (n,), generator=g).to(device))
-    recipe = TrainRecipe(epochs=1, batch_size=128, lr=0.05)
+    sync = _sync(device)
+    data, shape, recipe = _epoch_work(args, device)
     original = fit_module.fast_memory_format
     rows = []
     try:
@@ -249,12 +253,84 @@ def layout(args, device_name: str) -> list[dict]:
     return rows
 
 
+def _sync(device):
+    import torch
+
+    return torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+
+def _epoch_work(args, device):
+    """What parts 3 and 4 time: one epoch of an MNIST-5k-sized set (random images: speed only) at batch 128."""
+    import torch
+
+    from kdnas.data import TensorSource
+    from kdnas.train import TrainRecipe
+
+    n = 512 if args.smoke else 4000
+    shape = (1, 8, 8) if args.smoke else (1, 28, 28)
+    g = torch.Generator().manual_seed(0)
+    data = TensorSource(torch.randn(n, *shape, generator=g).to(device), torch.randint(0, 10, (n,), generator=g).to(device))
+    return data, shape, TrainRecipe(epochs=1, batch_size=128, lr=0.05)
+
+
+def compiling(args, device_name: str) -> list[dict]:
+    """Part 4: eager against ``torch.compile`` per network. The total of E epochs is ``first + (E - 1) * steady``
+    on each side; compiling pays back after the E where the totals meet."""
+    import torch
+    import torch.nn.functional as F
+
+    from kdnas.models import build, make_spec
+    from kdnas.train import fit
+
+    device = torch.device(device_name)
+    sync = _sync(device)
+    data, shape, recipe = _epoch_work(args, device)
+    if args.smoke:  # dynamo's tracing and guards through fit, without inductor's minutes of code generation
+        modes = [("eager", None), ("compile", {"backend": "eager"})]
+    else:
+        modes = [("eager", None), ("compile", {})]
+        if device.type == "cuda":
+            modes.append(("compile+cudagraphs", {"mode": "reduce-overhead"}))
+    rows = []
+    for arch in COMPILE_ARCHS[:1] if args.smoke else COMPILE_ARCHS:
+        spec = make_spec(arch)
+        times = {}
+        for name, how in modes:
+            torch._dynamo.reset()  # every trial compiles a new architecture: no cache from the previous side
+            torch.manual_seed(0)
+            model = build(spec, shape, 10).to(device)
+            if how is not None:  # in place (nn.Module.compile): fit sees the same module, names and state
+                model.compile(**how)
+            epoch = lambda: fit(model, data, recipe, lambda o, b: F.cross_entropy(o, b.y), 0)  # noqa: E731
+            try:
+                first = _timed(epoch, sync)
+                times[name] = (first, min(_timed(epoch, sync) for _ in range(1 if args.smoke else 3)))
+            except Exception as err:  # a compiler missing or failing on the device machine: say so, keep the rest
+                print(f"{spec.label():60s} {name}: failed ({str(err).strip().splitlines()[0][:200]})", flush=True)
+        if "eager" not in times:
+            continue
+        e_first, e_steady = times["eager"]
+        for name, (first, steady) in times.items():
+            gain = e_steady - steady
+            pays = 1 + (first - e_first) / gain if name != "eager" and gain > 0 else None
+            rows.append({"network": spec.label(), "mode": name, "first_epoch_s": first, "epoch_s": steady,
+                         "speedup": e_steady / steady, "pays_back_after_epochs": pays})
+            verdict = ("" if name == "eager" else f"; pays back after {pays:.0f} epochs" if pays is not None
+                       else "; never pays back (no faster per epoch)")
+            print(f"{spec.label():60s} {name}: first epoch {first:.2f}s, then {steady:.3f}s per epoch "
+                  f"({e_steady / steady:.2f}x eager){verdict}", flush=True)
+    print(f"(a compile is paid per trial: it pays where it pays back within the {BRIEF_EPOCHS} epochs of a brief "
+          "trial)", flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workers", default="1,2,4,8", help="worker counts on the one GPU (comma-separated)")
     ap.add_argument("--trials", type=int, default=32, help="candidates trained at each worker count")
     ap.add_argument("--seeds", type=int, default=3, help="trainings per network and precision")
-    ap.add_argument("--only", choices=["workers", "precision", "layout"], help="one part only")
+    ap.add_argument("--only", choices=["workers", "precision", "layout", "compile"],
+                    help="one part only (compile runs only when named, or in the smoke run)")
     ap.add_argument("--mps", action="store_true", help="also run part 1's sides under a private CUDA MPS daemon "
                                                        "(its own pipe folder: no other process is affected)")
     ap.add_argument("--device", help="the device measured (default cuda:0; `cpu` runs the full script on a CPU, to check it "
@@ -289,6 +365,8 @@ def main() -> None:
             result["precision"] = precision(args, tmp, device)
         if args.only in (None, "layout"):
             result["layout"] = layout(args, device)
+        if args.only == "compile" or args.smoke and args.only is None:
+            result["compile"] = compiling(args, device)
     print(f"total {time.perf_counter() - t0:.0f}s", flush=True)
     if args.out:
         Path(args.out).mkdir(parents=True, exist_ok=True)

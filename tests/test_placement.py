@@ -34,6 +34,40 @@ def test_parallel_gpus_chooses_which_and_a_missing_one_is_one_clear_error() -> N
         worker_devices("cuda", 2, None, 0)
 
 
+@pytest.mark.parametrize("gpus, workers, per_gpu, expected", [
+    (4, 8, 4, ["cuda:0", "cuda:1"] * 4),             # the issue's example: two GPUs used, two left free
+    (4, 6, 4, ["cuda:0", "cuda:1"] * 3),             # balanced over the two it needs: 3 + 3, not 4 + 2
+    (2, 4, 4, ["cuda:0"] * 4),                       # one GPU is enough
+    (4, 4, 1, [f"cuda:{i}" for i in range(4)]),
+    (8, 8, 2, ["cuda:0", "cuda:1", "cuda:2", "cuda:3"] * 2),
+])
+def test_workers_per_gpu_takes_only_the_gpus_the_workers_need(gpus: int, workers: int, per_gpu: int,
+                                                              expected: list[str]) -> None:
+    devices = worker_devices("cuda", workers, None, gpus, per_gpu)
+    assert devices == expected
+    assert max(devices.count(d) for d in devices) <= per_gpu
+
+
+def test_workers_per_gpu_beyond_the_machine_is_one_clear_error() -> None:
+    with pytest.raises(KdnasError, match=r"parallel.workers_per_gpu: 8 workers at 2 per GPU need 4 GPUs, but 2 are "
+                                         r"available \(cuda:0, cuda:1\)"):
+        worker_devices("cuda", 8, None, 2, 2)
+    with pytest.raises(KdnasError, match=r"need 2 GPUs, but 1 is available \(cuda:3\)"):
+        worker_devices("cuda", 4, [3], 4, 2)
+    with pytest.raises(KdnasError, match=r"4 workers on the one GPU cuda:1 exceed 2 per GPU"):
+        worker_devices("cuda:1", 4, None, 2, 2)
+    assert worker_devices("cpu", 4, None, 0, 2) == ["cpu"] * 4  # a GPU study file run on a laptop: no cap
+
+
+def test_a_placement_that_cannot_be_is_refused_before_anything_is_written(tiny_study: Path, capsys) -> None:
+    """Placement is decided before the teachers train: the cap is checked first (no GPU needed for that)."""
+    tiny_study.write_text(tiny_study.read_text() + "parallel: {workers_per_gpu: 2}\n")
+    assert main(["search", str(tiny_study), "--trials", "4", "--workers", "4", "--device", "cuda:1"]) == 2
+    err = capsys.readouterr().err
+    assert f"{tiny_study}: parallel.workers_per_gpu: 4 workers on the one GPU cuda:1 exceed 2 per GPU" in err, err
+    assert "Traceback" not in err and not (tiny_study.parent / "runs").exists()
+
+
 def test_a_named_device_is_every_workers_and_cpu_says_nothing() -> None:
     assert worker_devices("cuda:1", 3, None, 4) == ["cuda:1"] * 3  # the user chose the GPU
     assert worker_devices("cpu", 2, [0, 1], 0) == ["cpu", "cpu"]
@@ -52,6 +86,12 @@ def test_each_spawned_worker_loads_the_study_on_its_own_gpu(tiny_study: Path, gp
     loaded = [load_study(Path(a[2]), a[3]) for a in args]
     assert [c.device for c in loaded] == [f"cuda:{i % gpus}" for i in range(4)]
     assert all(c.parallel.workers == 4 and c.search.trials == 8 for c in loaded)
+
+
+def test_bad_workers_per_gpu_is_one_clear_error(tiny_study: Path, capsys) -> None:
+    tiny_study.write_text(tiny_study.read_text() + "parallel: {workers_per_gpu: 0}\n")
+    assert main(["validate", str(tiny_study)]) == 2
+    assert "parallel.workers_per_gpu: `workers_per_gpu >= 1` must hold" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("value", ["[]", "[-1]", "[0, 0]"])

@@ -141,8 +141,13 @@ class ParallelConfig:
     storage_outage: float = 300
     # With `device: cuda`, the GPUs the workers go to, round robin (kdnas/study/_placement.py); null = every one.
     gpus: Optional[list[int]] = None
+    # With `device: cuda`, at most this many workers per GPU: the workers take only as many of those GPUs as they
+    # need (8 workers at 4 per GPU: two GPUs, the others left free); null = spread over every one.
+    workers_per_gpu: Optional[int] = None
 
     def check(self, report) -> None:
+        if self.workers_per_gpu is not None and self.workers_per_gpu < 1:
+            report("workers_per_gpu", f"`workers_per_gpu >= 1` must hold, or null, but got {self.workers_per_gpu}")
         if self.gpus is not None and (not self.gpus or any(g < 0 for g in self.gpus) or
                                       len(set(self.gpus)) != len(self.gpus)):
             report("gpus", f"expected distinct GPU indices >= 0 (e.g. [0, 1]), or null for every GPU, got {self.gpus}")

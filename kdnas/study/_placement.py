@@ -1,7 +1,9 @@
 """Where each worker of ``kdnas search --workers N`` trains: spread over the machine's GPUs (issue #28).
 
 With ``device: cuda`` (no index) the workers go round robin over the GPUs ``parallel.gpus`` names (default:
-every visible one), so 8 workers on 2 GPUs are 4 per GPU, and each worker is pinned by its device index
+every visible one), so 8 workers on 2 GPUs are 4 per GPU; ``parallel.workers_per_gpu: K`` takes only the first
+``ceil(N / K)`` of those GPUs (8 workers at 4 per GPU on a 4-GPU machine: GPUs 0 and 1, two left for other
+work), and a machine with too few is one clear error. Each worker is pinned by its device index
 (``cuda:1``): the worker's training, its students and its assistants live there. With ``device: cuda:N`` the
 user chose one GPU: every worker goes there. Any other device (``cpu``, ``mps``) is every worker's as it is.
 
@@ -22,10 +24,15 @@ from typing import Sequence
 from kdnas.core import KdnasError
 
 
-def worker_devices(device: str, workers: int, gpus: Sequence[int] | None, gpu_count: int) -> list[str]:
-    """The device of each of ``workers`` workers for the study's ``device``, ``parallel.gpus`` (None: all) and the
-    machine's ``gpu_count``; raises :class:`KdnasError` for a GPU the machine does not have."""
-    if device != "cuda":  # cpu, mps, or one GPU the user named: every worker there
+def worker_devices(device: str, workers: int, gpus: Sequence[int] | None, gpu_count: int,
+                   per_gpu: int | None = None) -> list[str]:
+    """The device of each of ``workers`` workers for the study's ``device``, ``parallel.gpus`` (None: all),
+    ``parallel.workers_per_gpu`` (None: no cap) and the machine's ``gpu_count``; raises :class:`KdnasError` for a
+    GPU the machine does not have, or too few GPUs for the cap."""
+    if device.startswith("cuda:") and per_gpu is not None and workers > per_gpu:
+        raise KdnasError(f"parallel.workers_per_gpu: {workers} workers on the one GPU {device} exceed "
+                         f"{per_gpu} per GPU (use `device: cuda` to spread them over several)")
+    if device != "cuda":  # cpu, mps (no cap: a study file moved to a laptop still runs), or one GPU the user named
         return [device] * workers
     if gpu_count < 1:
         raise KdnasError("device 'cuda' was asked for, but CUDA is not available on this machine")
@@ -34,6 +41,13 @@ def worker_devices(device: str, workers: int, gpus: Sequence[int] | None, gpu_co
     if missing:
         raise KdnasError(f"parallel.gpus: GPU {missing[0]} was asked for, but this machine has {gpu_count} "
                          f"(0..{gpu_count - 1})")
+    if per_gpu is not None:
+        needed = -(-workers // per_gpu)
+        if needed > len(chosen):
+            raise KdnasError(f"parallel.workers_per_gpu: {workers} workers at {per_gpu} per GPU need {needed} GPUs, "
+                             f"but {len(chosen)} {'is' if len(chosen) == 1 else 'are'} available "
+                             f"({', '.join(f'cuda:{g}' for g in chosen)})")
+        chosen = chosen[:needed]  # round robin over those: 6 workers at 4 per GPU are 3 + 3, not 4 + 2
     return [f"cuda:{chosen[i % len(chosen)]}" for i in range(workers)]
 
 

@@ -109,6 +109,13 @@ def run_search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> op
     stored = resume.stored_attrs(cfg, storage)
     resume.check_recipe(cfg, stored)  # a resumed study's changed recipe or space: refused before any training
     n = min(cfg.parallel.workers, cfg.search.trials)
+    # Each worker's GPU, round robin: a GPU the machine lacks is refused here, before a teacher trains.
+    try:
+        gpu_count = torch.cuda.device_count() if cfg.device == "cuda" and n > 1 else 0
+        devices = worker_devices(cfg.device, n, cfg.parallel.gpus, gpu_count, cfg.parallel.workers_per_gpu) \
+            if n > 1 else []
+    except KdnasError as err:
+        raise KdnasError(f"{cfg.path}: {err}") from None
     rt = prepare(cfg, workers=n, resumed=stored)
     lock = None
     try:
@@ -134,8 +141,6 @@ def run_search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> op
             return study
         rt.close()  # the workers measure their own candidates
         threads = threads_per_worker(cfg.threads, n)
-        gpu_count = torch.cuda.device_count() if cfg.device == "cuda" else 0
-        devices = worker_devices(cfg.device, n, cfg.parallel.gpus, gpu_count)  # each worker's GPU, round robin
         where = placement_line(devices)
         progress(f"starting {n} workers with {threads} torch thread{'s' * (threads > 1)} each"
                  + (f" {where}" if where else ""))
