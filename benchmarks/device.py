@@ -12,9 +12,9 @@ One prepared run (about 5 minutes on an H100 or H200; ``--budget`` scales it), p
    equal within noise unless something broke).
 2. **Precision**: the study's ResNet-20 teacher (its own recipe) and one small student (Hinton KD from that
    teacher's table, the student recipe), each trained ``--seeds`` times in fp32, bf16 and fp16 in this
-   process: seconds per training (after one warm-up), speed-up ``N.Nx`` over fp32, validation accuracy as
-   mean ± 90 % half-width (n seeds), and the paired difference to fp32 with its interval ("within noise" when
-   the interval holds 0). Whether kdnas's default (``precision: fp32``) should become ``auto`` is decided on
+   process: seconds per training (after one warm-up of its own), speed-up ``N.Nx`` over fp32 (each row printed
+   as soon as it is measured), validation accuracy as mean ± 90 % half-width (n seeds), and the difference to
+   fp32 with its interval ("within noise" when the interval holds 0). Whether kdnas's default (``precision: fp32``) should become ``auto`` is decided on
    this table: on only where it is faster and within noise.
 3. **Memory layout on CUDA**: seconds per training epoch of a ResNet-20, a MobileNetV2 and a plain CNN in
    contiguous (kdnas's CUDA layout today) against channels-last, in fp32 and bf16: kdnas keeps the
@@ -26,6 +26,7 @@ One prepared run (about 5 minutes on an H100 or H200; ``--budget`` scales it), p
    below the trial's budget (the mnist5k study's students: 4 epochs).
 
     PYTHONPATH=. python benchmarks/device.py [--out DIR] [--workers 1,2,4,8] [--trials 32] [--seeds 3]
+        [--precisions fp32,bf16,fp16] [--only workers|precision|layout|compile] [--device cuda:0|cpu]
     PYTHONPATH=. python benchmarks/device.py --smoke     # on CPU in seconds (digits); its figures mean nothing
 
 On the device machine: ``PYTHONPATH=. python benchmarks/device.py --out $OUT`` (writes device.json there).
@@ -168,7 +169,8 @@ def precision(args, tmp: Path, device_name: str) -> list[dict]:
     student_spec = make_spec(SMALL_STUDENT)
     teacher_spec, t_recipe, s_recipe = cfg.teacher_spec, cfg.teacher.train, cfg.student.train
     # The smoke run skips fp16 (the gradient scaler's path is tests/test_precision.py's): seconds count there.
-    available = [p for p in (PRECISIONS[:2] if args.smoke else PRECISIONS) if _runs(resolve_precision, p, device)]
+    asked = ["fp32", *[p for p in args.precisions if p != "fp32"]]  # fp32 first: the reference
+    available = [p for p in (asked[:2] if args.smoke else asked) if _runs(resolve_precision, p, device)]
     rows = []
 
     def train(spec, recipe, seed, prec, teacher=None):
@@ -185,20 +187,18 @@ def precision(args, tmp: Path, device_name: str) -> list[dict]:
     for what, spec, recipe in (("teacher " + teacher_spec.label(), teacher_spec, t_recipe),
                                ("student " + student_spec.label(), student_spec, s_recipe)):
         is_student = what.startswith("student")
-        # One untimed training per precision first: cuDNN's algorithm search and autocast's caches, once.
-        for prec in [] if args.smoke else available:
-            train(spec, recipe, 99, prec, reference_teacher if is_student else None)
-        by = {}
-        for prec in available:
-            runs = [train(spec, recipe, seed, prec, reference_teacher if is_student else None) for seed in range(args.seeds)]
-            by[prec] = runs
+        teacher = reference_teacher if is_student else None
+        base = base_s = None
+        for prec in available:  # fp32 first: each row is printed as soon as it is measured
+            if not args.smoke:  # one untimed training first: cuDNN's algorithm search and autocast's caches
+                train(spec, recipe, 99, prec, teacher)
+            runs = [train(spec, recipe, seed, prec, teacher) for seed in range(args.seeds)]
             if not is_student and prec == "fp32":
                 reference_teacher = runs[0][2].eval()
-        base_s = statistics.median(r[0] for r in by["fp32"])
-        base = estimate([r[1] for r in by["fp32"]], n_val, 1.0)
-        for prec in available:
-            secs = statistics.median(r[0] for r in by[prec])
-            e = estimate([r[1] for r in by[prec]], n_val, 1.0)
+            secs = statistics.median(r[0] for r in runs)
+            e = estimate([r[1] for r in runs], n_val, 1.0)
+            if base is None:
+                base, base_s = e, secs
             d = difference(e, base)
             rows.append({"network": what, "precision": prec, "seconds": secs, "speedup": base_s / secs,
                          "val": e.mean, "val_half": e.half_width, "n": e.n, "diff": d.mean, "diff_lo": d.lo,
@@ -329,6 +329,8 @@ def main() -> None:
     ap.add_argument("--workers", default="1,2,4,8", help="worker counts on the one GPU (comma-separated)")
     ap.add_argument("--trials", type=int, default=32, help="candidates trained at each worker count")
     ap.add_argument("--seeds", type=int, default=3, help="trainings per network and precision")
+    ap.add_argument("--precisions", default=",".join(PRECISIONS),
+                    help="part 2's precisions (comma-separated; fp32, the reference, always runs first)")
     ap.add_argument("--only", choices=["workers", "precision", "layout", "compile"],
                     help="one part only (compile runs only when named, or in the smoke run)")
     ap.add_argument("--mps", action="store_true", help="also run part 1's sides under a private CUDA MPS daemon "
@@ -341,6 +343,9 @@ def main() -> None:
                                                          "seconds (tests/test_benchmarks.py); figures mean nothing")
     args = ap.parse_args()
     args.workers = [int(w) for w in args.workers.split(",")]
+    args.precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
+    if not set(args.precisions) <= set(PRECISIONS):
+        ap.error(f"--precisions: expected some of {', '.join(PRECISIONS)}, got {','.join(args.precisions)}")
     import torch
 
     if args.smoke:
