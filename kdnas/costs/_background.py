@@ -79,7 +79,7 @@ class LatencyService:
     """A child process that measures latencies one request at a time, in request order."""
 
     def __init__(self) -> None:
-        self._proc = subprocess.Popen([sys.executable, "-c", "from kdnas.costs._child import serve; serve()"], stdin=subprocess.PIPE,
+        self._proc = subprocess.Popen([sys.executable, "-c", "from kdnas.costs._child import main; main()"], stdin=subprocess.PIPE,
                                       stdout=subprocess.PIPE, text=True, bufsize=1, env=dict(os.environ))
         self._lock = threading.Lock()
         self._sent = 0
