@@ -135,6 +135,16 @@ def _trials(url: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
+def _study_with_a_middle(folder: Path, parallel: str) -> Path:
+    """The tiny study with students that train long enough (8 epochs, 2-3 s a trial) for its middle to be caught:
+    with 1 epoch its 4 trials took 0.8 s in all, and the poll below missed the window (a failed slow run)."""
+    study = write_tiny_study(folder, extra=f"parallel: {parallel}\n")
+    text = study.read_text()
+    assert "student:\n  train: {epochs: 1," in text
+    study.write_text(text.replace("student:\n  train: {epochs: 1,", "student:\n  train: {epochs: 8,"))
+    return study
+
+
 def _when_running(url: str, proc: subprocess.Popen) -> None:
     """Wait until a trial has completed and another is running: the middle of the study."""
     deadline = time.time() + 300
@@ -153,7 +163,7 @@ def _clean(out: str) -> None:
 @pytest.mark.slow  # 40-60 s on the busy 2-core VM: two worker processes and a 3-s outage
 def test_a_restart_mid_study_loses_nothing(postgres_cluster, postgres_url: str, tmp_path: Path) -> None:
     # The outage outlasts the grace period: a worker's trial must not be taken for dead by the other one.
-    study = write_tiny_study(tmp_path, extra="parallel: {heartbeat_interval: 1, grace_period: 2, storage_outage: 60}\n")
+    study = _study_with_a_middle(tmp_path, "{heartbeat_interval: 1, grace_period: 2, storage_outage: 60}")
     proc = _search(study, postgres_url, "--workers", "2", "--trials", "4")
     try:
         _when_running(postgres_url, proc)
@@ -175,7 +185,7 @@ def test_a_restart_mid_study_loses_nothing(postgres_cluster, postgres_url: str, 
 @pytest.mark.slow  # 55-70 s on the busy 2-core VM: a stopped two-worker search, then its resumption
 def test_an_outage_past_the_limit_stops_the_workers_and_the_study_resumes(postgres_cluster, postgres_url: str,
                                                                            tmp_path: Path) -> None:
-    study = write_tiny_study(tmp_path, extra="parallel: {heartbeat_interval: 1, grace_period: 2, storage_outage: 2}\n")
+    study = _study_with_a_middle(tmp_path, "{heartbeat_interval: 1, grace_period: 2, storage_outage: 2}")
     proc = _search(study, postgres_url, "--workers", "2", "--trials", "4")
     try:
         _when_running(postgres_url, proc)
