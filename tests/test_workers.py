@@ -140,9 +140,10 @@ def check_resumed(before: dict[int, list[float]], after: list[optuna.trial.Froze
             assert t.user_attrs["fail_reason"].startswith("worker died"), t.user_attrs
 
 
-def _slower(study: Path) -> None:
+def _slower(study: Path, epochs: int = 3) -> None:
     # Trials long enough (a few seconds) that the kill lands inside one.
-    study.write_text(study.read_text().replace("train: {epochs: 1, lr: 0.1}", "train: {epochs: 3, lr: 0.1}"))
+    assert "train: {epochs: 1, lr: 0.1}" in study.read_text()
+    study.write_text(study.read_text().replace("train: {epochs: 1, lr: 0.1}", f"train: {{epochs: {epochs}, lr: 0.1}}"))
 
 
 def test_sigkill_during_a_trial_then_resume_with_two_workers(tiny_study: Path, tmp_path: Path, capfd) -> None:
@@ -173,7 +174,9 @@ def test_sigkill_during_a_trial_then_resume_with_two_workers(tiny_study: Path, t
 
 @pytest.mark.slow
 def test_five_cycles_of_sigkill_and_resume(tiny_study: Path, tmp_path: Path) -> None:
-    _slower(tiny_study)
+    # 10 epochs (about 3 s a trial): the last cycle kills 1 s after a trial starts, which with 3 epochs (about 1 s)
+    # sometimes fell after the trial had ended (no trial RUNNING: a failed slow run).
+    _slower(tiny_study, epochs=10)
     before: dict[int, list[float]] = {}
     for cycle, delay in enumerate([None, 0.0, 0.1, 0.5, 1.0]):  # each run first fails what the last kill left
         kill_during_a_trial(tiny_study, tmp_path, trials=3, min_done=1, delay=delay)
