@@ -35,6 +35,26 @@ def test_auto_is_fp32_on_a_cpu_and_names_are_checked() -> None:
         resolve_precision("half", cpu)
 
 
+@pytest.mark.parametrize("capabilities, expected", [
+    ([(9, 0)], "bf16"),                  # an H100
+    ([(8, 0), (8, 6)], "bf16"),          # A100 and RTX 3090: both have bfloat16 tensor cores
+    ([(7, 0)], "fp16"),                  # a V100
+    ([(8, 6), (7, 5)], "fp16"),          # an RTX 3090 beside a 2080 Ti: every worker alike, so fp16 for all
+])
+def test_auto_on_cuda_is_one_precision_for_every_gpu_of_the_machine(monkeypatch, capabilities, expected) -> None:
+    """No GPU here: the machine's GPUs are what torch.cuda reports (device_count, get_device_capability)."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: len(capabilities))
+    monkeypatch.setattr(torch.cuda, "get_device_capability",
+                        lambda d=None: capabilities[0 if d is None or torch.device(d).index is None else torch.device(d).index])
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "a GPU")
+    resolved = {resolve_precision("auto", torch.device(d)) for d in ["cuda", *(f"cuda:{i}" for i in range(len(capabilities)))]}
+    assert resolved == {expected}  # the command's process (plain `cuda`) and each worker's GPU agree
+    if expected == "fp16":  # asked for explicitly, bf16 is still refused only where that GPU lacks it
+        old = next(i for i, c in enumerate(capabilities) if c[0] < 8)
+        with pytest.raises(KdnasError, match="bf16 was asked for, but a GPU has no bfloat16 arithmetic"):
+            resolve_precision("bf16", torch.device(f"cuda:{old}"))
+
+
 def test_an_interrupted_fp16_run_resumes_exactly_with_its_loss_scale() -> None:
     split = load_split(DataConfig("digits"))
     data = TensorSource(split.train.x[:256], split.train.y[:256])

@@ -6,8 +6,8 @@ log-softmax, the losses, BatchNorm's statistics) and the weights, gradients and 
 bfloat16 has float32's exponent range, so no loss scaling is needed. ``fp16`` is the same in float16, whose
 range is small: small gradients would flush to zero, so the loss is scaled up before ``backward`` and the
 gradients scaled back before the step (``torch.amp.GradScaler``; a step whose gradients overflowed is skipped and
-the scale lowered). ``auto`` is bf16 on a CUDA GPU that supports it (compute capability 8.0 and up), fp16 on an
-older GPU, and fp32 elsewhere: on a CPU with bfloat16 instructions (this project's AVX512-BF16 VM) bf16 trained
+the scale lowered). ``auto`` is bf16 on CUDA GPUs that support it (compute capability 8.0 and up; every visible
+GPU must, so that all of a machine's workers train alike), fp16 otherwise, and fp32 elsewhere: on a CPU with bfloat16 instructions (this project's AVX512-BF16 VM) bf16 trained
 the ResNet-20 teacher 1.5x faster within noise but the small students, where a search spends its time, no faster
 (docs/gpu.md, 3 seeds); on a CPU without them bfloat16 is emulated (not measured; expect it slower).
 
@@ -40,7 +40,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         if device.type != "cuda":
             return "fp32"
-        return "bf16" if _native_bf16(device) else "fp16"
+        # Every visible GPU, not this one alone: a machine's workers sit on different GPUs (kdnas/study/_placement.py)
+        # and must train alike, and the command's process trains the teachers for all of them. A machine mixing
+        # generations (an RTX 3090 beside a 2080 Ti) gets fp16 everywhere; `precision: bf16` is the user's to ask.
+        gpus = [torch.device("cuda", i) for i in range(torch.cuda.device_count())] or [device]
+        return "bf16" if all(_native_bf16(g) for g in gpus) else "fp16"
     if precision == "bf16" and device.type == "cuda" and not _native_bf16(device):
         name = torch.cuda.get_device_name(device)
         raise KdnasError(f"precision: bf16 was asked for, but {name} has no bfloat16 arithmetic; use fp16 or auto")
