@@ -25,6 +25,9 @@ One prepared run (about 5 minutes on an H100 or H200; ``--budget`` scales it), p
    back. Every trial is a new architecture, so the compile is paid per trial: it pays only where that number is
    below the trial's budget (the mnist5k study's students: 4 epochs).
 
+They run in the order 2, 3, 1 (the short parts first: a run cut at its limit keeps the figures the defaults are
+chosen by), each printing its rows as it measures them.
+
     PYTHONPATH=. python benchmarks/device.py [--out DIR] [--workers 1,2,4,8] [--trials 32] [--seeds 3]
         [--precisions fp32,bf16,fp16] [--only workers|precision|layout|compile] [--device cuda:0|cpu]
     PYTHONPATH=. python benchmarks/device.py --smoke     # on CPU in seconds (digits); its figures mean nothing
@@ -364,12 +367,14 @@ def main() -> None:
     result: dict = {"device": gpu, "torch": torch.__version__}
     t0 = time.perf_counter()
     with _studies.work_folder(args.keep, "kdnas-device-") as tmp:
-        if args.only in (None, "workers"):
-            result["workers"] = throughput(args, tmp, device)
+        # The short parts first (about a minute together on a GPU, by their work): a run cut at its limit during
+        # the long one, the workers' sides, still has the figures the default precision and layout are chosen by.
         if args.only in (None, "precision"):
             result["precision"] = precision(args, tmp, device)
         if args.only in (None, "layout"):
             result["layout"] = layout(args, device)
+        if args.only in (None, "workers"):
+            result["workers"] = throughput(args, tmp, device)
         if args.only == "compile" or args.smoke and args.only is None:
             result["compile"] = compiling(args, device)
     print(f"total {time.perf_counter() - t0:.0f}s", flush=True)
