@@ -180,6 +180,29 @@ def test_cifar_pickles_that_would_run_code_are_refused(tmp_path: Path) -> None:
         load_split(DataConfig("cifar10", root=str(tmp_path)))
 
 
+CIFAR10_NAMES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_cifar_class_names_come_from_its_meta_file(tmp_path: Path) -> None:
+    """A bundle's preprocess.json names the classes in output order: CIFAR's own names, read from the meta file
+    beside the batches (as the real archives ship it), numbered only where that file is absent."""
+    write_cifar(tmp_path)
+    meta = tmp_path / "cifar-10-batches-py" / "batches.meta"
+    with open(meta, "wb") as f:  # the real file's keys
+        pickle.dump({"num_cases_per_batch": 12, "label_names": CIFAR10_NAMES, "num_vis": 3072}, f, protocol=2)
+    cfg = DataConfig("cifar10", root=str(tmp_path))
+    assert load_split(cfg).preprocess["classes"] == CIFAR10_NAMES
+    write_cifar(tmp_path / "c100", hundred=True)
+    assert load_split(DataConfig("cifar100", root=str(tmp_path / "c100"))).preprocess["classes"] == \
+        [f"c{i}" for i in range(100)]  # fine_label_names, the labels kdnas trains on
+    meta.unlink()
+    assert load_split(cfg).preprocess["classes"] == [str(i) for i in range(10)]
+    with open(meta, "wb") as f:
+        pickle.dump({"label_names": CIFAR10_NAMES[:9]}, f, protocol=2)
+    with pytest.raises(KdnasError, match=r"batches.meta: label_names names 9 classes, expected 10"):
+        load_split(cfg)
+
+
 def test_missing_root_or_files_is_one_clear_message(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.chdir(tmp_path)
     study = write_tiny_study(tmp_path)

@@ -210,7 +210,26 @@ class _ArraysOnly(pickle.Unpickler):
         return super().find_class(module, name)
 
 
-def _cifar(folder: str, train_files: tuple[str, ...], test_file: str, label_key: str, num_classes: int, tv_class: str):
+def _cifar(folder: str, train_files: tuple[str, ...], test_file: str, label_key: str, num_classes: int, tv_class: str,
+           meta: tuple[str, str]):
+    """``meta``: the file beside the batches that names the classes, and its key (CIFAR-10: ``batches.meta``,
+    ``label_names``; CIFAR-100: ``meta``, ``fine_label_names``). A bundle's preprocess.json then says "cat",
+    not "3"; without the file the classes are numbered, as before."""
+
+    def names(loc: Location) -> tuple[str, ...] | None:
+        path = loc.root / folder / meta[0]
+        if not path.is_file():
+            return None
+        try:
+            with open(path, "rb") as f:
+                entry = _ArraysOnly(f, encoding="latin1").load()
+            found = tuple(str(n) for n in entry[meta[1]])
+        except (OSError, pickle.UnpicklingError, KeyError, ValueError, TypeError, EOFError) as err:
+            raise KdnasError(f"{loc.where}: cannot read {path}: {type(err).__name__}: {err}") from None
+        if len(found) != num_classes:
+            raise KdnasError(f"{loc.where}: {path}: {meta[1]} names {len(found)} classes, expected {num_classes}")
+        return found
+
     def read(loc: Location, files: tuple[str, ...]) -> tuple[ArrayImages, np.ndarray]:
         xs, ys = [], []
         for name in files:
@@ -235,7 +254,7 @@ def _cifar(folder: str, train_files: tuple[str, ...], test_file: str, label_key:
         if not all((loc.root / folder / f).is_file() for f in (*train_files, test_file)):
             raise loc.missing(tv_class, layout)
         (train, train_y), (test, test_y) = read(loc, train_files), read(loc, (test_file,))
-        return RawDataset(train, train_y, num_classes, test, test_y)
+        return RawDataset(train, train_y, num_classes, test, test_y, names(loc))
 
     return load
 
@@ -334,8 +353,9 @@ DATASETS.register("mnist5k", DatasetSource(_mnist5k, "embedded"))
 DATASETS.register("mnist", DatasetSource(_mnist_like("MNIST"), "torchvision"))
 DATASETS.register("fashion_mnist", DatasetSource(_mnist_like("FashionMNIST"), "torchvision"))
 DATASETS.register("cifar10", DatasetSource(_cifar("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)),
-                                                  "test_batch", "labels", 10, "CIFAR10"), "torchvision"))
-DATASETS.register("cifar100", DatasetSource(_cifar("cifar-100-python", ("train",), "test", "fine_labels", 100, "CIFAR100"),
+                                                  "test_batch", "labels", 10, "CIFAR10", ("batches.meta", "label_names")),
                                             "torchvision"))
+DATASETS.register("cifar100", DatasetSource(_cifar("cifar-100-python", ("train",), "test", "fine_labels", 100, "CIFAR100",
+                                                   ("meta", "fine_label_names")), "torchvision"))
 DATASETS.register("svhn", DatasetSource(_svhn, "torchvision"))
 DATASETS.register("imagefolder", DatasetSource(_imagefolder, "folder"))
