@@ -7,9 +7,10 @@ bfloat16 has float32's exponent range, so no loss scaling is needed. ``fp16`` is
 range is small: small gradients would flush to zero, so the loss is scaled up before ``backward`` and the
 gradients scaled back before the step (``torch.amp.GradScaler``; a step whose gradients overflowed is skipped and
 the scale lowered). ``auto`` is bf16 on CUDA GPUs that support it (compute capability 8.0 and up; every visible
-GPU must, so that all of a machine's workers train alike), fp16 otherwise, and fp32 elsewhere: on a CPU with bfloat16 instructions (this project's AVX512-BF16 VM) bf16 trained
-the ResNet-20 teacher 1.5x faster within noise but the small students, where a search spends its time, no faster
-(docs/gpu.md, 3 seeds); on a CPU without them bfloat16 is emulated (not measured; expect it slower).
+GPU must, so that all of a machine's workers train alike), fp16 otherwise, and fp32 elsewhere: on a CPU with
+bfloat16 instructions (this project's AVX512-BF16 VM) bf16 trained the ResNet-20 teacher 1.5x faster within
+noise but the small students, where a search spends its time, no faster (docs/gpu.md, 3 seeds); on a CPU
+without them bfloat16 is emulated (not measured; expect it slower).
 
 Evaluation, logit tables and the exported weights stay float32 whatever the precision (``predict`` does not
 autocast): an accuracy is always that of the float32 network, and latency is measured in the study's own
