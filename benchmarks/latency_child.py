@@ -22,14 +22,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _studies  # noqa: E402
 KDNAS = "from kdnas.costs._child import main; main()"
 # The child as it was: the eager package import first, then serve() returning into the interpreter's teardown.
 REFERENCE = "import kdnas.bundle, kdnas.results, kdnas.study; from kdnas.costs._child import serve; serve()"
@@ -40,10 +40,9 @@ REQUEST = {"request": 0, "spec": {"family": "plain_cnn", "channels": [4, 8], "po
 
 def one(code: str) -> tuple[float, float]:
     """Seconds from the start to the first answer, and from the closed stdin to the exit."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *filter(None, [os.environ.get("PYTHONPATH")])])}
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            bufsize=1, env=env)
+                            bufsize=1, env=_studies.child_env())
     proc.stdin.write(json.dumps(REQUEST) + "\n")
     proc.stdin.flush()
     answer = json.loads(proc.stdout.readline())

@@ -110,12 +110,13 @@ def run_search(cfg: StudyConfig, progress: Callable[[str], None] = _print) -> op
     resume.check_recipe(cfg, stored)  # a resumed study's changed recipe or space: refused before any training
     n = min(cfg.parallel.workers, cfg.search.trials)
     # Each worker's GPU, round robin: a GPU the machine lacks is refused here, before a teacher trains.
-    try:
-        gpu_count = torch.cuda.device_count() if cfg.device == "cuda" and n > 1 else 0
-        devices = worker_devices(cfg.device, n, cfg.parallel.gpus, gpu_count, cfg.parallel.workers_per_gpu) \
-            if n > 1 else []
-    except KdnasError as err:
-        raise KdnasError(f"{cfg.path}: {err}") from None
+    devices: list[str] = []
+    if n > 1:
+        try:
+            gpu_count = torch.cuda.device_count() if cfg.device == "cuda" else 0
+            devices = worker_devices(cfg.device, n, cfg.parallel.gpus, gpu_count, cfg.parallel.workers_per_gpu)
+        except KdnasError as err:
+            raise KdnasError(f"{cfg.path}: {err}") from None
     rt = prepare(cfg, workers=n, resumed=stored)
     lock = None
     try:
